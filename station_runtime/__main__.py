@@ -1,0 +1,3 @@
+from station_runtime.cli.app import main
+
+main()

@@ -1,0 +1,391 @@
+"""``lattice``: run a lattice (``up``, ``station run``, ``demo``) and talk to a running one (``status``, ``get``,
+``invoke``, ``apply``). Commands parse and validate their arguments, then call library code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from .. import __version__
+from ..api.loader import ManifestError, load_manifests
+from ..api.selectors import LabelSelector, parse_labels, parse_selector
+from ..client import InvokeFailed, LatticeClient, LatticeError
+from ..contract.errors import InvalidIdError
+from ..contract.ids import validate_id
+from ..natsio.connect import DEFAULT_URL, NatsSettings
+from . import render
+
+app = typer.Typer(name="lattice", help="Station Lattice: LLM-agent work across a lattice of stations over NATS.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+station_app = typer.Typer(help="Run a station runtime.", no_args_is_help=True)
+get_app = typer.Typer(help="List stations or agents.", no_args_is_help=True)
+app.add_typer(station_app, name="station")
+app.add_typer(get_app, name="get")
+
+console = Console()
+err_console = Console(stderr=True)
+
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="table, wide, json or yaml.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@dataclass
+class Globals:
+    nats: NatsSettings
+    org: str
+
+
+def _resolve_url(url: str | None) -> tuple[str, str | None]:
+    """--nats/LATTICE_NATS_URL, else the lattice that `lattice up` started here, else the default port."""
+    if url:
+        return url, None
+    from ..local.discovery import read_current
+
+    current = read_current()
+    if current:
+        return current["url"], current.get("org")
+    return DEFAULT_URL, None
+
+
+@app.callback()
+def _globals(
+    ctx: typer.Context,
+    nats_url: Annotated[str | None, typer.Option("--nats", envvar="LATTICE_NATS_URL",
+                                                 help="NATS URL of the lattice.")] = None,
+    org: Annotated[str | None, typer.Option("--org", envvar="LATTICE_ORG", help="Org (tenant).")] = None,
+    creds: Annotated[Path | None, typer.Option("--creds", envvar="LATTICE_NATS_CREDS",
+                                               help="NATS creds file.")] = None,
+    nkey_seed_file: Annotated[Path | None, typer.Option("--nkey-seed-file", envvar="LATTICE_NATS_NKEY_SEED_FILE",
+                                                        help="NATS nkey seed file.")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="LATTICE_NATS_TOKEN", help="NATS token.",
+                                              show_default=False)] = None,
+    log_level: Annotated[str, typer.Option("--log-level", envvar="LATTICE_LOG_LEVEL")] = "WARNING",
+) -> None:
+    _setup_logging(log_level)
+    url, discovered_org = _resolve_url(nats_url)
+    org = org or discovered_org or "default"
+    try:
+        validate_id(org, "org id")
+    except InvalidIdError as exc:
+        fail(str(exc))
+    for path, what in ((creds, "creds file"), (nkey_seed_file, "nkey seed file")):
+        if path is not None and not path.is_file():
+            fail(f"{what} {path} does not exist")
+    ctx.obj = Globals(NatsSettings(url=url, token=token, creds_file=creds, nkey_seed_file=nkey_seed_file), org)
+
+
+def _setup_logging(level: str) -> None:
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        fail(f"unknown log level {level!r}: use DEBUG, INFO, WARNING or ERROR")
+    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except LatticeError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _check_output(output: str) -> str:
+    if output not in ("table", "wide", "json", "yaml"):
+        fail(f"unknown output format {output!r}: use table, wide, json or yaml")
+    return output
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"station-lattice {__version__}")
+
+
+# --- station -----------------------------------------------------------------------------------------------
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@station_app.command("run")
+def station_run(
+    ctx: typer.Context,
+    station_id: Annotated[str, typer.Option("--station-id", envvar="LATTICE_STATION_ID", help="Stable id.")],
+    capability: Annotated[list[str], typer.Option("--capability", envvar="LATTICE_CAPABILITIES",
+                                                  help="Capability (repeat, or comma-separated).")] = [],
+    label: Annotated[list[str], typer.Option("--label", envvar="LATTICE_LABELS",
+                                             help="key=value (repeat, or comma-separated).")] = [],
+    max_concurrency: Annotated[int, typer.Option("--max-concurrency", envvar="LATTICE_MAX_CONCURRENCY",
+                                                 min=1)] = 4,
+    max_queue: Annotated[int | None, typer.Option("--max-queue", envvar="LATTICE_MAX_QUEUE", min=0)] = None,
+    agent_selector: Annotated[str, typer.Option("--agent-selector", envvar="LATTICE_AGENT_SELECTOR",
+                                                help="Label selector for agents, e.g. 'team=a,tier in (x,y)'.")] = "",
+    agent_selector_json: Annotated[str, typer.Option("--agent-selector-json", envvar="LATTICE_AGENT_SELECTOR_JSON",
+                                                     help="Agent selector as JSON (matchLabels/matchExpressions).",
+                                                     hidden=True)] = "",
+    heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", envvar="LATTICE_HEARTBEAT_INTERVAL",
+                                                      min=0.05, help="Seconds.")] = 2.0,
+    drain_timeout: Annotated[float, typer.Option("--drain-timeout", envvar="LATTICE_DRAIN_TIMEOUT", min=0,
+                                                 help="Seconds to finish in-flight work on SIGTERM.")] = 30.0,
+    health_port: Annotated[int | None, typer.Option("--health-port", envvar="LATTICE_HEALTH_PORT",
+                                                    help="Serve /healthz and /readyz on this port.")] = None,
+) -> None:
+    """Run one station until SIGTERM (then drain). The entry point of station pods and of `lattice up`."""
+    from ..station.runtime import run_station
+    from ..station.settings import StationSettings
+
+    g: Globals = ctx.obj
+    try:
+        selector: LabelSelector | None = (LabelSelector.model_validate_json(agent_selector_json)
+                                          if agent_selector_json else parse_selector(agent_selector))
+        settings = StationSettings(
+            org=g.org, station_id=station_id, nats=g.nats, capabilities=tuple(_split(capability)),
+            labels=parse_labels(label), max_concurrency=max_concurrency, max_queue=max_queue,
+            agent_selector=selector, heartbeat_interval_s=heartbeat_interval, drain_timeout_s=drain_timeout,
+            health_port=health_port)
+    except (ValueError, ValidationError) as exc:
+        fail(str(exc))
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    raise typer.Exit(runner(run_station(settings)))
+
+
+# --- up / apply ---------------------------------------------------------------------------------------------
+
+
+def _load(paths: list[Path]) -> Any:
+    try:
+        return load_manifests(*paths)
+    except (ManifestError, FileNotFoundError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Option("--filename", "-f", help="Manifest file or directory.")],
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="JetStream data and logs.")] = Path(".lattice"),
+    port: Annotated[int, typer.Option("--port", help="NATS port (a free one if taken).")] = 4222,
+    no_sync: Annotated[bool, typer.Option("--no-sync", help="Let NATS fsync lazily: faster, but an OS "
+                                                            "crash can lose acknowledged writes.")] = False,
+    heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", min=0.05)] = 2.0,
+    use_nats: Annotated[bool, typer.Option("--use-nats/--embedded", help="Use the --nats URL instead of "
+                                           "starting an embedded server.")] = False,
+) -> None:
+    """Start a lattice from manifests: embedded NATS, the agents, and the stations. Ctrl-C stops it."""
+    from ..local.controller import LocalLattice
+    from ..local.discovery import clear_current, write_current
+
+    g: Globals = ctx.obj
+    manifests = _load(files)
+    if not manifests.stations:
+        fail("no Station manifest found: a lattice needs at least one station")
+
+    async def main() -> int:
+        import signal
+
+        lattice = LocalLattice(manifests, org=g.org, state_dir=state_dir, nats_url=g.nats.url if use_nats else None,
+                               nats=g.nats, port=port, sync_always=not no_sync, heartbeat_s=heartbeat_interval,
+                               on_event=lambda m: console.print(f"[dim]{_now()}[/dim] {m}", highlight=False))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await lattice.start()
+            write_current(lattice.url, g.org)
+            console.print(f"[bold green]lattice up[/bold green]: org {g.org}, NATS {lattice.url}. "
+                          f"In another terminal: [bold]lattice get stations[/bold]. Ctrl-C to stop.")
+            return await lattice.run_until(stop)
+        finally:
+            clear_current()
+            await lattice.stop()
+
+    raise typer.Exit(_run(main()))
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%H:%M:%S")
+
+
+@app.command()
+def apply(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Option("--filename", "-f", help="Manifest file or directory.")],
+) -> None:
+    """Publish Agent manifests to a running lattice (stations load them live)."""
+    g: Globals = ctx.obj
+    manifests = _load(files)
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            for agent in manifests.agents:
+                rev = await client.put_agent(agent)
+                console.print(f"agent/{agent.name} configured (revision {rev})")
+            for station in manifests.stations:
+                console.print(f"[yellow]station/{station.name} skipped[/yellow]: stations are started by "
+                              "`lattice up` or the Kubernetes operator")
+
+    _run(main())
+
+
+# --- read -------------------------------------------------------------------------------------------------
+
+
+@get_app.command("stations")
+def get_stations(
+    ctx: typer.Context,
+    output: OutputOpt = "table",
+    selector: Annotated[str, typer.Option("--selector", "-l", help="Label selector.")] = "",
+) -> None:
+    """List the stations of the org (from the registry)."""
+    g: Globals = ctx.obj
+    output = _check_output(output)
+    try:
+        sel = parse_selector(selector)
+    except ValueError as exc:
+        fail(str(exc))
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            records = [r for r in await client.stations() if sel is None or sel.matches(r.labels)]
+        _print_list(records, output, lambda: render.stations_table(records, wide=output == "wide"),
+                    f"No stations in org {g.org}.")
+
+    _run(main())
+
+
+@get_app.command("agents")
+def get_agents(ctx: typer.Context, output: OutputOpt = "table") -> None:
+    """List the agents of the org and how many live stations host each."""
+    g: Globals = ctx.obj
+    output = _check_output(output)
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            agents, stations = await client.agents(), await client.stations()
+        _print_list(agents, output, lambda: render.agents_table(agents, stations), f"No agents in org {g.org}.")
+
+    _run(main())
+
+
+def _print_list(items: Any, output: str, table: Any, empty: str) -> None:
+    if output == "json":
+        print(render.to_json(items))
+    elif output == "yaml":
+        print(render.to_yaml(items), end="")
+    elif not items:
+        console.print(empty)
+    else:
+        console.print(table())
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """One-screen summary: NATS, stations, agents."""
+    g: Globals = ctx.obj
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            stations, agents = await client.stations(), await client.agents()
+        from ..routing import is_live
+
+        live = [s for s in stations if is_live(s)]
+        load = sum(s.load for s in live)
+        capacity = sum(s.capacity for s in live)
+        console.print(f"[bold]NATS[/bold]     {g.nats.url}\n[bold]Org[/bold]      {g.org}\n"
+                      f"[bold]Stations[/bold] {len(live)} live / {len(stations)} registered, "
+                      f"load {load}/{capacity}\n[bold]Agents[/bold]   {len(agents)}", highlight=False)
+        if stations:
+            console.print(render.stations_table(stations))
+        if agents:
+            console.print(render.agents_table(agents, stations))
+
+    _run(main())
+
+
+@app.command()
+def invoke(
+    ctx: typer.Context,
+    args: Annotated[list[str], typer.Argument(help="AGENT INPUT, or INPUT with --capability. '-' reads stdin.")],
+    capability: Annotated[str | None, typer.Option("--capability", "-c")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds.")] = 120.0,
+    station: Annotated[str | None, typer.Option("--station", help="Run on this station only.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Parse INPUT as JSON.")] = False,
+    output: OutputOpt = "table",
+) -> None:
+    """Run an agent synchronously on the least loaded station that hosts it and print the result."""
+    g: Globals = ctx.obj
+    output = _check_output(output)
+    expected = 1 if capability else 2
+    if len(args) != expected:
+        fail("usage: lattice invoke AGENT INPUT  |  lattice invoke --capability CAP INPUT")
+    agent = None if capability else args[0]
+    raw = sys.stdin.read() if args[-1] == "-" else args[-1]
+    payload: Any = raw
+    if as_json:
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            fail(f"--json given but INPUT is not JSON: {exc}")
+    try:
+        for value, kind in ((agent, "agent name"), (capability, "capability"), (station, "station id")):
+            if value is not None:
+                validate_id(value, kind)
+    except InvalidIdError as exc:
+        fail(str(exc))
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            try:
+                result = await client.invoke(payload, agent=agent, capability=capability, timeout_s=timeout,
+                                             station=station)
+            except InvokeFailed as exc:
+                fail(str(exc), code=2)
+        if output in ("json", "yaml"):
+            print(render.to_json(result) if output == "json" else render.to_yaml(result), end="")
+        else:
+            out = result.output if isinstance(result.output, str) else json.dumps(result.output, indent=2)
+            print(out)
+            err_console.print(f"[dim]{result.agent} on {result.station_id} in {result.duration_ms:.1f} ms[/dim]",
+                              highlight=False)
+
+    _run(main())
+
+
+@app.command()
+def demo(
+    invocations: Annotated[int, typer.Option("--invocations", "-n", min=1, max=10_000)] = 20,
+    stations: Annotated[int, typer.Option("--stations", min=1, max=20)] = 3,
+) -> None:
+    """Run a whole lattice on this machine: embedded NATS, stations, agents, invocations, teardown."""
+    from ..demo import run_demo
+
+    raise typer.Exit(_run(run_demo(console, invocations=invocations, stations=stations)))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,103 @@
+"""Pure formatting: data -> rich renderables or text. The commands print what these return."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from rich.table import Table
+from rich.text import Text
+
+from ..contract.messages import AgentDefinition, InvokeResult, StationRecord, StationStatus, utcnow
+from ..routing import is_live
+
+
+def as_data(items: Sequence[BaseModel] | BaseModel) -> Any:
+    if isinstance(items, BaseModel):
+        return items.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return [i.model_dump(mode="json", by_alias=True, exclude_none=True) for i in items]
+
+
+def to_json(items: Sequence[BaseModel] | BaseModel) -> str:
+    return json.dumps(as_data(items), indent=2)
+
+
+def to_yaml(items: Sequence[BaseModel] | BaseModel) -> str:
+    return yaml.safe_dump(as_data(items), sort_keys=False)
+
+
+def age(ts: datetime, now: datetime | None = None) -> str:
+    seconds = max(((now or utcnow()) - ts).total_seconds(), 0)
+    if seconds < 120:
+        return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def station_state(record: StationRecord, now: datetime | None = None) -> Text:
+    if not is_live(record, now):
+        return Text("Lost", style="red")
+    if record.status == StationStatus.DRAINING:
+        return Text("Draining", style="yellow")
+    return Text("Ready", style="green")
+
+
+def stations_table(records: Sequence[StationRecord], *, wide: bool = False) -> Table:
+    now = utcnow()
+    table = Table(title=None, box=None, header_style="bold")
+    for col in ("STATION", "STATE", "LOAD", "AGENTS", "CAPABILITIES", "HEARTBEAT", "AGE"):
+        table.add_column(col)
+    if wide:
+        table.add_column("LABELS")
+        table.add_column("VERSION")
+        table.add_column("PID")
+    for r in records:
+        row: list[Any] = [
+            r.station_id, station_state(r, now), f"{r.load}/{r.capacity}", ",".join(r.agents) or "-",
+            ",".join(r.capabilities) or "-", age(r.last_heartbeat, now), age(r.started_at, now),
+        ]
+        if wide:
+            row += [",".join(f"{k}={v}" for k, v in r.labels.items()) or "-", r.version, str(r.pid or "-")]
+        table.add_row(*row)
+    return table
+
+
+def agents_table(agents: Sequence[AgentDefinition], stations: Sequence[StationRecord]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("AGENT", "PROVIDER", "MODEL", "CAPABILITIES", "STATIONS", "READY"):
+        table.add_column(col)
+    now = utcnow()
+    for a in agents:
+        hosting = [s.station_id for s in stations if a.name in s.agents and is_live(s, now)]
+        model = a.spec.model
+        ready = Text("True", style="green") if hosting else Text("False", style="red")
+        table.add_row(a.name, model.provider, model.name or model.function or "-",
+                      ",".join(a.spec.capabilities) or "-", str(len(hosting)), ready)
+    return table
+
+
+def preview(value: Any, width: int = 48) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def results_table(rows: Sequence[tuple[int, str, InvokeResult | str, float]]) -> Table:
+    """Rows of (index, agent, result or error text, client-side latency ms)."""
+    table = Table(box=None, header_style="bold")
+    for col, justify in (("#", "right"), ("AGENT", "left"), ("STATION", "left"), ("LATENCY", "right"),
+                         ("OUTPUT", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for index, agent, result, latency_ms in rows:
+        if isinstance(result, str):
+            table.add_row(str(index), agent, "-", f"{latency_ms:.1f} ms", Text(result, style="red"))
+        else:
+            table.add_row(str(index), agent, result.station_id, f"{latency_ms:.1f} ms", preview(result.output))
+    return table

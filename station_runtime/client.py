@@ -1,0 +1,206 @@
+"""A client of a running lattice, for the CLI, ``lattice up``, the demo and the operator.
+
+Everything it knows comes from NATS (KV and subjects), never from another process's memory: any process that can
+reach the lattice sees the same stations, agents and results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import uuid
+from collections import Counter
+from types import TracebackType
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import BucketNotFoundError
+
+from .api.models import Agent
+from .contract import subjects
+from .contract.codec import decode, decode_invoke_reply, encode
+from .contract.errors import DecodeError
+from .contract.messages import (
+    AgentDefinition,
+    ErrorCode,
+    InvokeError,
+    InvokeRequest,
+    InvokeResult,
+    Payload,
+    StationRecord,
+)
+from .natsio.connect import NatsSettings, connect
+from .natsio.state import OrgState, read_all
+from .routing import candidates
+
+log = logging.getLogger(__name__)
+
+
+class LatticeError(Exception):
+    """A lattice operation failed in a way the user should be told about."""
+
+
+class NoLatticeError(LatticeError):
+    pass
+
+
+class NoStationError(LatticeError):
+    pass
+
+
+class LatticeClient:
+    def __init__(self, nats: NatsSettings, org: str, *, create_state: bool = False) -> None:
+        self.nats = nats
+        self.org = org
+        self._create_state = create_state
+        self.nc: NatsClient | None = None
+        self._state: OrgState | None = None
+        self._inflight: Counter[str] = Counter()
+
+    async def __aenter__(self) -> LatticeClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        settings = self.nats
+        if settings.max_reconnect_attempts < 0 and settings.name == "lattice":
+            settings = dataclasses.replace(settings, max_reconnect_attempts=3, name="lattice-cli")
+        try:
+            self.nc = await connect(settings)
+        except Exception as exc:
+            raise NoLatticeError(
+                f"cannot connect to NATS at {settings.describe()}: {exc or type(exc).__name__}. "
+                "Start a lattice with 'lattice up -f DIR', or pass --nats URL (env LATTICE_NATS_URL)."
+            ) from exc
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            self.nc = None
+
+    async def state(self) -> OrgState:
+        if self._state is None:
+            assert self.nc is not None, "connect() first"
+            try:
+                self._state = await OrgState.open(self.nc, self.org, create=self._create_state)
+            except BucketNotFoundError as exc:
+                raise NoLatticeError(
+                    f"org {self.org!r} has no lattice state on {self.nats.url} (no buckets): is a lattice "
+                    "running for this org? Check --org (env LATTICE_ORG)."
+                ) from exc
+        return self._state
+
+    # --- registry ------------------------------------------------------------------------------------------
+
+    async def stations(self) -> list[StationRecord]:
+        state = await self.state()
+        out = []
+        for item in await read_all(state.stations):
+            try:
+                out.append(decode(item.value, StationRecord))
+            except DecodeError as exc:
+                log.warning("skipping malformed station record %r: %s", item.key, exc)
+        return sorted(out, key=lambda r: r.station_id)
+
+    async def agents(self) -> list[AgentDefinition]:
+        state = await self.state()
+        out = []
+        for item in await read_all(state.agents):
+            try:
+                out.append(decode(item.value, AgentDefinition))
+            except DecodeError as exc:
+                log.warning("skipping malformed agent %r: %s", item.key, exc)
+        return sorted(out, key=lambda a: a.name)
+
+    async def put_agent(self, agent: Agent, *, org: str | None = None) -> int:
+        """Publish (create or update) an agent; stations that match load it live. Idempotent."""
+        state = await self.state()
+        definition = AgentDefinition(org=org or agent.spec.org or self.org, name=agent.name,
+                                     labels=agent.metadata.labels, spec=agent.spec,
+                                     generation=agent.metadata.generation or 1)
+        data = encode(definition)
+        entry = None
+        with contextlib.suppress(Exception):
+            entry = await state.agents.get(definition.name)
+        if entry is not None and entry.value == data:
+            return entry.revision or 0
+        return await state.agents.put(definition.name, data)
+
+    async def delete_agent(self, name: str) -> None:
+        state = await self.state()
+        await state.agents.delete(name)
+
+    async def wait_for_stations(self, count: int, *, agent: str | None = None, timeout_s: float = 30.0) -> list[
+            StationRecord]:
+        """Wait until ``count`` live stations (hosting ``agent`` if given) are registered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            live = candidates(await self.stations(), agent=agent)
+            if len(live) >= count:
+                return live
+            if loop.time() > deadline:
+                what = f" hosting agent {agent!r}" if agent else ""
+                raise NoStationError(f"only {len(live)} of {count} station(s){what} registered after {timeout_s}s")
+            await asyncio.sleep(0.1)
+
+    # --- synchronous invoke ---------------------------------------------------------------------------------
+
+    async def invoke(self, input: Payload, *, agent: str | None = None, capability: str | None = None,
+                     timeout_s: float = 120.0, context: dict[str, Any] | None = None,
+                     station: str | None = None, records: list[StationRecord] | None = None) -> InvokeResult:
+        """Run one agent synchronously on the least loaded station that hosts it; on ``busy``, ``draining``
+        or a vanished station, try the next one. Raises :class:`LatticeError` with the last error."""
+        if not agent and not capability:
+            raise LatticeError("invoke needs an agent name or a capability")
+        assert self.nc is not None
+        request = InvokeRequest(request_id=uuid.uuid4().hex, agent=agent, capability=capability, input=input,
+                                context=context or {}, timeout_s=timeout_s)
+        if station:
+            targets = [station]
+        else:
+            found = candidates(records if records is not None else await self.stations(), agent=agent,
+                               capability=capability, extra_load=self._inflight)
+            targets = [r.station_id for r in found]
+        if not targets:
+            what = f"agent {agent!r}" if agent else f"capability {capability!r}"
+            raise NoStationError(f"no live station in org {self.org!r} hosts {what}")
+        payload = encode(request)
+        last: str = ""
+        for target in targets:
+            self._inflight[target] += 1
+            try:
+                msg = await self.nc.request(subjects.agent_invoke(self.org, target), payload,
+                                            timeout=timeout_s + 5.0)
+            except NoRespondersError:
+                last = f"station {target} is gone"
+                continue
+            except NatsTimeoutError:
+                raise LatticeError(f"station {target} did not answer within {timeout_s + 5.0:.0f}s") from None
+            finally:
+                self._inflight[target] -= 1
+            try:
+                reply = decode_invoke_reply(msg.data)
+            except DecodeError as exc:
+                raise LatticeError(f"station {target} sent an invalid reply: {exc}") from exc
+            if isinstance(reply, InvokeResult):
+                return reply
+            last = f"station {target}: {reply.code}: {reply.message}"
+            if reply.code not in (ErrorCode.BUSY, ErrorCode.DRAINING, ErrorCode.NOT_FOUND):
+                raise InvokeFailed(reply)
+        raise LatticeError(f"no station could run the request; last error: {last}")
+
+
+class InvokeFailed(LatticeError):
+    def __init__(self, error: InvokeError) -> None:
+        self.error = error
+        super().__init__(f"{error.code}: {error.message} (station {error.station_id})")

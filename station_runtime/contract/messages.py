@@ -1,0 +1,310 @@
+"""Every message that crosses NATS or sits in KV, as frozen pydantic models.
+
+Each carries ``schema`` = ``"<name>/v<version>"``. Readers reject a message of another name and accept any
+version of the right name, ignoring fields they do not know: a newer station can talk to an older one as long as
+changes are additive, and a breaking change gets a new name.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..api.models import AgentSpec, WorkItemSpec
+from .ids import AgentName, Capability, OrgId, StationId, WorkId
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    SCHEMA: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+    schema_: str = Field(default="", alias="schema", validate_default=True)
+
+    @field_validator("schema_", mode="before")
+    @classmethod
+    def _check_schema(cls, value: object) -> str:
+        if value in ("", None):
+            return f"{cls.SCHEMA}/v{cls.VERSION}"
+        if not isinstance(value, str):
+            raise ValueError("schema must be a string like 'name/v1'")
+        name, sep, version = value.rpartition("/v")
+        if not sep or not version.isdigit():
+            raise ValueError(f"schema {value!r} is not of the form 'name/v<version>'")
+        if name != cls.SCHEMA:
+            raise ValueError(f"expected a {cls.SCHEMA!r} message, got {name!r}")
+        return value
+
+
+# --- presence --------------------------------------------------------------------------------------------
+
+
+class StationStatus(enum.StrEnum):
+    READY = "ready"
+    #: Not taking new work, finishing what it has (SIGTERM received).
+    DRAINING = "draining"
+
+
+class StationRecord(WireModel):
+    """A station's entry in the ``stations`` KV bucket (key: station id); refreshed on every heartbeat."""
+
+    SCHEMA = "lattice.station.record"
+
+    org: OrgId
+    station_id: StationId
+    capabilities: list[Capability] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    capacity: int = Field(ge=0)
+    load: int = Field(default=0, ge=0)
+    agents: list[AgentName] = Field(default_factory=list)
+    version: str = ""
+    status: StationStatus = StationStatus.READY
+    heartbeat_interval_s: float = Field(gt=0)
+    started_at: datetime
+    last_heartbeat: datetime
+    pid: int | None = None
+    hostname: str | None = None
+
+    def free(self) -> int:
+        return max(self.capacity - self.load, 0)
+
+    def age_s(self, now: datetime | None = None) -> float:
+        return ((now or utcnow()) - self.last_heartbeat).total_seconds()
+
+
+class PresenceAnnounce(WireModel):
+    SCHEMA = "lattice.presence.announce"
+
+    record: StationRecord
+
+
+class Heartbeat(WireModel):
+    SCHEMA = "lattice.presence.heartbeat"
+
+    station_id: StationId
+    seq: int = Field(ge=0)
+    load: int = Field(ge=0)
+    capacity: int = Field(ge=0)
+    status: StationStatus = StationStatus.READY
+    sent_at: datetime = Field(default_factory=utcnow)
+
+
+class Goodbye(WireModel):
+    SCHEMA = "lattice.presence.goodbye"
+
+    station_id: StationId
+    reason: str = ""
+    sent_at: datetime = Field(default_factory=utcnow)
+
+
+# --- agents ----------------------------------------------------------------------------------------------
+
+
+class AgentDefinition(WireModel):
+    """An agent in the org's ``agents`` KV bucket (key: agent name). Holds no secret: API keys are named by
+    env var, file or Secret reference and resolved on the station."""
+
+    SCHEMA = "lattice.agent.definition"
+
+    org: OrgId
+    name: AgentName
+    labels: dict[str, str] = Field(default_factory=dict)
+    spec: AgentSpec
+    generation: int = 1
+
+
+# --- synchronous invoke ----------------------------------------------------------------------------------
+
+Payload = str | dict[str, Any] | list[Any] | int | float | bool | None
+
+
+class InvokeRequest(WireModel):
+    SCHEMA = "lattice.invoke.request"
+
+    request_id: str = Field(min_length=1, max_length=128)
+    agent: AgentName | None = None
+    capability: Capability | None = None
+    input: Payload = ""
+    context: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+
+class InvokeResult(WireModel):
+    SCHEMA = "lattice.invoke.result"
+
+    request_id: str
+    station_id: StationId
+    agent: AgentName
+    output: Payload
+    started_at: datetime
+    finished_at: datetime
+    usage: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds() * 1000
+
+
+class ErrorCode(enum.StrEnum):
+    #: The request itself is malformed; retrying it unchanged will fail again.
+    BAD_REQUEST = "bad_request"
+    #: The station does not host the agent (or none with the capability).
+    NOT_FOUND = "not_found"
+    #: At its concurrency cap with a full queue; retry elsewhere or later.
+    BUSY = "busy"
+    #: The station is draining and takes no new work.
+    DRAINING = "draining"
+    TIMEOUT = "timeout"
+    #: The agent (its model, its function) failed.
+    AGENT_ERROR = "agent_error"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+    @property
+    def retryable(self) -> bool:
+        return self in (ErrorCode.BUSY, ErrorCode.DRAINING, ErrorCode.TIMEOUT, ErrorCode.INTERNAL)
+
+
+class InvokeError(WireModel):
+    SCHEMA = "lattice.invoke.error"
+
+    request_id: str = ""
+    station_id: StationId | None = None
+    code: ErrorCode
+    message: str
+
+    @property
+    def retryable(self) -> bool:
+        return self.code.retryable
+
+
+# --- async work, progress and the auction (used by the work store, auctioneer and witness) ---------------
+
+
+class WorkPhase(enum.StrEnum):
+    PENDING = "Pending"
+    SCHEDULING = "Scheduling"
+    UNSCHEDULABLE = "Unschedulable"
+    ASSIGNED = "Assigned"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    ESCALATED = "Escalated"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (WorkPhase.SUCCEEDED, WorkPhase.FAILED, WorkPhase.CANCELLED, WorkPhase.ESCALATED)
+
+
+class WorkError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: ErrorCode
+    message: str
+
+
+class WorkRecord(WireModel):
+    """A piece of async work in the org's ``work`` KV bucket (key: work id). Every change is a CAS on the
+    KV revision; ``attempt_id`` fences late reports from superseded attempts."""
+
+    SCHEMA = "lattice.work.record"
+
+    org: OrgId
+    work_id: WorkId
+    spec: WorkItemSpec
+    phase: WorkPhase = WorkPhase.PENDING
+    attempt: int = Field(default=0, ge=0)
+    attempt_id: str | None = None
+    station_id: StationId | None = None
+    reason: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    assigned_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    progress_percent: float | None = Field(default=None, ge=0, le=100)
+    progress_message: str = ""
+    last_progress_at: datetime | None = None
+    result: Payload = None
+    result_ref: str | None = None
+    error: WorkError | None = None
+    cancel_requested: bool = False
+    traceparent: str | None = None
+
+
+class WorkAssign(WireModel):
+    SCHEMA = "lattice.work.assign"
+
+    work_id: WorkId
+    attempt_id: str
+    agent: AgentName
+    input: Payload = ""
+    timeout_s: float = Field(gt=0)
+
+
+class WorkAccept(WireModel):
+    SCHEMA = "lattice.work.accept"
+
+    work_id: WorkId
+    attempt_id: str
+    station_id: StationId
+    accepted: bool
+    reason: str = ""
+
+
+class WorkProgress(WireModel):
+    SCHEMA = "lattice.work.progress"
+
+    work_id: WorkId
+    attempt_id: str
+    station_id: StationId
+    percent: float | None = Field(default=None, ge=0, le=100)
+    message: str = ""
+    tokens: str = ""
+    sent_at: datetime = Field(default_factory=utcnow)
+
+
+class WorkOutcome(WireModel):
+    """Published on ``work.{id}.complete`` or ``work.{id}.failed`` after the record has been written."""
+
+    SCHEMA = "lattice.work.outcome"
+
+    work_id: WorkId
+    attempt_id: str
+    station_id: StationId
+    phase: WorkPhase
+    result: Payload = None
+    error: WorkError | None = None
+
+
+class AuctionRequest(WireModel):
+    SCHEMA = "lattice.auction.request"
+
+    auction_id: str
+    work_id: WorkId
+    agent: AgentName | None = None
+    capabilities: list[Capability] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    prefer_labels: dict[str, str] = Field(default_factory=dict)
+    deadline_ms: int = Field(default=200, gt=0, le=60_000)
+
+
+class AuctionBid(WireModel):
+    SCHEMA = "lattice.auction.bid"
+
+    auction_id: str
+    station_id: StationId
+    score: float
+    load: int = Field(ge=0)
+    capacity: int = Field(ge=0)
+    capabilities: list[Capability] = Field(default_factory=list)

@@ -1,0 +1,227 @@
+"""The local controller behind ``lattice up``: the Kubernetes operator's job, done with child processes.
+
+* starts an embedded nats-server (unless given a URL) and opens the org's state;
+* publishes the Agent manifests to the agents bucket;
+* runs ``replicas`` station processes per Station manifest with stable ids ``{name}-{i}``, and restarts a
+  crashed one with the same id (so that it resumes its own work), with backoff if it keeps crashing;
+* on stop: SIGTERM every station (they drain), SIGKILL what is left after the drain timeout, stop NATS.
+  Children also get SIGTERM from the kernel if this process dies (PR_SET_PDEATHSIG): no orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..api.loader import ManifestSet
+from ..api.models import Station as StationManifest
+from ..client import LatticeClient
+from ..executors.backoff import compute_backoff
+from ..natsio.connect import NatsSettings
+from ..natsio.embedded import EmbeddedNats
+from ..natsio.procutil import die_with_parent, tail
+
+log = logging.getLogger(__name__)
+
+#: A station that ran this long before crashing is restarted at once; a crash loop backs off.
+STABLE_AFTER_S = 30.0
+
+
+@dataclass
+class StationProcess:
+    station_id: str
+    org: str
+    argv: list[str]
+    log_path: Path
+    proc: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    crashes_in_a_row: int = 0
+    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+
+def station_argv(manifest: StationManifest, index: int, org: str, *, heartbeat_s: float,
+                 drain_timeout_s: float) -> tuple[str, list[str]]:
+    """Pure: the command line of replica ``index`` of a Station manifest."""
+    spec = manifest.spec
+    station_id = f"{manifest.name}-{index}"
+    argv = [sys.executable, "-m", "station_runtime", "--org", org, "station", "run", "--station-id", station_id,
+            "--max-concurrency", str(spec.max_concurrency), "--heartbeat-interval", str(heartbeat_s),
+            "--drain-timeout", str(drain_timeout_s)]
+    for cap in spec.capabilities:
+        argv += ["--capability", cap]
+    for key, value in spec.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    if spec.agent_selector is not None:
+        argv += ["--agent-selector-json", spec.agent_selector.model_dump_json(by_alias=True)]
+    return station_id, argv
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalLattice:
+    def __init__(self, manifests: ManifestSet, *, org: str, state_dir: Path, nats_url: str | None = None,
+                 nats: NatsSettings | None = None, port: int = 4222, sync_always: bool = True,
+                 heartbeat_s: float = 2.0, drain_timeout_s: float = 10.0,
+                 on_event: Callable[[str], None] | None = None) -> None:
+        self.manifests = manifests
+        self.org = org
+        self.state_dir = state_dir
+        self.nats_url = nats_url
+        self.nats_settings = nats
+        self.port = port
+        self.sync_always = sync_always
+        self.heartbeat_s = heartbeat_s
+        self.drain_timeout_s = drain_timeout_s
+        self.on_event = on_event or (lambda m: log.info("%s", m))
+        self.server: EmbeddedNats | None = None
+        self.client: LatticeClient | None = None
+        self.stations: dict[str, StationProcess] = {}
+        self._stopping = False
+
+    @property
+    def url(self) -> str:
+        return self.nats_url or (self.server.url if self.server else "")
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        if self.nats_url is None:
+            port = self.port if self.port > 0 and _port_free(self.port) else -1
+            if port == -1 and self.port > 0:
+                self.on_event(f"port {self.port} is in use; NATS takes a free port")
+            self.server = EmbeddedNats(self.state_dir / "nats", port=port, sync_always=self.sync_always)
+            await self.server.start()
+            self.on_event(f"nats-server {self.server.url} (JetStream in {self.state_dir / 'nats'}, "
+                          f"log {self.server.log_path})")
+        settings = self.nats_settings or NatsSettings()
+        settings = dataclasses.replace(settings, url=self.url, name="lattice-up")
+        self.nats_settings = settings
+        self.client = LatticeClient(settings, self.org, create_state=True)
+        await self.client.connect()
+        await self.client.state()
+        for agent in self.manifests.agents:
+            await self.client.put_agent(agent, org=agent.spec.org or self.org)
+            self.on_event(f"agent {agent.name} published ({agent.spec.model.provider})")
+        for manifest in self.manifests.stations:
+            org = manifest.spec.org or self.org
+            for index in range(manifest.spec.replicas):
+                station_id, argv = station_argv(manifest, index, org, heartbeat_s=self.heartbeat_s,
+                                                drain_timeout_s=self.drain_timeout_s)
+                sp = StationProcess(station_id, org, argv, self.state_dir / "logs" / f"{station_id}.log")
+                self.stations[station_id] = sp
+                await self._spawn(sp)
+
+    def _child_env(self) -> dict[str, str]:
+        assert self.nats_settings is not None
+        env = dict(os.environ)
+        env["LATTICE_NATS_URL"] = self.url
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        s = self.nats_settings
+        if s.token:
+            env["LATTICE_NATS_TOKEN"] = s.token
+        if s.creds_file:
+            env["LATTICE_NATS_CREDS"] = str(s.creds_file)
+        if s.nkey_seed_file:
+            env["LATTICE_NATS_NKEY_SEED_FILE"] = str(s.nkey_seed_file)
+        return env
+
+    async def _spawn(self, sp: StationProcess) -> None:
+        with open(sp.log_path, "ab") as logf:
+            sp.proc = await asyncio.create_subprocess_exec(
+                *sp.argv, stdout=logf, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
+                env=self._child_env(), preexec_fn=die_with_parent(), start_new_session=True)  # noqa: PLW1509
+        sp.started_at = time.monotonic()
+        sp.watcher = asyncio.create_task(self._watch(sp), name=f"watch-{sp.station_id}")
+        self.on_event(f"station {sp.station_id} started (pid {sp.proc.pid}, log {sp.log_path})")
+
+    async def _watch(self, sp: StationProcess) -> None:
+        assert sp.proc is not None
+        code = await sp.proc.wait()
+        if self._stopping:
+            return
+        ran_for = time.monotonic() - sp.started_at
+        sp.crashes_in_a_row = 0 if ran_for > STABLE_AFTER_S else sp.crashes_in_a_row + 1
+        delay = 0.0 if sp.crashes_in_a_row <= 1 else compute_backoff(sp.crashes_in_a_row - 2, base_s=0.5,
+                                                                      max_s=15.0)
+        last = tail(str(sp.log_path), 3).replace("\n", " | ")
+        self.on_event(f"station {sp.station_id} exited with code {code} after {ran_for:.1f}s; restarting"
+                      f"{f' in {delay:.1f}s' if delay else ''} (last log: {last})")
+        if delay:
+            await asyncio.sleep(delay)
+        if not self._stopping:
+            sp.restarts += 1
+            await self._spawn(sp)
+
+    async def run_until(self, stop: asyncio.Event) -> int:
+        """Supervise until ``stop`` is set or the embedded NATS dies; returns an exit code."""
+        waits: set[asyncio.Task[object]] = {asyncio.create_task(stop.wait())}
+        if self.server is not None:
+            waits.add(asyncio.create_task(self.server.wait_exit()))
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if stop.is_set():
+            return 0
+        assert self.server is not None
+        self.on_event(f"nats-server died unexpectedly; its log ({self.server.log_path}) ends with:\n"
+                      f"{self.server.last_log_lines(10)}")
+        return 1
+
+    async def kill_station(self, station_id: str) -> int:
+        """SIGKILL a station (fault injection for the demo and tests); the supervisor restarts it."""
+        sp = self.stations[station_id]
+        assert sp.proc is not None
+        pid = sp.proc.pid
+        sp.proc.send_signal(signal.SIGKILL)
+        return pid
+
+    async def stop(self) -> None:
+        self._stopping = True
+        procs = [sp for sp in self.stations.values() if sp.alive]
+        for sp in procs:
+            with contextlib.suppress(ProcessLookupError):
+                assert sp.proc is not None
+                sp.proc.send_signal(signal.SIGTERM)
+        if procs:
+            self.on_event(f"stopping {len(procs)} station(s) (drain up to {self.drain_timeout_s:.0f}s)")
+            waits = [asyncio.wait_for(sp.proc.wait(), self.drain_timeout_s + 5) for sp in procs if sp.proc]
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            for sp, result in zip(procs, results, strict=True):
+                if isinstance(result, BaseException) and sp.proc is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        sp.proc.kill()
+                    await sp.proc.wait()
+        for sp in self.stations.values():
+            if sp.watcher is not None:
+                sp.watcher.cancel()
+        if self.client is not None:
+            await self.client.close()
+        if self.server is not None:
+            await self.server.stop()
+            self.on_event("nats-server stopped")

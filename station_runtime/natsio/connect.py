@@ -1,0 +1,96 @@
+"""Connecting to NATS with defaults fit for long-lived processes.
+
+nats-py gives up after 60 reconnect attempts (~2 minutes) by default; a station or operator must never give up,
+so reconnects are unlimited. Credentials (token, nkey seed, creds file) are passed through, never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    url: str = DEFAULT_URL
+    token: str | None = field(default=None, repr=False)
+    nkey_seed_file: Path | None = None
+    creds_file: Path | None = None
+    name: str = "lattice"
+    connect_timeout_s: float = 3.0
+    reconnect_wait_s: float = 0.5
+    #: -1: never give up. Clients such as the CLI set a finite number so they fail fast.
+    max_reconnect_attempts: int = -1
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> NatsSettings:
+        env = os.environ
+        values: dict[str, Any] = {
+            "url": env.get("LATTICE_NATS_URL", DEFAULT_URL),
+            "token": env.get("LATTICE_NATS_TOKEN") or None,
+            "nkey_seed_file": Path(p) if (p := env.get("LATTICE_NATS_NKEY_SEED_FILE")) else None,
+            "creds_file": Path(p) if (p := env.get("LATTICE_NATS_CREDS")) else None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def describe(self) -> str:
+        """Where and how we connect, without any secret."""
+        auth = "creds" if self.creds_file else "nkey" if self.nkey_seed_file else "token" if self.token else "none"
+        return f"{self.url} (auth: {auth})"
+
+
+async def connect(
+    settings: NatsSettings,
+    *,
+    on_reconnect: Callable[[], Awaitable[None]] | None = None,
+    on_disconnect: Callable[[], Awaitable[None]] | None = None,
+) -> NatsClient:
+    async def error_cb(exc: Exception) -> None:
+        log.warning("NATS error (%s): %s", settings.name, exc)
+
+    nc = NatsClient()
+
+    async def disconnected_cb() -> None:
+        if nc.is_closed or nc.is_draining:
+            return
+        log.warning("NATS disconnected (%s); reconnecting", settings.name)
+        if on_disconnect:
+            await on_disconnect()
+
+    async def reconnected_cb() -> None:
+        log.info("NATS reconnected (%s)", settings.name)
+        if on_reconnect:
+            await on_reconnect()
+
+    options: dict[str, Any] = {
+        "servers": [settings.url],
+        "name": settings.name,
+        "connect_timeout": settings.connect_timeout_s,
+        "reconnect_time_wait": settings.reconnect_wait_s,
+        "max_reconnect_attempts": settings.max_reconnect_attempts,
+        "allow_reconnect": True,
+        "error_cb": error_cb,
+        "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb,
+        "ping_interval": 10,
+        "max_outstanding_pings": 3,
+    }
+    if settings.token:
+        options["token"] = settings.token
+    if settings.nkey_seed_file:
+        options["nkeys_seed"] = str(settings.nkey_seed_file)
+    if settings.creds_file:
+        options["user_credentials"] = str(settings.creds_file)
+    await nc.connect(**options)
+    return nc

@@ -1,0 +1,136 @@
+"""The org's JetStream state: KV buckets ``stations``, ``agents``, ``work`` and the ``events`` stream.
+
+Buckets are created on first use by whoever gets there first (a station, ``lattice up``, the operator); creating
+an existing bucket with the same config is a no-op, so concurrent starters do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from ..contract import subjects
+
+log = logging.getLogger(__name__)
+
+#: A station's registry entry vanishes this long after its last heartbeat (3 missed beats at the default 2 s).
+DEFAULT_PRESENCE_TTL_S: Final = 6.0
+DEFAULT_EVENTS_MAX_AGE_S: Final = 7 * 24 * 3600.0
+DEFAULT_EVENTS_MAX_BYTES: Final = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StateLimits:
+    presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S
+    events_max_age_s: float = DEFAULT_EVENTS_MAX_AGE_S
+    events_max_bytes: int = DEFAULT_EVENTS_MAX_BYTES
+    max_value_bytes: int = 1024 * 1024
+
+
+class OrgState:
+    """Handles on one org's buckets and stream, opened (and created if missing) by :meth:`open`."""
+
+    def __init__(self, js: JetStreamContext, org: str, stations: KeyValue, agents: KeyValue, work: KeyValue,
+                 presence_ttl_s: float) -> None:
+        self.js = js
+        self.org = org
+        self.stations = stations
+        self.agents = agents
+        self.work = work
+        self.presence_ttl_s = presence_ttl_s
+
+    @classmethod
+    async def open(cls, nc: NatsClient, org: str, limits: StateLimits | None = None,
+                   *, create: bool = True) -> OrgState:
+        limits = limits or StateLimits()
+        js = nc.jetstream()
+        stations = await _bucket(js, subjects.bucket(org, "stations"), create, history=1,
+                                 ttl=limits.presence_ttl_s, max_value_size=64 * 1024)
+        agents = await _bucket(js, subjects.bucket(org, "agents"), create, history=5,
+                               max_value_size=limits.max_value_bytes)
+        work = await _bucket(js, subjects.bucket(org, "work"), create, history=8,
+                             max_value_size=limits.max_value_bytes)
+        if create:
+            await _stream(js, subjects.events_stream(org), [subjects.events_all(org)],
+                          limits.events_max_age_s, limits.events_max_bytes)
+        status = await stations.status()
+        ttl = status.ttl or limits.presence_ttl_s
+        return cls(js, org, stations, agents, work, presence_ttl_s=ttl)
+
+
+async def _bucket(js: JetStreamContext, name: str, create: bool, **config: object) -> KeyValue:
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError:
+        if not create:
+            raise
+    try:
+        return await js.create_key_value(KeyValueConfig(bucket=name, storage=StorageType.FILE, **config))
+    except BadRequestError:
+        # Another process created it between our lookup and our create, possibly with other settings.
+        return await js.key_value(name)
+
+
+async def _stream(js: JetStreamContext, name: str, subjects_: list[str], max_age_s: float, max_bytes: int) -> None:
+    try:
+        await js.stream_info(name)
+        return
+    except NotFoundError:
+        pass
+    with contextlib.suppress(BadRequestError):
+        await js.add_stream(StreamConfig(name=name, subjects=subjects_, max_age=max_age_s, max_bytes=max_bytes,
+                                         storage=StorageType.FILE))
+
+
+@dataclass(frozen=True)
+class KvItem:
+    key: str
+    value: bytes
+    revision: int
+
+
+async def read_all(kv: KeyValue, timeout_s: float = 5.0) -> list[KvItem]:
+    """Every live key with its value and revision, read through one ordered consumer (no N+1 gets)."""
+    items = []
+    watcher = await kv.watchall(ignore_deletes=True)
+    try:
+        while True:
+            entry = await watcher.updates(timeout=timeout_s)
+            if entry is None:
+                break
+            if entry.value is not None:
+                items.append(KvItem(entry.key, entry.value, entry.revision or 0))
+            if entry.delta == 0:
+                break
+    finally:
+        await watcher.stop()
+    return items
+
+
+async def watch(kv: KeyValue, keys: str = ">") -> AsyncIterator[tuple[str, bytes | None, int]]:
+    """Yield ``(key, value or None when deleted, revision)`` for the current values, then every change."""
+    watcher = await kv.watch(keys)
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=3600)
+            except nats.errors.TimeoutError:
+                continue
+            if entry is None:
+                continue
+            deleted = entry.operation in ("DEL", "PURGE") or entry.value is None
+            yield entry.key, None if deleted else entry.value, entry.revision or 0
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(watcher.stop())

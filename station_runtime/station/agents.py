@@ -1,0 +1,176 @@
+"""The agents a station hosts: those of its org whose selectors match, loaded from the ``agents`` bucket and
+followed live (a changed agent is rebuilt, a deleted or no longer matching one is dropped, no restart).
+
+The watch is rebuilt after every NATS reconnect: nats-py's ordered consumers do not reliably survive a server
+restart, and a fresh watch re-delivers every current value, which the reconcile below handles idempotently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats.errors
+from nats.js.kv import KeyValue
+
+from ..api.selectors import LabelSelector, selector_matches
+from ..contract.codec import decode
+from ..contract.errors import DecodeError
+from ..contract.messages import AgentDefinition
+from ..executors import AgentFailure, Executor, build_executor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HostedAgent:
+    definition: AgentDefinition
+    executor: Executor
+    revision: int
+    inflight: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+
+def agent_selected(definition: AgentDefinition, org: str, station_labels: dict[str, str],
+                   agent_selector: LabelSelector | None) -> bool:
+    """Pure: does a station with these labels and selector host this agent?"""
+    return (
+        definition.org == org
+        and selector_matches(agent_selector, definition.labels)
+        and selector_matches(definition.spec.station_selector, station_labels)
+    )
+
+
+class AgentHost:
+    def __init__(self, kv: KeyValue, org: str, labels: dict[str, str], selector: LabelSelector | None,
+                 on_change: Callable[[], Awaitable[None]]) -> None:
+        self._kv = kv
+        self._org = org
+        self._labels = labels
+        self._selector = selector
+        self._on_change = on_change
+        self.agents: dict[str, HostedAgent] = {}
+        self.load_errors: dict[str, str] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, name: str) -> HostedAgent | None:
+        return self.agents.get(name)
+
+    def by_capability(self, capability: str) -> list[HostedAgent]:
+        return [a for a in self.agents.values() if capability in a.definition.spec.capabilities]
+
+    def capabilities(self) -> set[str]:
+        return {c for a in self.agents.values() for c in a.definition.spec.capabilities}
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        self._task = asyncio.create_task(self._run(), name="agent-watch")
+        await asyncio.wait_for(self._ready.wait(), timeout_s)
+
+    def rewatch(self) -> None:
+        """Restart the watch (after a reconnect)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            self._task = asyncio.create_task(self._run(), name="agent-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for agent in list(self.agents.values()):
+            await self._close(agent)
+        self.agents.clear()
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._watch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("agent watch failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _watch_once(self) -> None:
+        watcher = await self._kv.watchall()
+        seen: set[str] = set()
+        initial = True
+        changed_initially = False
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=60)
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:
+                    if initial:
+                        initial = False
+                        for name in [n for n in self.agents if n not in seen]:
+                            changed_initially |= await self._remove(name, "gone while disconnected")
+                        self._ready.set()
+                        if changed_initially:
+                            await self._on_change()
+                    continue
+                seen.add(entry.key)
+                deleted = entry.operation in ("DEL", "PURGE") or not entry.value
+                changed = (
+                    await self._remove(entry.key, "deleted")
+                    if deleted
+                    else await self._apply(entry.key, entry.value, entry.revision or 0)
+                )
+                if changed and not initial:
+                    await self._on_change()
+                changed_initially |= changed
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    async def _apply(self, key: str, value: bytes, revision: int) -> bool:
+        current = self.agents.get(key)
+        if current is not None and current.revision == revision:
+            return False
+        try:
+            definition = decode(value, AgentDefinition)
+        except DecodeError as exc:
+            self.load_errors[key] = str(exc)
+            log.warning("ignoring agent %r: %s", key, exc)
+            return await self._remove(key, "invalid definition")
+        if not agent_selected(definition, self._org, self._labels, self._selector):
+            return await self._remove(key, "not selected")
+        try:
+            executor = build_executor(definition)
+        except AgentFailure as exc:
+            self.load_errors[key] = str(exc)
+            log.error("cannot load agent %r: %s", key, exc)
+            return await self._remove(key, "failed to load")
+        self.load_errors.pop(key, None)
+        self.agents[key] = HostedAgent(definition, executor, revision)
+        if current is not None:
+            asyncio.create_task(self._close(current))
+        log.info("%s agent %s (revision %d)", "reloaded" if current else "loaded", key, revision)
+        return True
+
+    async def _remove(self, key: str, why: str) -> bool:
+        current = self.agents.pop(key, None)
+        if current is None:
+            return False
+        log.info("dropped agent %s: %s", key, why)
+        asyncio.create_task(self._close(current))
+        return True
+
+    @staticmethod
+    async def _close(agent: HostedAgent) -> None:
+        # Runs in flight keep using the old executor; close it once they are done.
+        while agent.inflight > 0:
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(Exception):
+            await agent.executor.aclose()

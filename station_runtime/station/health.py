@@ -1,0 +1,40 @@
+"""A tiny HTTP endpoint for Kubernetes probes: ``/healthz`` (the process lives) and ``/readyz`` (connected to
+NATS, agents loaded, not draining). Plain asyncio: no web framework in the station's import path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+
+class HealthServer:
+    def __init__(self, port: int, ready: Callable[[], bool], host: str = "0.0.0.0") -> None:  # noqa: S104
+        self.port = port
+        self.host = host
+        self._ready = ready
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            path = line.split(b" ")[1] if line.count(b" ") >= 2 else b"/"
+            ok = path.startswith(b"/healthz") or (path.startswith(b"/readyz") and self._ready())
+            body = b"ok\n" if ok else b"not ready\n"
+            status = b"200 OK" if ok else b"503 Service Unavailable"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode()
+                         + b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, IndexError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,155 @@
+"""The ``agent.invoke`` request/reply service with a concurrency cap.
+
+nats-py runs a subscription's callbacks one at a time, so the callback only admits the request and spawns a task:
+one slow agent never stalls the others. At most ``max_concurrency`` runs execute at once; up to ``queue_limit``
+more wait; beyond that a request is answered ``busy`` at once so that the caller can try another station.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from ..contract.codec import decode, encode
+from ..contract.errors import DecodeError
+from ..contract.messages import ErrorCode, InvokeError, InvokeRequest, InvokeResult, utcnow
+from ..executors import AgentFailure, Execution
+from .agents import AgentHost, HostedAgent
+
+log = logging.getLogger(__name__)
+
+
+class Slots:
+    """Counts running and waiting runs against the cap; shared by invoke and work execution."""
+
+    def __init__(self, capacity: int, queue_limit: int) -> None:
+        self.capacity = capacity
+        self.queue_limit = queue_limit
+        self._sem = asyncio.Semaphore(capacity)
+        self.running = 0
+        self.waiting = 0
+
+    @property
+    def load(self) -> int:
+        return self.running + self.waiting
+
+    def full(self) -> bool:
+        return self.load >= self.capacity + self.queue_limit
+
+    async def __aenter__(self) -> None:
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+
+    async def __aexit__(self, *_: object) -> None:
+        self.running -= 1
+        self._sem.release()
+
+
+def pick_agent(agents: AgentHost, request: InvokeRequest) -> HostedAgent | InvokeError:
+    if request.agent:
+        agent = agents.get(request.agent)
+        if agent is None:
+            return InvokeError(request_id=request.request_id, code=ErrorCode.NOT_FOUND,
+                               message=f"agent {request.agent!r} is not hosted on this station")
+        return agent
+    if request.capability:
+        candidates = agents.by_capability(request.capability)
+        if not candidates:
+            return InvokeError(request_id=request.request_id, code=ErrorCode.NOT_FOUND,
+                               message=f"no agent with capability {request.capability!r} on this station")
+        return min(candidates, key=lambda a: (a.inflight, a.name))
+    return InvokeError(request_id=request.request_id, code=ErrorCode.BAD_REQUEST,
+                       message="invoke request names neither an agent nor a capability")
+
+
+class InvokeService:
+    def __init__(self, station_id: str, agents: AgentHost, slots: Slots, is_draining: Callable[[], bool]) -> None:
+        self.station_id = station_id
+        self.agents = agents
+        self.slots = slots
+        self.is_draining = is_draining
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.served = 0
+        self.rejected = 0
+
+    async def on_message(self, msg: Msg) -> None:
+        """Subscription callback: admit or refuse at once, never run the agent here."""
+        if self.is_draining():
+            await self._reply(msg, InvokeError(station_id=self.station_id, code=ErrorCode.DRAINING,
+                                               message="station is draining; try another station"))
+            return
+        if self.slots.full():
+            self.rejected += 1
+            await self._reply(msg, InvokeError(station_id=self.station_id, code=ErrorCode.BUSY,
+                                               message=f"station at capacity ({self.slots.load} runs)"))
+            return
+        # Count the request as waiting before the task starts, so a burst cannot overshoot the queue.
+        self.slots.waiting += 1
+        task = asyncio.create_task(self._serve(msg))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        self.slots.waiting -= 1
+        try:
+            reply = await self._handle(msg)
+        except Exception as exc:  # a bug must cost one request, never the station
+            log.exception("invoke failed unexpectedly")
+            reply = InvokeError(station_id=self.station_id, code=ErrorCode.INTERNAL, message=str(exc))
+        await self._reply(msg, reply)
+
+    async def _handle(self, msg: Msg) -> InvokeResult | InvokeError:
+        try:
+            request = decode(msg.data, InvokeRequest)
+        except DecodeError as exc:
+            log.warning("bad invoke request on %s: %s", msg.subject, exc)
+            return InvokeError(station_id=self.station_id, code=ErrorCode.BAD_REQUEST, message=str(exc))
+        picked = pick_agent(self.agents, request)
+        if isinstance(picked, InvokeError):
+            return picked.model_copy(update={"station_id": self.station_id})
+        deadline = time.monotonic() + request.timeout_s
+        async with self.slots:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self._error(request, ErrorCode.TIMEOUT, "timed out waiting for a free slot")
+            started = utcnow()
+            picked.inflight += 1
+            try:
+                async with asyncio.timeout(remaining):
+                    outcome = await picked.executor.run(
+                        Execution(input=request.input, context=request.context, request_id=request.request_id))
+            except TimeoutError:
+                return self._error(request, ErrorCode.TIMEOUT, f"agent did not finish within {request.timeout_s}s")
+            except AgentFailure as exc:
+                return self._error(request, exc.code, str(exc))
+            finally:
+                picked.inflight -= 1
+        self.served += 1
+        try:
+            return InvokeResult(request_id=request.request_id, station_id=self.station_id, agent=picked.name,
+                                output=outcome.output, usage=outcome.usage, started_at=started,
+                                finished_at=utcnow())
+        except ValidationError:
+            return self._error(request, ErrorCode.AGENT_ERROR,
+                               f"agent returned a value that is not JSON: {type(outcome.output).__name__}")
+
+    def _error(self, request: InvokeRequest, code: ErrorCode, message: str) -> InvokeError:
+        return InvokeError(request_id=request.request_id, station_id=self.station_id, code=code, message=message)
+
+    @staticmethod
+    async def _reply(msg: Msg, reply: InvokeResult | InvokeError) -> None:
+        if not msg.reply:
+            return
+        try:
+            await msg.respond(encode(reply))
+        except Exception as exc:
+            log.warning("could not send invoke reply: %s", exc)

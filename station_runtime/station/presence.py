@@ -1,0 +1,109 @@
+"""Presence: the station's record in the ``stations`` bucket, refreshed by every heartbeat.
+
+The bucket's max age is a few heartbeat intervals, so a station killed with -9 disappears from the registry by
+itself. The record has one writer (its station), but two processes started with the same id by mistake would
+fight over it: every write is a CAS on our last revision, and a conflict with a record of another process is
+reported loudly instead of silently overwritten each beat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import datetime
+
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from .. import __version__
+from ..contract import subjects
+from ..contract.codec import decode, encode
+from ..contract.errors import DecodeError
+from ..contract.messages import Goodbye, Heartbeat, PresenceAnnounce, StationRecord, StationStatus, utcnow
+from .settings import StationSettings
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    def __init__(self, nc: NatsClient, kv: KeyValue, settings: StationSettings,
+                 snapshot: Callable[[], tuple[int, list[str], set[str], StationStatus]]) -> None:
+        self._nc = nc
+        self._kv = kv
+        self._settings = settings
+        self._snapshot = snapshot
+        self._revision: int | None = None
+        self._seq = 0
+        self.started_at: datetime = utcnow()
+        self.heartbeat_interval_s = settings.heartbeat_interval_s
+        self.duplicate_warnings = 0
+
+    def record(self) -> StationRecord:
+        load, agents, agent_caps, status = self._snapshot()
+        s = self._settings
+        return StationRecord(
+            org=s.org, station_id=s.station_id, capabilities=sorted(set(s.capabilities) | agent_caps),
+            labels=s.labels, capacity=s.max_concurrency, load=load, agents=sorted(agents), version=__version__,
+            status=status, heartbeat_interval_s=self.heartbeat_interval_s, started_at=self.started_at,
+            last_heartbeat=utcnow(), pid=os.getpid(), hostname=socket.gethostname(),
+        )
+
+    async def announce(self) -> StationRecord:
+        record = self.record()
+        await self._write(record)
+        await self._nc.publish(subjects.presence(self._settings.org, "announce"),
+                               encode(PresenceAnnounce(record=record)))
+        return record
+
+    async def heartbeat(self) -> StationRecord:
+        record = self.record()
+        await self._write(record)
+        self._seq += 1
+        beat = Heartbeat(station_id=record.station_id, seq=self._seq, load=record.load, capacity=record.capacity,
+                         status=record.status)
+        await self._nc.publish(subjects.presence(self._settings.org, "heartbeat"), encode(beat))
+        return record
+
+    async def goodbye(self, reason: str) -> None:
+        await self._nc.publish(subjects.presence(self._settings.org, "goodbye"),
+                               encode(Goodbye(station_id=self._settings.station_id, reason=reason)))
+        if self._revision is not None:
+            try:
+                await self._kv.delete(self._settings.station_id, last=self._revision)
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                pass  # expired already, or taken over by another process with our id
+        self._revision = None
+
+    async def _write(self, record: StationRecord) -> None:
+        key, data = record.station_id, encode(record)
+        try:
+            if self._revision is None:
+                self._revision = await self._kv.create(key, data)
+            else:
+                self._revision = await self._kv.update(key, data, last=self._revision)
+            return
+        except KeyWrongLastSequenceError:
+            pass
+        # Our revision is stale: the key expired (we missed beats), or is left from our previous life (restart
+        # with the same id), or another live process uses our id.
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            self._revision = await self._kv.create(key, data)
+            return
+        self._warn_if_duplicate(entry.value or b"")
+        self._revision = await self._kv.update(key, data, last=entry.revision or 0)
+
+    def _warn_if_duplicate(self, value: bytes) -> None:
+        try:
+            other = decode(value, StationRecord)
+        except DecodeError:
+            return
+        me = (os.getpid(), socket.gethostname())
+        if (other.pid, other.hostname) != me and other.started_at > self.started_at:
+            self.duplicate_warnings += 1
+            log.error("another process (pid %s on %s) uses station id %r; station ids must be unique",
+                      other.pid, other.hostname, other.station_id)

@@ -1,0 +1,170 @@
+"""The station: connects, opens its org's state, loads its agents, serves invokes, heartbeats, and drains.
+
+Lifecycle::
+
+    start():  connect (unlimited reconnects) -> open buckets -> load agents -> subscribe -> announce -> heartbeat
+    stop():   status=draining (new requests refused) -> wait for in-flight runs (drain timeout) -> goodbye
+              (record deleted) -> unsubscribe -> drain the connection
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.subscription import Subscription
+
+from ..contract import subjects
+from ..contract.messages import StationStatus
+from ..natsio.connect import connect
+from ..natsio.events import EventPublisher
+from ..natsio.state import OrgState, StateLimits
+from .agents import AgentHost
+from .health import HealthServer
+from .invoke import InvokeService, Slots
+from .presence import Presence
+from .settings import StationSettings
+
+log = logging.getLogger(__name__)
+
+
+class Station:
+    def __init__(self, settings: StationSettings) -> None:
+        self.settings = settings
+        self.slots = Slots(settings.max_concurrency, settings.queue_limit)
+        self.draining = False
+        self.nc: NatsClient | None = None
+        self.state: OrgState | None = None
+        self.agents: AgentHost | None = None
+        self.presence: Presence | None = None
+        self.invoke: InvokeService | None = None
+        self.events: EventPublisher | None = None
+        self._subs: list[Subscription] = []
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._health: HealthServer | None = None
+        self._stopped = asyncio.Event()
+        self._started = False
+
+    @property
+    def id(self) -> str:
+        return self.settings.station_id
+
+    def ready(self) -> bool:
+        return self._started and not self.draining and self.nc is not None and self.nc.is_connected
+
+    def _snapshot(self) -> tuple[int, list[str], set[str], StationStatus]:
+        agents = self.agents.agents if self.agents else {}
+        caps = self.agents.capabilities() if self.agents else set()
+        status = StationStatus.DRAINING if self.draining else StationStatus.READY
+        return self.slots.load, list(agents), caps, status
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.health_port is not None:
+            self._health = HealthServer(s.health_port, self.ready)
+            await self._health.start()
+        self.nc = await connect(dataclasses.replace(s.nats, name=f"station-{s.org}-{s.station_id}"),
+                                on_reconnect=self._on_reconnect)
+        self.state = await OrgState.open(self.nc, s.org, StateLimits(presence_ttl_s=s.presence_ttl_s))
+        self.events = EventPublisher(self.nc, s.org, f"station/{s.station_id}")
+        self.presence = Presence(self.nc, self.state.stations, s, self._snapshot)
+        if self.state.presence_ttl_s < s.heartbeat_interval_s * 2:
+            # The bucket was created by someone with a shorter TTL: beat fast enough not to expire between beats.
+            self.presence.heartbeat_interval_s = self.state.presence_ttl_s / 3
+            log.warning("the org's presence TTL is %.1fs; beating every %.2fs instead of %.1fs",
+                        self.state.presence_ttl_s, self.presence.heartbeat_interval_s, s.heartbeat_interval_s)
+        self.agents = AgentHost(self.state.agents, s.org, s.labels, s.agent_selector, self._agents_changed)
+        await self.agents.start()
+        self.invoke = InvokeService(s.station_id, self.agents, self.slots, lambda: self.draining)
+        self._subs.append(await self.nc.subscribe(subjects.agent_invoke(s.org, s.station_id),
+                                                  cb=self.invoke.on_message, pending_msgs_limit=65536))
+        await self.nc.flush()
+        record = await self.presence.announce()
+        self._started = True
+        await self.events.emit("station", "joined", subject=s.station_id,
+                               data={"agents": record.agents, "capabilities": record.capabilities,
+                                     "capacity": record.capacity, "labels": record.labels})
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        log.info("station %s/%s up: %d agent(s) %s, capacity %d", s.org, s.station_id, len(record.agents),
+                 record.agents, record.capacity)
+
+    async def _agents_changed(self) -> None:
+        if self._started and self.presence is not None:
+            with contextlib.suppress(Exception):
+                await self.presence.announce()
+
+    async def _on_reconnect(self) -> None:
+        if self.agents is not None:
+            self.agents.rewatch()
+        if self._started and self.presence is not None:
+            with contextlib.suppress(Exception):
+                await self.presence.heartbeat()
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.presence is not None
+        while True:
+            await asyncio.sleep(self.presence.heartbeat_interval_s)
+            try:
+                await self.presence.heartbeat()
+            except Exception as exc:  # NATS down: keep beating, the reconnect will catch up
+                log.warning("heartbeat failed: %s", exc)
+
+    async def stop(self, reason: str = "shutdown") -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        s = self.settings
+        self.draining = True
+        log.info("station %s draining (%s): %d run(s) in flight", s.station_id, reason, self.slots.load)
+        if self.presence is not None and self._started:
+            with contextlib.suppress(Exception):
+                await self.presence.heartbeat()  # tell the lattice at once that we take nothing new
+        if self.invoke is not None and self.invoke.tasks:
+            done, pending = await asyncio.wait(set(self.invoke.tasks), timeout=s.drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("abandoned %d run(s) after the %.0fs drain timeout", len(pending), s.drain_timeout_s)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        if self.presence is not None and self._started:
+            with contextlib.suppress(Exception):
+                await self.presence.goodbye(reason)
+        if self.events is not None and self._started:
+            await self.events.emit("station", "left", subject=s.station_id, data={"reason": reason})
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if self.agents is not None:
+            await self.agents.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self._health is not None:
+            await self._health.stop()
+        log.info("station %s stopped", s.station_id)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def run_station(settings: StationSettings) -> int:
+    """Run until SIGTERM/SIGINT, then drain. The entry point of ``lattice station run``."""
+    station = Station(settings)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    try:
+        await station.start()
+    except Exception as exc:
+        log.error("station %s could not start: %s", settings.station_id, exc)
+        await station.stop("failed to start")
+        return 1
+    await stop_requested.wait()
+    await station.stop("signal")
+    return 0
