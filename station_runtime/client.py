@@ -34,7 +34,7 @@ from .contract.messages import (
     StationRecord,
 )
 from .natsio.connect import NatsSettings, connect
-from .natsio.state import OrgState, read_all
+from .natsio.state import OrgState, StateLimits, read_all
 from .routing import candidates
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,12 @@ class NoStationError(LatticeError):
 
 
 class LatticeClient:
-    def __init__(self, nats: NatsSettings, org: str, *, create_state: bool = False) -> None:
+    def __init__(self, nats: NatsSettings, org: str, *, create_state: bool = False,
+                 limits: StateLimits | None = None) -> None:
         self.nats = nats
         self.org = org
         self._create_state = create_state
+        self._limits = limits
         self.nc: NatsClient | None = None
         self._state: OrgState | None = None
         self._inflight: Counter[str] = Counter()
@@ -91,7 +93,7 @@ class LatticeClient:
         if self._state is None:
             assert self.nc is not None, "connect() first"
             try:
-                self._state = await OrgState.open(self.nc, self.org, create=self._create_state)
+                self._state = await OrgState.open(self.nc, self.org, self._limits, create=self._create_state)
             except BucketNotFoundError as exc:
                 raise NoLatticeError(
                     f"org {self.org!r} has no lattice state on {self.nats.url} (no buckets): is a lattice "

@@ -29,7 +29,7 @@ TEXTS = [
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
+    return ordered[min(round(q * (len(ordered) - 1)), len(ordered) - 1)]
 
 
 async def run_demo(console: Console, *, invocations: int = 20, stations: int = 3) -> int:

@@ -7,7 +7,6 @@ from .models import (
     VERSION,
     Agent,
     AgentSpec,
-    LabelSelector,
     Manifest,
     ModelSpec,
     ObjectMeta,
@@ -19,7 +18,7 @@ from .models import (
     WorkItemSpec,
     WorkTimeouts,
 )
-from .selectors import selector_matches
+from .selectors import LabelSelector, selector_matches
 
 __all__ = [
     "API_VERSION",

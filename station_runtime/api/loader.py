@@ -121,9 +121,10 @@ def load_manifests(*paths: Path | str) -> ManifestSet:
 def _duplicates(manifests: ManifestSet) -> list[ManifestProblem]:
     seen: set[tuple[str, str | None, str]] = set()
     out = []
-    for m in [*manifests.stations, *manifests.agents, *manifests.work_items]:
+    everything: list[Manifest] = [*manifests.stations, *manifests.agents, *manifests.work_items]
+    for m in everything:
         key = (m.kind, m.spec.org, m.name)
         if key in seen:
-            out.append(ManifestProblem(Path("."), 0, "metadata.name", f"duplicate {m.kind} {m.name!r}"))
+            out.append(ManifestProblem(Path(), 0, "metadata.name", f"duplicate {m.kind} {m.name!r}"))
         seen.add(key)
     return out

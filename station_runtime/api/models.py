@@ -130,7 +130,7 @@ class WorkItemSpec(ApiModel):
 
 
 class _Resource(ApiModel):
-    api_version: Literal["lattice.station.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["lattice.station.dev/v1alpha1"] = "lattice.station.dev/v1alpha1"
     metadata: ObjectMeta
     status: dict[str, Any] | None = None
 

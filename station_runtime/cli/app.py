@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -126,10 +127,10 @@ def _split(values: list[str]) -> list[str]:
 def station_run(
     ctx: typer.Context,
     station_id: Annotated[str, typer.Option("--station-id", envvar="LATTICE_STATION_ID", help="Stable id.")],
-    capability: Annotated[list[str], typer.Option("--capability", envvar="LATTICE_CAPABILITIES",
-                                                  help="Capability (repeat, or comma-separated).")] = [],
-    label: Annotated[list[str], typer.Option("--label", envvar="LATTICE_LABELS",
-                                             help="key=value (repeat, or comma-separated).")] = [],
+    capability: Annotated[list[str] | None, typer.Option("--capability", envvar="LATTICE_CAPABILITIES",
+                                                         help="Capability (repeat, or comma-separated).")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", envvar="LATTICE_LABELS",
+                                                    help="key=value (repeat, or comma-separated).")] = None,
     max_concurrency: Annotated[int, typer.Option("--max-concurrency", envvar="LATTICE_MAX_CONCURRENCY",
                                                  min=1)] = 4,
     max_queue: Annotated[int | None, typer.Option("--max-queue", envvar="LATTICE_MAX_QUEUE", min=0)] = None,
@@ -154,20 +155,21 @@ def station_run(
         selector: LabelSelector | None = (LabelSelector.model_validate_json(agent_selector_json)
                                           if agent_selector_json else parse_selector(agent_selector))
         settings = StationSettings(
-            org=g.org, station_id=station_id, nats=g.nats, capabilities=tuple(_split(capability)),
-            labels=parse_labels(label), max_concurrency=max_concurrency, max_queue=max_queue,
+            org=g.org, station_id=station_id, nats=g.nats, capabilities=tuple(_split(capability or [])),
+            labels=parse_labels(label or []), max_concurrency=max_concurrency, max_queue=max_queue,
             agent_selector=selector, heartbeat_interval_s=heartbeat_interval, drain_timeout_s=drain_timeout,
             health_port=health_port)
     except (ValueError, ValidationError) as exc:
         fail(str(exc))
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
+    runner: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
+        pass
     raise typer.Exit(runner(run_station(settings)))
 
 

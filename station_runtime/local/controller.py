@@ -155,7 +155,7 @@ class LocalLattice:
         with open(sp.log_path, "ab") as logf:
             sp.proc = await asyncio.create_subprocess_exec(
                 *sp.argv, stdout=logf, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                env=self._child_env(), preexec_fn=die_with_parent(), start_new_session=True)  # noqa: PLW1509
+                env=self._child_env(), preexec_fn=die_with_parent(), start_new_session=True)
         sp.started_at = time.monotonic()
         sp.watcher = asyncio.create_task(self._watch(sp), name=f"watch-{sp.station_id}")
         self.on_event(f"station {sp.station_id} started (pid {sp.proc.pid}, log {sp.log_path})")
@@ -183,7 +183,7 @@ class LocalLattice:
         waits: set[asyncio.Task[object]] = {asyncio.create_task(stop.wait())}
         if self.server is not None:
             waits.add(asyncio.create_task(self.server.wait_exit()))
-        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         if stop.is_set():

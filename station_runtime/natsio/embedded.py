@@ -101,7 +101,7 @@ class EmbeddedNats:
         with open(self.log_path, "ab") as logf:
             self._proc = subprocess.Popen(
                 [find_nats_server(), "-c", str(conf)], stdout=logf, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(),  # noqa: PLW1509
+                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(),
             )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
@@ -125,9 +125,8 @@ class EmbeddedNats:
 
     async def wait_exit(self) -> int:
         """Wait until the server process exits (for a supervisor that must tell the user)."""
-        while self._proc is not None and self._proc.poll() is None:
-            await asyncio.sleep(0.2)
-        return self._proc.returncode if self._proc else 0
+        proc = self._proc
+        return await asyncio.to_thread(proc.wait) if proc is not None else 0
 
     async def stop(self, *, kill: bool = False, timeout_s: float = 10.0) -> None:
         proc, self._proc = self._proc, None

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
@@ -69,7 +69,7 @@ class OrgState:
         return cls(js, org, stations, agents, work, presence_ttl_s=ttl)
 
 
-async def _bucket(js: JetStreamContext, name: str, create: bool, **config: object) -> KeyValue:
+async def _bucket(js: JetStreamContext, name: str, create: bool, **config: Any) -> KeyValue:
     try:
         return await js.key_value(name)
     except BucketNotFoundError:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 from nats.js.kv import KeyValue
@@ -31,10 +32,34 @@ class HostedAgent:
     executor: Executor
     revision: int
     inflight: int = 0
+    retired: bool = False
 
     @property
     def name(self) -> str:
         return self.definition.name
+
+    def acquire(self) -> None:
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.retired and self.inflight == 0:
+            _spawn(self.executor.aclose())
+
+    def retire(self) -> None:
+        """Replaced or dropped: runs in flight keep the old executor, which is closed when the last ends."""
+        self.retired = True
+        if self.inflight == 0:
+            _spawn(self.executor.aclose())
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def agent_selected(definition: AgentDefinition, org: str, station_labels: dict[str, str],
@@ -85,7 +110,7 @@ class AgentHost:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for agent in list(self.agents.values()):
-            await self._close(agent)
+            agent.retire()
         self.agents.clear()
 
     async def _run(self) -> None:
@@ -155,7 +180,7 @@ class AgentHost:
         self.load_errors.pop(key, None)
         self.agents[key] = HostedAgent(definition, executor, revision)
         if current is not None:
-            asyncio.create_task(self._close(current))
+            current.retire()
         log.info("%s agent %s (revision %d)", "reloaded" if current else "loaded", key, revision)
         return True
 
@@ -164,13 +189,5 @@ class AgentHost:
         if current is None:
             return False
         log.info("dropped agent %s: %s", key, why)
-        asyncio.create_task(self._close(current))
+        current.retire()
         return True
-
-    @staticmethod
-    async def _close(agent: HostedAgent) -> None:
-        # Runs in flight keep using the old executor; close it once they are done.
-        while agent.inflight > 0:
-            await asyncio.sleep(0.05)
-        with contextlib.suppress(Exception):
-            await agent.executor.aclose()

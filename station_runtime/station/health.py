@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 
 class HealthServer:
-    def __init__(self, port: int, ready: Callable[[], bool], host: str = "0.0.0.0") -> None:  # noqa: S104
+    def __init__(self, port: int, ready: Callable[[], bool], host: str = "0.0.0.0") -> None:
         self.port = port
         self.host = host
         self._ready = ready

@@ -122,7 +122,7 @@ class InvokeService:
             if remaining <= 0:
                 return self._error(request, ErrorCode.TIMEOUT, "timed out waiting for a free slot")
             started = utcnow()
-            picked.inflight += 1
+            picked.acquire()
             try:
                 async with asyncio.timeout(remaining):
                     outcome = await picked.executor.run(
@@ -132,7 +132,7 @@ class InvokeService:
             except AgentFailure as exc:
                 return self._error(request, exc.code, str(exc))
             finally:
-                picked.inflight -= 1
+                picked.release()
         self.served += 1
         try:
             return InvokeResult(request_id=request.request_id, station_id=self.station_id, agent=picked.name,

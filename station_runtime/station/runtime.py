@@ -124,7 +124,7 @@ class Station:
             with contextlib.suppress(Exception):
                 await self.presence.heartbeat()  # tell the lattice at once that we take nothing new
         if self.invoke is not None and self.invoke.tasks:
-            done, pending = await asyncio.wait(set(self.invoke.tasks), timeout=s.drain_timeout_s)
+            _, pending = await asyncio.wait(set(self.invoke.tasks), timeout=s.drain_timeout_s)
             for task in pending:
                 task.cancel()
             if pending:

@@ -39,13 +39,17 @@ from cryptography.x509.oid import NameOID
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "k8s-bin.sh"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"  # a config value only: nothing ever routes there
-KCM_CONTROLLERS = (
-    # Explicit list: node-lifecycle is left out on purpose (it would taint the process kubelet's node for
-    # missing lease heartbeats), as are cloud, volume and certificate controllers nobody here needs.
-    "deployment,replicaset,statefulset,daemonset,job,cronjob,ttl-after-finished,garbagecollector,namespace,"
-    "serviceaccount,serviceaccount-token,root-ca-certificate-publisher,clusterrole-aggregation,disruption,"
-    "resourcequota,podgc,endpoint,endpointslice"
+KCM_CONTROLLERS = ",".join(
+    f"{name}-controller"
+    for name in (
+        "deployment", "replicaset", "statefulset", "daemonset", "job", "cronjob", "ttl-after-finished",
+        "garbage-collector", "namespace", "serviceaccount", "serviceaccount-token", "disruption",
+        "root-ca-certificate-publisher", "clusterrole-aggregation", "resourcequota", "pod-garbage-collector",
+    )
 )
+"""An explicit list. Left out on purpose: node-lifecycle (it would taint the process kubelet's node for missing
+lease heartbeats), endpoints/endpointslice (they refuse the pods' loopback IP), cloud, volume and certificate
+controllers that nothing here uses."""
 START_TIMEOUT_S = float(os.environ.get("LATTICE_K8S_START_TIMEOUT", "60"))
 STOP_TIMEOUT_S = 5.0
 
@@ -440,6 +444,8 @@ class ControlPlane:
                 f"--service-account-key-file={pki.sa_public_key}",
                 f"--service-account-signing-key-file={pki.sa_private_key}",
                 "--allow-privileged=true",
+            # The "kubernetes" Service's endpoints would be 127.0.0.1, which Endpoints validation refuses.
+            "--endpoint-reconciler-type=none",
                 # Nodes get the not-ready taint from this plugin, and no node-lifecycle controller lifts it.
                 "--disable-admission-plugins=TaintNodesByCondition"
                 + ("" if self.has_controllers else ",ServiceAccount"),  # the SA controller creates "default"

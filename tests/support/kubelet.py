@@ -894,6 +894,11 @@ class ProcessKubelet:
     def log_path(self, namespace: str, pod: str, container: str) -> Path:
         return self.pod_dir(namespace, pod) / f"{container}.log"
 
+    def interrupt_watch(self) -> None:
+        """Drops the current watch connection, as a network error would (for tests of the re-list)."""
+        if (response := self._watch_response) is not None:
+            response.shutdown()
+
     def start(self) -> None:
         self.root_dir.mkdir(parents=True, exist_ok=True)
         self._register_node()
@@ -903,8 +908,7 @@ class ProcessKubelet:
         """Stops watching and kills every pod's processes (quickly, without API calls)."""
         self._stopped.set()
         with contextlib.suppress(Exception):
-            if self._watch_response is not None:
-                self._watch_response.shutdown()  # unblocks the watch read
+            self.interrupt_watch()  # unblocks the watch read
         if self._thread.is_alive():
             self._thread.join(10)
         with self._lock:

@@ -1,0 +1,47 @@
+# Station Lattice. Two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Re-install whenever pyproject.toml changes; otherwise the install step is a no-op.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint typecheck unit k8s-bin cluster bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/lattice demo
+
+lint: install
+	$(BIN)/ruff check station_runtime operator tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+# Builds (once, cached under ~/.cache/station-lattice) the Kubernetes control-plane binaries where Go exists.
+k8s-bin:
+	@if [ -n "$$KUBEBUILDER_ASSETS" ] || command -v go >/dev/null 2>&1; then \
+		bash scripts/k8s-bin.sh; \
+	else \
+		echo "k8s-bin: no Go toolchain and no KUBEBUILDER_ASSETS; Kubernetes tests will skip"; \
+	fi
+
+test: install lint typecheck k8s-bin
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/pytest -m "not k8s and not e2e and not fault and not helm" $(PYTEST_ARGS)
+
+cluster: install k8s-bin
+	$(PY) -m tests.support.cluster
+
+clean:
+	rm -rf $(VENV) .lattice .mypy_cache .ruff_cache .pytest_cache

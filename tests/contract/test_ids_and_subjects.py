@@ -1,0 +1,74 @@
+"""Ids that become subject tokens are validated, and every subject is built from validated ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from station_runtime.contract import subjects
+from station_runtime.contract.errors import InvalidIdError
+from station_runtime.contract.ids import validate_id
+
+
+@pytest.mark.parametrize("value", ["a", "acme", "station-0", "Worker_2", "x" * 64, "0abc"])
+def test_valid_ids_pass_unchanged(value: str) -> None:
+    assert validate_id(value, "station id") == value
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "must not be empty"),
+        ("a.b", "'.'"),
+        ("a*", "'*'"),
+        ("a>", "'>'"),
+        ("a b", "whitespace"),
+        ("a\tb", "whitespace"),
+        ("x" * 65, "65 characters long, the limit is 64"),
+        ("-lead", "must start with a letter or digit"),
+        ("ümlaut", "only letters, digits"),
+    ],
+)
+def test_invalid_ids_are_rejected_naming_the_value(value: str, reason: str) -> None:
+    with pytest.raises(InvalidIdError) as exc:
+        validate_id(value, "station id")
+    assert reason in str(exc.value)
+    assert repr(value) in str(exc.value)
+    assert "station id" in str(exc.value)
+
+
+def test_non_string_ids_are_rejected() -> None:
+    with pytest.raises(InvalidIdError, match="must be a string"):
+        validate_id(42, "org id")
+
+
+def test_subjects_follow_the_contract() -> None:
+    assert subjects.presence("acme", "heartbeat") == "lattice.v1.acme.presence.heartbeat"
+    assert subjects.presence_all("acme") == "lattice.v1.acme.presence.*"
+    assert subjects.agent_invoke("acme", "s1") == "lattice.v1.acme.station.s1.agent.invoke"
+    assert subjects.workflow_run("acme", "s1") == "lattice.v1.acme.station.s1.workflow.run"
+    assert subjects.work_assign("acme", "s1") == "lattice.v1.acme.station.s1.work.assign"
+    assert subjects.auction_request("acme") == "lattice.v1.acme.auction.request"
+    assert subjects.work_update("acme", "w1", "progress") == "lattice.v1.acme.work.w1.progress"
+    assert subjects.work_updates_all("acme") == "lattice.v1.acme.work.*.*"
+    assert subjects.event("acme", "work", "succeeded") == "lattice.v1.acme.events.work.succeeded"
+    assert subjects.events_all("acme") == "lattice.v1.acme.events.>"
+    assert subjects.bucket("acme", "stations") == "lattice-acme-stations"
+    assert subjects.events_stream("acme") == "lattice-acme-events"
+
+
+@pytest.mark.parametrize("builder", [
+    lambda bad: subjects.agent_invoke(bad, "s1"),
+    lambda bad: subjects.agent_invoke("acme", bad),
+    lambda bad: subjects.work_update("acme", bad, "complete"),
+    lambda bad: subjects.bucket(bad, "work"),
+])
+@pytest.mark.parametrize("bad", ["a.b", "*", ">", "", "a b"])
+def test_builders_refuse_ids_that_would_change_the_subject(builder: object, bad: str) -> None:
+    with pytest.raises(InvalidIdError):
+        builder(bad)  # type: ignore[operator]
+
+
+def test_parse_org() -> None:
+    assert subjects.parse_org("lattice.v1.acme.presence.heartbeat") == "acme"
+    assert subjects.parse_org("other.v1.acme.x") is None
+    assert subjects.parse_org("lattice") is None

@@ -1,0 +1,142 @@
+"""``lattice up``: starts NATS and stations from manifests, restarts a killed station with the same id, and
+stops everything it started."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from station_runtime.client import LatticeClient
+from station_runtime.contract.messages import StationRecord
+from station_runtime.natsio.connect import NatsSettings
+from tests.support.waiting import eventually, wait_sync
+
+MANIFESTS = """\
+apiVersion: lattice.station.dev/v1alpha1
+kind: Station
+metadata: {name: worker}
+spec: {replicas: 2, maxConcurrency: 2}
+---
+apiVersion: lattice.station.dev/v1alpha1
+kind: Agent
+metadata: {name: echo}
+spec: {model: {provider: echo}}
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited all the same.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Up:
+    def __init__(self, tmp: Path) -> None:
+        (tmp / "manifests").mkdir()
+        (tmp / "manifests" / "lattice.yaml").write_text(MANIFESTS)
+        self.env = {**os.environ, "XDG_STATE_HOME": str(tmp / "state"), "PYTHONUNBUFFERED": "1"}
+        self.log = open(tmp / "up.log", "wb")  # noqa: SIM115
+        self.tmp = tmp
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "station_runtime", "--org", "local", "up", "-f", str(tmp / "manifests"),
+             "--state-dir", str(tmp / "lattice"), "--port", "0", "--heartbeat-interval", "0.5"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+
+    def url(self) -> str:
+        import json
+
+        state = self.tmp / "state" / "station-lattice" / "current.json"
+        return str(wait_sync(lambda: state.exists() and json.loads(state.read_text())["url"], timeout_s=30,
+                             what=f"lattice up to write {state} (log: {self.output()})"))
+
+    def output(self) -> str:
+        return (self.tmp / "up.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    u = Up(tmp_path)
+    yield u
+    u.stop()
+
+
+async def live_stations(url: str, count: int) -> list[StationRecord]:
+    async with LatticeClient(NatsSettings(url=url), "local") as client:
+        return await client.wait_for_stations(count, agent="echo", timeout_s=30)
+
+
+def nats_pid(up: Up) -> int:
+    pids = list((up.tmp / "lattice" / "nats" / "ports").glob("*.ports"))
+    return int(pids[0].stem.rsplit("_", 1)[1])
+
+
+@pytest.mark.timeout(90)
+async def test_up_restarts_a_killed_station_with_the_same_id_and_stops_cleanly(up: Up) -> None:
+    url = up.url()
+    records = await live_stations(url, 2)
+    assert sorted(r.station_id for r in records) == ["worker-0", "worker-1"]
+    victim = next(r for r in records if r.station_id == "worker-0")
+    assert victim.pid is not None
+    os.kill(victim.pid, signal.SIGKILL)
+
+    async def restarted() -> StationRecord | None:
+        async with LatticeClient(NatsSettings(url=url), "local") as client:
+            return next((r for r in await client.stations()
+                         if r.station_id == "worker-0" and r.pid != victim.pid), None)
+
+    again = await eventually(restarted, timeout_s=30, what="worker-0 to come back under a new pid")
+    assert again.pid and alive(again.pid)
+    async with LatticeClient(NatsSettings(url=url), "local") as client:
+        assert (await client.invoke("after restart", agent="echo", station="worker-0", timeout_s=5)).output \
+            == "after restart"
+
+    children = [r.pid for r in await live_stations(url, 2) if r.pid] + [nats_pid(up)]
+    up.proc.send_signal(signal.SIGINT)
+    assert await asyncio.to_thread(up.proc.wait, 30) == 0, up.output()
+    assert not [pid for pid in children if alive(pid)], f"orphans left: {up.output()}"
+    assert "exited with code -9" in up.output()
+    assert not (up.tmp / "state" / "station-lattice" / "current.json").exists()
+
+
+@pytest.mark.timeout(60)
+async def test_killing_up_itself_takes_its_children_down(up: Up) -> None:
+    url = up.url()
+    children = [r.pid for r in await live_stations(url, 2) if r.pid] + [nats_pid(up)]
+    up.proc.kill()
+    up.proc.wait()
+    await eventually(lambda: _none_alive(children), timeout_s=10, what="stations and nats-server to exit")
+
+
+async def _none_alive(pids: list[int]) -> bool:
+    return not any(alive(p) for p in pids)
+
+
+async def test_up_refuses_bad_manifests_with_the_location(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("apiVersion: lattice.station.dev/v1alpha1\nkind: Station\n"
+                                       "metadata: {name: w}\nspec: {replicas: many}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "station_runtime", "up", "-f", str(tmp_path), stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"})
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert "bad.yaml[0] spec.replicas" in err.decode()

@@ -1,0 +1,30 @@
+"""Agent functions for the ``python`` provider in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+
+def slow(seconds: Any) -> str:
+    """A blocking agent: must run in a thread, never on the station's event loop."""
+    time.sleep(float(seconds))
+    return f"slept {seconds}"
+
+
+async def async_upper(text: Any) -> str:
+    await asyncio.sleep(0)
+    return str(text).upper()
+
+
+def boom(_: Any) -> None:
+    raise RuntimeError("the model caught fire")
+
+
+def with_context(text: Any, ctx: Any) -> dict[str, Any]:
+    return {"input": text, "request_id": ctx.request_id}
+
+
+def not_json(_: Any) -> object:
+    return object()
