@@ -27,6 +27,8 @@ has_assets() { [[ -x "$1/etcd" && -x "$1/kube-apiserver" ]]; }
 if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
     if has_assets "$KUBEBUILDER_ASSETS"; then
         log "using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
+        [[ -x "$KUBEBUILDER_ASSETS/kube-controller-manager" ]] \
+            || log "note: it has no kube-controller-manager, which the tests need; unset it to build one"
         echo "$KUBEBUILDER_ASSETS"
         exit 0
     fi
@@ -78,9 +80,11 @@ log "GOPROXY=$GOPROXY GOMODCACHE=$gomodcache; a cold build takes tens of minutes
 log "resolving k8s.io/kubernetes@$K8S_VERSION"
 k8s_json="$(cd "$work/kube" && "$GO" mod download -json "k8s.io/kubernetes@$K8S_VERSION")" \
     || die "k8s.io/kubernetes@$K8S_VERSION not served by $GOPROXY"
-upstream_mod="$(jq -r .GoMod <<<"$k8s_json")"
-upstream_info="$(jq -r .Info <<<"$k8s_json")"
-k8s_time="$(jq -r .Time "$upstream_info")"
+# A JSON string field, whether pretty-printed (go mod download -json) or compact (the proxy's .info file).
+json_field() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p"; }
+upstream_mod="$(json_field GoMod <<<"$k8s_json")"
+k8s_time="$(json_field Time <"$(json_field Info <<<"$k8s_json")")"  # the tag's time, as buildDate
+[[ -f "$upstream_mod" && -n "$k8s_time" ]] || die "unexpected go mod download output: $k8s_json"
 mapfile -t staging < <(sed -n 's|^[[:space:]]*\(k8s.io/[A-Za-z0-9._-]*\) => ./staging/src/.*|\1|p' "$upstream_mod")
 ((${#staging[@]} > 20)) || die "found only ${#staging[@]} staging modules in $upstream_mod"
 log "${#staging[@]} staging modules, pinned at $staging_version"
@@ -128,15 +132,9 @@ module station-lattice.invalid/etcdbin
 
 go 1.25.0
 
+tool go.etcd.io/etcd/server/v3
+
 require go.etcd.io/etcd/server/v3 $ETCD_VERSION
-EOF
-cat >"$work/etcd/tools.go" <<'EOF'
-//go:build tools
-
-// Keeps go.etcd.io/etcd/server/v3 (a main package) in the module graph for go mod tidy.
-package tools
-
-import _ "go.etcd.io/etcd/server/v3"
 EOF
 rm -f "$work/etcd/go.sum"
 log "go mod tidy (etcd)"

@@ -12,18 +12,21 @@ import dataclasses
 import logging
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import BucketNotFoundError
 
-from .api.models import Agent
+from .api.models import Agent, WorkItemSpec
 from .contract import subjects
 from .contract.codec import decode, decode_invoke_reply, encode
 from .contract.errors import DecodeError
+from .contract.events import CloudEvent
 from .contract.messages import (
     AgentDefinition,
     ErrorCode,
@@ -32,10 +35,21 @@ from .contract.messages import (
     InvokeResult,
     Payload,
     StationRecord,
+    WorkCancel,
+    WorkOutcome,
+    WorkPhase,
+    WorkProgress,
+    WorkRecord,
+    utcnow,
 )
 from .natsio.connect import NatsSettings, connect
+from .natsio.events import EventPublisher, read_events
 from .natsio.state import OrgState, StateLimits, read_all
 from .routing import candidates
+from .work import phases
+from .work.auction import AuctionConfig, Auctioneer
+from .work.directory import StationDirectory
+from .work.store import WorkStore
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +76,10 @@ class LatticeClient:
         self.nc: NatsClient | None = None
         self._state: OrgState | None = None
         self._inflight: Counter[str] = Counter()
+        self._store: WorkStore | None = None
+        self._directory: StationDirectory | None = None
+        self._auctioneer: Auctioneer | None = None
+        self.auction_config: AuctionConfig | None = None
 
     async def __aenter__(self) -> LatticeClient:
         await self.connect()
@@ -84,6 +102,8 @@ class LatticeClient:
             ) from exc
 
     async def close(self) -> None:
+        if self._directory is not None:
+            await self._directory.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
@@ -200,6 +220,133 @@ class LatticeClient:
             if reply.code not in (ErrorCode.BUSY, ErrorCode.DRAINING, ErrorCode.NOT_FOUND):
                 raise InvokeFailed(reply)
         raise LatticeError(f"no station could run the request; last error: {last}")
+
+
+    # --- async work ------------------------------------------------------------------------------------------
+
+    async def work_store(self) -> WorkStore:
+        if self._store is None:
+            self._store = WorkStore(await self.state(), EventPublisher(self._nc(), self.org, "cli"))
+        return self._store
+
+    async def auctioneer(self) -> Auctioneer:
+        """An auctioneer following the registry live (one watch for the life of this client)."""
+        if self._auctioneer is None:
+            store = await self.work_store()
+            self._directory = StationDirectory(store.state.stations)
+            await self._directory.start()
+            self._auctioneer = Auctioneer(self._nc(), store, directory=self._directory,
+                                          config=self.auction_config)
+            await self._auctioneer.start()
+        return self._auctioneer
+
+    def _nc(self) -> NatsClient:
+        assert self.nc is not None, "connect() first"
+        return self.nc
+
+    async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None) -> WorkRecord:
+        """Create the work and auction it at once; idempotent on ``work_id``. Returns the record as it stands
+        after the auction (Assigned, Unschedulable, ...). The witness of a running controller takes over if this
+        process dies before the work is placed."""
+        if spec.org is not None and spec.org != self.org:
+            raise LatticeError(f"work is for org {spec.org!r} but this client is connected to org {self.org!r}")
+        auctioneer = await self.auctioneer()
+        versioned, _ = await auctioneer.submit(spec, work_id=work_id)
+        return versioned.record
+
+    async def get_work(self, work_id: str) -> WorkRecord | None:
+        found = await (await self.work_store()).get(work_id)
+        return found.record if found else None
+
+    async def list_work(self) -> list[WorkRecord]:
+        return sorted((v.record for v in await (await self.work_store()).all()), key=lambda r: r.created_at)
+
+    async def result(self, record: WorkRecord) -> Payload:
+        return await (await self.work_store()).load_result(record)
+
+    async def cancel_work(self, work_id: str, reason: str = "cancelled by user") -> WorkRecord:
+        """Cancel queued work at once; ask the station running it to stop (the witness forces it if the
+        station does not confirm). Cancelling finished work is a no-op that returns the record."""
+        store = await self.work_store()
+
+        def cancel(r: WorkRecord) -> WorkRecord | None:
+            if r.phase.terminal or r.cancel_requested:
+                return None
+            if r.phase in (WorkPhase.ASSIGNED, WorkPhase.RUNNING) or r.is_workflow:
+                return r.model_copy(update={"cancel_requested": True, "reason": reason, "updated_at": utcnow()})
+            return phases.transition(r, WorkPhase.CANCELLED, reason=reason)
+
+        result = await store.mutate(work_id, cancel)
+        if result is None:
+            current = await store.get(work_id)
+            if current is None:
+                raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
+            return current.record
+        record = result.record
+        if record.phase == WorkPhase.CANCELLED:
+            await store.emit("work", "cancelled", record)
+            await self._nc().publish(subjects.work_update(self.org, work_id, "failed"),
+                                     encode(WorkOutcome(work_id=work_id, phase=record.phase)))
+        elif record.station_id:
+            await self._nc().publish(subjects.work_cancel(self.org, record.station_id),
+                                     encode(WorkCancel(work_id=work_id, attempt_id=record.attempt_id,
+                                                       reason=reason)))
+        if record.is_workflow:
+            from .work.workflow import child_id
+
+            with contextlib.suppress(LatticeError):
+                await self.cancel_work(child_id(work_id, record.step_index), reason)
+        return record
+
+    async def wait_work(self, work_id: str, *, timeout_s: float | None = None,
+                        on_progress: Callable[[WorkProgress | WorkRecord], Awaitable[None]] | None = None,
+                        poll_s: float = 2.0) -> WorkRecord:
+        """Wait until the work is finished. Completion and progress notifications wake it up at once; the
+        record is re-read every ``poll_s`` as well, so a missed notification (NATS restarted) costs a delay,
+        never a hang."""
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        last_seen: WorkRecord | None = None
+        try:
+            while True:
+                record = await self.get_work(work_id)
+                if record is None:
+                    raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
+                if on_progress is not None and (last_seen is None or record.updated_at != last_seen.updated_at):
+                    await on_progress(record)
+                last_seen = record
+                if record.phase.terminal:
+                    return record
+                while True:
+                    remaining = None if deadline is None else deadline - loop.time()
+                    if remaining is not None and remaining <= 0:
+                        raise LatticeError(f"work {work_id} still {record.phase} after {timeout_s}s")
+                    try:
+                        msg = await asyncio.wait_for(queue.get(), min(poll_s, remaining or poll_s))
+                    except TimeoutError:
+                        break
+                    if msg.subject.endswith(".progress"):
+                        if on_progress is not None:
+                            with contextlib.suppress(DecodeError):
+                                await on_progress(decode(msg.data, WorkProgress))
+                        continue
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+    async def events(self, *, follow: bool = False, category: str | None = None,
+                     work_id: str | None = None) -> AsyncIterator[CloudEvent]:
+        """The org's CloudEvents, oldest first; ``follow`` keeps waiting for new ones."""
+        await self.state()
+        subject = subjects.events_all(self.org) if category is None else \
+            f"{subjects.org_root(self.org)}.events.{category}.*"
+        async for event in read_events(self._nc(), self.org, follow=follow, subject_filter=subject):
+            if work_id is None or event.subject == work_id:
+                yield event
 
 
 class InvokeFailed(LatticeError):

@@ -112,6 +112,22 @@ class WorkTimeouts(ApiModel):
     start_to_close_seconds: float = Field(default=600.0, gt=0)
 
 
+class WorkflowStep(ApiModel):
+    """One step of a workflow: auctioned like any work. ``input`` is a template: ``{{input}}`` is the workflow's
+    input, ``{{steps.NAME.output}}`` the output of an earlier step (JSON-encoded unless it is a string)."""
+
+    name: AgentName
+    agent: AgentName | None = None
+    required_capabilities: list[Capability] = Field(default_factory=list)
+    input: str = "{{input}}"
+
+    @model_validator(mode="after")
+    def _target(self) -> WorkflowStep:
+        if not self.agent and not self.required_capabilities:
+            raise ValueError(f"step {self.name!r}: set agent or requiredCapabilities")
+        return self
+
+
 class WorkItemSpec(ApiModel):
     org: OrgId | None = None
     agent: AgentName | None = None
@@ -121,11 +137,15 @@ class WorkItemSpec(ApiModel):
     timeouts: WorkTimeouts = Field(default_factory=WorkTimeouts)
     max_retries: int = Field(default=2, ge=0, le=50)
     priority: int = Field(default=0, ge=-100, le=100)
+    steps: list[WorkflowStep] = Field(default_factory=list, description="A workflow: steps run in order.")
 
     @model_validator(mode="after")
     def _target(self) -> WorkItemSpec:
-        if not self.agent and not self.required_capabilities:
-            raise ValueError("set agent or requiredCapabilities: work must say what may run it")
+        if not self.agent and not self.required_capabilities and not self.steps:
+            raise ValueError("set agent, requiredCapabilities or steps: work must say what may run it")
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError("workflow step names must be unique")
         return self
 
 

@@ -222,34 +222,54 @@ class WorkRecord(WireModel):
     work_id: WorkId
     spec: WorkItemSpec
     phase: WorkPhase = WorkPhase.PENDING
+    #: Number of the current (or last) attempt; 0 until first assigned. Retries are attempts beyond the first.
     attempt: int = Field(default=0, ge=0)
     attempt_id: str | None = None
     station_id: StationId | None = None
     reason: str = ""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    scheduled_at: datetime | None = None
     assigned_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    lease_expires_at: datetime | None = None
+    #: Unschedulable or requeued work is not auctioned again before this time.
+    retry_at: datetime | None = None
+    #: Auctions that found no bidder, in a row (drives the Unschedulable backoff).
+    schedule_attempts: int = Field(default=0, ge=0)
     progress_percent: float | None = Field(default=None, ge=0, le=100)
     progress_message: str = ""
     last_progress_at: datetime | None = None
     result: Payload = None
+    #: Where a result too large for the record lives (``obj://bucket/name``).
     result_ref: str | None = None
     error: WorkError | None = None
     cancel_requested: bool = False
+    #: Late reports from superseded attempts that were refused.
+    rejected_reports: int = Field(default=0, ge=0)
+    parent_id: WorkId | None = None
+    #: Workflows: index of the step running now, and the outputs of the finished ones by step name.
+    step_index: int = Field(default=0, ge=0)
+    step_outputs: dict[str, Payload] = Field(default_factory=dict)
     traceparent: str | None = None
+
+    @property
+    def is_workflow(self) -> bool:
+        return bool(self.spec.steps)
+
+    @property
+    def retries(self) -> int:
+        return max(self.attempt - 1, 0)
 
 
 class WorkAssign(WireModel):
+    """Sent (request/reply) to the auction's winner. Carries the record as the auctioneer wrote it and its KV
+    revision, so that the station's first compare-and-set needs no read."""
+
     SCHEMA = "lattice.work.assign"
 
-    work_id: WorkId
-    attempt_id: str
-    agent: AgentName
-    input: Payload = ""
-    timeout_s: float = Field(gt=0)
+    record: WorkRecord
+    revision: int = Field(ge=0)
 
 
 class WorkAccept(WireModel):
@@ -259,6 +279,14 @@ class WorkAccept(WireModel):
     attempt_id: str
     station_id: StationId
     accepted: bool
+    reason: str = ""
+
+
+class WorkCancel(WireModel):
+    SCHEMA = "lattice.work.cancel"
+
+    work_id: WorkId
+    attempt_id: str | None = None
     reason: str = ""
 
 
@@ -275,16 +303,15 @@ class WorkProgress(WireModel):
 
 
 class WorkOutcome(WireModel):
-    """Published on ``work.{id}.complete`` or ``work.{id}.failed`` after the record has been written."""
+    """Published on ``work.{id}.complete`` or ``work.{id}.failed`` after the record has been written; a hint
+    for waiters, who fall back to reading the record."""
 
     SCHEMA = "lattice.work.outcome"
 
     work_id: WorkId
-    attempt_id: str
-    station_id: StationId
+    attempt_id: str | None = None
+    station_id: StationId | None = None
     phase: WorkPhase
-    result: Payload = None
-    error: WorkError | None = None
 
 
 class AuctionRequest(WireModel):
@@ -300,11 +327,15 @@ class AuctionRequest(WireModel):
 
 
 class AuctionBid(WireModel):
+    """A station's answer to an auction. A station that cannot take the work answers ``declined`` rather than
+    staying silent, so that the auction can close as soon as every eligible station has spoken."""
+
     SCHEMA = "lattice.auction.bid"
 
     auction_id: str
     station_id: StationId
-    score: float
-    load: int = Field(ge=0)
-    capacity: int = Field(ge=0)
-    capabilities: list[Capability] = Field(default_factory=list)
+    score: float = 0.0
+    load: int = Field(default=0, ge=0)
+    capacity: int = Field(default=0, ge=0)
+    declined: bool = False
+    reason: str = ""

@@ -30,6 +30,8 @@ from ..executors.backoff import compute_backoff
 from ..natsio.connect import NatsSettings
 from ..natsio.embedded import EmbeddedNats
 from ..natsio.procutil import die_with_parent, tail
+from ..work.controller import WorkController
+from ..work.policy import WitnessPolicy
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class LocalLattice:
     def __init__(self, manifests: ManifestSet, *, org: str, state_dir: Path, nats_url: str | None = None,
                  nats: NatsSettings | None = None, port: int = 4222, sync_always: bool = True,
                  heartbeat_s: float = 2.0, drain_timeout_s: float = 10.0,
+                 policy: WitnessPolicy | None = None, witness_interval_s: float = 1.0,
                  on_event: Callable[[str], None] | None = None) -> None:
         self.manifests = manifests
         self.org = org
@@ -101,6 +104,9 @@ class LocalLattice:
         self.on_event = on_event or (lambda m: log.info("%s", m))
         self.server: EmbeddedNats | None = None
         self.client: LatticeClient | None = None
+        self.controller: WorkController | None = None
+        self.policy = policy or WitnessPolicy()
+        self.witness_interval_s = witness_interval_s
         self.stations: dict[str, StationProcess] = {}
         self._stopping = False
 
@@ -128,6 +134,9 @@ class LocalLattice:
         for agent in self.manifests.agents:
             await self.client.put_agent(agent, org=agent.spec.org or self.org)
             self.on_event(f"agent {agent.name} published ({agent.spec.model.provider})")
+        self.controller = WorkController(settings, self.org, policy=self.policy, interval_s=self.witness_interval_s,
+                                         name="lattice-up")
+        await self.controller.start()
         for manifest in self.manifests.stations:
             org = manifest.spec.org or self.org
             for index in range(manifest.spec.replicas):
@@ -203,6 +212,11 @@ class LocalLattice:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.controller is not None:
+            # First, so that work the stations hand back on drain waits in KV instead of being re-auctioned
+            # among stations that are all stopping.
+            await self.controller.stop()
+            self.controller = None
         procs = [sp for sp in self.stations.values() if sp.alive]
         for sp in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -220,6 +234,8 @@ class LocalLattice:
         for sp in self.stations.values():
             if sp.watcher is not None:
                 sp.watcher.cancel()
+        if self.controller is not None:
+            await self.controller.stop()
         if self.client is not None:
             await self.client.close()
         if self.server is not None:

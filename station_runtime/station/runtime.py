@@ -23,11 +23,13 @@ from ..contract.messages import StationStatus
 from ..natsio.connect import connect
 from ..natsio.events import EventPublisher
 from ..natsio.state import OrgState, StateLimits
+from ..work.store import WorkStore
 from .agents import AgentHost
 from .health import HealthServer
 from .invoke import InvokeService, Slots
 from .presence import Presence
 from .settings import StationSettings
+from .work import WorkService
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Station:
         self.presence: Presence | None = None
         self.invoke: InvokeService | None = None
         self.events: EventPublisher | None = None
+        self.work: WorkService | None = None
         self._subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
@@ -82,6 +85,9 @@ class Station:
         self.invoke = InvokeService(s.station_id, self.agents, self.slots, lambda: self.draining)
         self._subs.append(await self.nc.subscribe(subjects.agent_invoke(s.org, s.station_id),
                                                   cb=self.invoke.on_message, pending_msgs_limit=65536))
+        self.work = WorkService(self.nc, s, WorkStore(self.state, self.events), self.agents, self.slots,
+                                lambda: self.draining)
+        self._subs.extend(await self.work.subscribe())
         await self.nc.flush()
         record = await self.presence.announce()
         self._started = True
@@ -89,6 +95,9 @@ class Station:
                                data={"agents": record.agents, "capabilities": record.capabilities,
                                      "capacity": record.capacity, "labels": record.labels})
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        resumed = await self.work.resume()
+        if resumed:
+            log.info("station %s resumed %d unfinished work item(s)", s.station_id, resumed)
         log.info("station %s/%s up: %d agent(s) %s, capacity %d", s.org, s.station_id, len(record.agents),
                  record.agents, record.capacity)
 
@@ -123,6 +132,8 @@ class Station:
         if self.presence is not None and self._started:
             with contextlib.suppress(Exception):
                 await self.presence.heartbeat()  # tell the lattice at once that we take nothing new
+        if self.work is not None:
+            await self.work.hand_back(s.drain_timeout_s)
         if self.invoke is not None and self.invoke.tasks:
             _, pending = await asyncio.wait(set(self.invoke.tasks), timeout=s.drain_timeout_s)
             for task in pending:

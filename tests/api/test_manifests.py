@@ -90,7 +90,7 @@ spec: {input: x}
     assert ("bad.yml", 5, "spec") in problems  # neither agent nor capabilities
     text = str(exc.value)
     assert "needs function: 'module:function'" in text
-    assert "set agent or requiredCapabilities" in text
+    assert "set agent, requiredCapabilities or steps" in text
     assert "good.yaml" not in text
 
 

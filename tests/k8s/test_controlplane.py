@@ -7,9 +7,9 @@ API server itself enforces (CRD schemas), against real etcd + kube-apiserver + k
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +20,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.support.controlplane import Binaries, ControlPlane, ControlPlaneError, free_ports
-from tests.support.kube_fixtures import KubeCluster, wait_until
+from tests.support.kube_fixtures import KubeCluster
 from tests.support.kubelet import BINDER_NAME, ProcessKubelet, python_command
+from tests.support.waiting import wait_sync
 
 TEST_IMAGE = "lattice-test/python:1"
 
@@ -78,11 +79,12 @@ def kubelet(kube_cluster: KubeCluster) -> ProcessKubelet:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an orphan's zombie may linger un-reaped)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
@@ -99,11 +101,13 @@ def pod_phase_is(core: client.CoreV1Api, namespace: str, name: str, phase: str) 
     return pod if pod and pod.get("status", {}).get("phase") == phase else None
 
 
-# --- the API server -----------------------------------------------------------------------------------------
+# --- the API server -------------------------------------------------------------------------------
 
 
 @pytest.mark.k8s
-def test_api_server_rejects_objects_that_violate_a_crd_schema(api: client.ApiClient, k8s_namespace: str) -> None:
+def test_api_server_rejects_objects_that_violate_a_crd_schema(
+    api: client.ApiClient, k8s_namespace: str
+) -> None:
     extensions, objects = client.ApiextensionsV1Api(api), client.CustomObjectsApi(api)
     group, plural = "tests.lattice.example", "widgets"
     spec_schema = {
@@ -123,29 +127,43 @@ def test_api_server_rejects_objects_that_violate_a_crd_schema(api: client.ApiCli
             "group": group,
             "scope": "Namespaced",
             "names": {"plural": plural, "singular": "widget", "kind": "Widget"},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}},
-            }],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}},
+                }
+            ],
         },
     }
     extensions.create_custom_resource_definition(crd)
     try:
-        wait_until(
-            lambda: any(c.type == "Established" and c.status == "True"
-                        for c in extensions.read_custom_resource_definition(f"{plural}.{group}").status.conditions
-                        or []),
-            timeout_s=30, what="the CRD to be Established")
+        wait_sync(
+            lambda: any(
+                c.type == "Established" and c.status == "True"
+                for c in extensions.read_custom_resource_definition(f"{plural}.{group}").status.conditions
+                or []
+            ),
+            timeout_s=30,
+            what="the CRD to be Established",
+        )
 
         def widget(name: str, spec: dict[str, Any]) -> dict[str, Any]:
             return {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": name}, "spec": spec}
 
         # Given a valid object, I expect it stored; given one breaking three rules, a 422 naming each field.
-        objects.create_namespaced_custom_object(group, "v1", k8s_namespace, plural,
-                                                widget("good", {"size": 2, "color": "red", "label": "ok"}))
+        objects.create_namespaced_custom_object(
+            group, "v1", k8s_namespace, plural, widget("good", {"size": 2, "color": "red", "label": "ok"})
+        )
         with pytest.raises(ApiException) as rejected:
-            objects.create_namespaced_custom_object(group, "v1", k8s_namespace, plural,
-                                                    widget("bad", {"size": 0, "color": "blue", "label": "No!"}))
+            objects.create_namespaced_custom_object(
+                group,
+                "v1",
+                k8s_namespace,
+                plural,
+                widget("bad", {"size": 0, "color": "blue", "label": "No!"}),
+            )
         assert rejected.value.status == 422
         message = json.loads(rejected.value.body)["message"]
         for field in ("spec.size", "spec.color", "spec.label"):
@@ -158,29 +176,38 @@ def test_api_server_rejects_objects_that_violate_a_crd_schema(api: client.ApiCli
         extensions.delete_custom_resource_definition(f"{plural}.{group}")
 
 
-# --- the controller-manager ---------------------------------------------------------------------------------
+# --- the controller-manager -----------------------------------------------------------------------
 
 
 @pytest.mark.k8s
 def test_deleting_an_owner_garbage_collects_its_dependents(api: client.ApiClient, k8s_namespace: str) -> None:
     core = client.CoreV1Api(api)
     owner = core.create_namespaced_config_map(
-        k8s_namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner")))
-    reference = client.V1OwnerReference(api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid)
+        k8s_namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="owner"))
+    )
+    reference = client.V1OwnerReference(
+        api_version="v1", kind="ConfigMap", name="owner", uid=owner.metadata.uid
+    )
     core.create_namespaced_config_map(
-        k8s_namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="dependent", owner_references=[reference])))
-    core.create_namespaced_config_map(k8s_namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bystander")))
+        k8s_namespace,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="dependent", owner_references=[reference])),
+    )
+    core.create_namespaced_config_map(
+        k8s_namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="bystander"))
+    )
 
     core.delete_namespaced_config_map("owner", k8s_namespace)
 
     def names() -> set[str]:
         return {item.metadata.name for item in core.list_namespaced_config_map(k8s_namespace).items}
 
-    wait_until(lambda: "dependent" not in names(), timeout_s=30, what="the garbage collector to delete 'dependent'")
+    wait_sync(
+        lambda: "dependent" not in names(), timeout_s=30, what="the garbage collector to delete 'dependent'"
+    )
     assert "bystander" in names()
 
 
-# --- the process kubelet ------------------------------------------------------------------------------------
+# --- the process kubelet --------------------------------------------------------------------------
 
 
 def pid_server_deployment(port: int) -> dict[str, Any]:
@@ -200,8 +227,10 @@ def pid_server_deployment(port: int) -> dict[str, Any]:
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels},
-                         "spec": {"containers": [container], "terminationGracePeriodSeconds": 5}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [container], "terminationGracePeriodSeconds": 5},
+            },
         },
     }
 
@@ -218,9 +247,10 @@ def test_a_deployment_runs_as_a_process_becomes_available_and_stops_when_deleted
     def available() -> bool:
         status = apps.read_namespaced_deployment_status("pid-server", k8s_namespace).status
         return any(c.type == "Available" and c.status == "True" for c in status.conditions or []) and (
-            status.available_replicas == 1)
+            status.available_replicas == 1
+        )
 
-    wait_until(available, timeout_s=60, what="the Deployment to become Available")
+    wait_sync(available, timeout_s=60, what="the Deployment to become Available")
 
     # The pod the ReplicaSet made was scheduled onto the kubelet's node and runs as a local process...
     (pod,) = core.list_namespaced_pod(k8s_namespace, label_selector="app=pid-server").items
@@ -235,9 +265,12 @@ def test_a_deployment_runs_as_a_process_becomes_available_and_stops_when_deleted
 
     apps.delete_namespaced_deployment("pid-server", k8s_namespace)
 
-    wait_until(lambda: not pid_alive(pid), timeout_s=60, what=f"process {pid} to stop after the deletion")
-    wait_until(lambda: read_pod(core, k8s_namespace, pod.metadata.name) is None, timeout_s=30,
-               what="the kubelet to remove the terminated pod")
+    wait_sync(lambda: not pid_alive(pid), timeout_s=60, what=f"process {pid} to stop after the deletion")
+    wait_sync(
+        lambda: read_pod(core, k8s_namespace, pod.metadata.name) is None,
+        timeout_s=30,
+        what="the kubelet to remove the terminated pod",
+    )
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
 
@@ -247,11 +280,17 @@ def test_secrets_configmaps_and_the_downward_api_reach_the_process(
     api: client.ApiClient, kubelet: ProcessKubelet, k8s_namespace: str
 ) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_config_map(k8s_namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="settings"),
-        data={"GREETING": "hello", "LEVEL": "debug", "app.yaml": "level: debug\n", "unused": "x"}))
-    core.create_namespaced_secret(k8s_namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="credentials"), string_data={"token": "s3cret"}))
+    core.create_namespaced_config_map(
+        k8s_namespace,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="settings"),
+            data={"GREETING": "hello", "LEVEL": "debug", "app.yaml": "level: debug\n", "unused": "x"},
+        ),
+    )
+    core.create_namespaced_secret(
+        k8s_namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="credentials"), string_data={"token": "s3cret"}),
+    )
     container = {
         "name": "report",
         "image": TEST_IMAGE,
@@ -280,25 +319,41 @@ def test_secrets_configmaps_and_the_downward_api_reach_the_process(
             "restartPolicy": "Never",
             "containers": [container],
             "volumes": [
-                {"name": "config", "configMap": {"name": "settings", "items": [{"key": "app.yaml",
-                                                                                   "path": "app.yaml"}]}},
-                {"name": "secret", "secret": {"secretName": "credentials",
-                                              "items": [{"key": "token", "path": "nested/token"}]}},
+                {
+                    "name": "config",
+                    "configMap": {"name": "settings", "items": [{"key": "app.yaml", "path": "app.yaml"}]},
+                },
+                {
+                    "name": "secret",
+                    "secret": {
+                        "secretName": "credentials",
+                        "items": [{"key": "token", "path": "nested/token"}],
+                    },
+                },
             ],
         },
     }
     core.create_namespaced_pod(k8s_namespace, pod)
 
-    wait_until(lambda: pod_phase_is(core, k8s_namespace, "report", "Succeeded"), timeout_s=60,
-               what="the report pod to succeed")
+    wait_sync(
+        lambda: pod_phase_is(core, k8s_namespace, "report", "Succeeded"),
+        timeout_s=60,
+        what="the report pod to succeed",
+    )
     log = kubelet.log_path(k8s_namespace, "report", "report").read_text()
     report = json.loads(log.splitlines()[-1])
     config_dir = report["env"]["KUBELET_MOUNT_ETC_LATTICE"]
     assert config_dir and Path(config_dir).is_relative_to(kubelet.pod_dir(k8s_namespace, "report"))
     assert report["argv"] == [config_dir, report["argv"][1], "--greeting=hello", "$(GREETING)"]
     assert report["env"] == {
-        "GREETING": "hello", "LEVEL": "debug", "TOKEN": "s3cret", "POD_NAME": "report", "POD_IP": "127.0.0.1",
-        "MESSAGE": "hello, report", "CONFIG": f"{config_dir}/app.yaml", "KUBELET_MOUNT_ETC_LATTICE": config_dir,
+        "GREETING": "hello",
+        "LEVEL": "debug",
+        "TOKEN": "s3cret",
+        "POD_NAME": "report",
+        "POD_IP": "127.0.0.1",
+        "MESSAGE": "hello, report",
+        "CONFIG": f"{config_dir}/app.yaml",
+        "KUBELET_MOUNT_ETC_LATTICE": config_dir,
     }
     # Only the selected items are materialised, under their paths.
     assert report["files"] == {"app.yaml": "level: debug\n", "nested/token": "s3cret"}
@@ -309,19 +364,90 @@ def test_a_failing_container_is_restarted_per_restart_policy(
     api: client.ApiClient, kubelet: ProcessKubelet, k8s_namespace: str
 ) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_pod(k8s_namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "flaky"},
-        "spec": {"restartPolicy": "OnFailure",
-                 "containers": [{"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", FAIL_ONCE]}]},
-    })
+    core.create_namespaced_pod(
+        k8s_namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "flaky"},
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "containers": [{"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", FAIL_ONCE]}],
+            },
+        },
+    )
 
-    pod = wait_until(lambda: pod_phase_is(core, k8s_namespace, "flaky", "Succeeded"), timeout_s=60,
-                     what="the flaky pod to succeed after one restart")
+    pod = wait_sync(
+        lambda: pod_phase_is(core, k8s_namespace, "flaky", "Succeeded"),
+        timeout_s=60,
+        what="the flaky pod to succeed after one restart",
+    )
     (status,) = pod["status"]["containerStatuses"]
     assert status["restartCount"] == 1
     assert status["state"]["terminated"]["exitCode"] == 0
     log = kubelet.log_path(k8s_namespace, "flaky", "main").read_text()
     assert log.splitlines() == ["first run fails", "second run succeeds"]
+
+
+# Ignores SIGTERM, and so does the child it starts in its process group: only SIGKILL to the group ends both.
+STUBBORN = r"""
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, lambda *_: print("ignoring SIGTERM", flush=True))
+ignore = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+child = subprocess.Popen([sys.executable, "-c", ignore])
+print(f"child {child.pid}", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.k8s
+def test_a_pod_that_ignores_sigterm_is_killed_with_its_children_after_the_grace_period(
+    api: client.ApiClient, kubelet: ProcessKubelet, k8s_namespace: str
+) -> None:
+    core = client.CoreV1Api(api)
+    grace_s = 1
+    container = {"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", STUBBORN]}
+    core.create_namespaced_pod(
+        k8s_namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "stubborn"},
+            "spec": {"terminationGracePeriodSeconds": grace_s, "containers": [container]},
+        },
+    )
+    log_path = kubelet.log_path(k8s_namespace, "stubborn", "main")
+    child_line = wait_sync(
+        lambda: (
+            log_path.exists()
+            and next((line for line in log_path.read_text().splitlines() if line.startswith("child ")), None)
+        ),
+        timeout_s=60,
+        what="the stubborn pod to start its child",
+    )
+    child = int(child_line.split()[1])
+    pod = wait_sync(
+        lambda: pod_phase_is(core, k8s_namespace, "stubborn", "Running"),
+        timeout_s=30,
+        what="the stubborn pod to run",
+    )
+    main = int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("process://"))
+
+    deleted = time.monotonic()
+    core.delete_namespaced_pod("stubborn", k8s_namespace)
+    wait_sync(
+        lambda: not pid_alive(main) and not pid_alive(child),
+        timeout_s=30,
+        what="SIGKILL to end the pod's process group",
+    )
+    assert time.monotonic() - deleted >= grace_s
+    assert "ignoring SIGTERM" in log_path.read_text()
+    wait_sync(
+        lambda: read_pod(core, k8s_namespace, "stubborn") is None,
+        timeout_s=30,
+        what="the kubelet to remove the pod",
+    )
 
 
 WHOAMI = r"""
@@ -337,14 +463,24 @@ def test_a_pod_reaches_the_api_as_its_service_account(
     api: client.ApiClient, kubelet: ProcessKubelet, k8s_namespace: str
 ) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_pod(k8s_namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "whoami"},
-        "spec": {"restartPolicy": "Never",
-                 "containers": [{"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", WHOAMI]}]},
-    })
+    core.create_namespaced_pod(
+        k8s_namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "whoami"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", WHOAMI]}],
+            },
+        },
+    )
 
-    wait_until(lambda: pod_phase_is(core, k8s_namespace, "whoami", "Succeeded"), timeout_s=60,
-               what="the whoami pod to succeed")
+    wait_sync(
+        lambda: pod_phase_is(core, k8s_namespace, "whoami", "Succeeded"),
+        timeout_s=60,
+        what="the whoami pod to succeed",
+    )
     log = kubelet.log_path(k8s_namespace, "whoami", "main").read_text()
     assert log.splitlines()[-1] == f"system:serviceaccount:{k8s_namespace}:default"
 
@@ -355,24 +491,38 @@ def test_the_kubelet_keeps_working_after_its_watch_breaks(
 ) -> None:
     core = client.CoreV1Api(api)
     kubelet.interrupt_watch()
-    core.create_namespaced_pod(k8s_namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "after-break"},
-        "spec": {"restartPolicy": "Never",
-                 "containers": [{"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", "pass"]}]},
-    })
-    wait_until(lambda: pod_phase_is(core, k8s_namespace, "after-break", "Succeeded"), timeout_s=60,
-               what="a pod created after the watch broke to run")
+    core.create_namespaced_pod(
+        k8s_namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "after-break"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", "pass"]}],
+            },
+        },
+    )
+    wait_sync(
+        lambda: pod_phase_is(core, k8s_namespace, "after-break", "Succeeded"),
+        timeout_s=60,
+        what="a pod created after the watch broke to run",
+    )
 
 
-# --- the control plane's own failure reporting ----------------------------------------------------------------
+# --- the control plane's own failure reporting ----------------------------------------------------
 
 
 def test_a_component_that_dies_at_start_up_is_reported_with_its_log(tmp_path: Path) -> None:
     etcd = tmp_path / "etcd"
     etcd.write_text("#!/bin/sh\necho 'etcd: cannot open the data dir' >&2\nexit 7\n")
     etcd.chmod(0o755)
-    plane = ControlPlane(Binaries(etcd=etcd, kube_apiserver=etcd, kube_controller_manager=None, kube_scheduler=None,
-                                  kubectl=None), keep_dir=False)
+    plane = ControlPlane(
+        Binaries(
+            etcd=etcd, kube_apiserver=etcd, kube_controller_manager=None, kube_scheduler=None, kubectl=None
+        ),
+        keep_dir=False,
+    )
     with pytest.raises(ControlPlaneError, match=r"(?s)etcd exited with code 7.*cannot open the data dir"):
         plane.start()
     assert plane.components == []

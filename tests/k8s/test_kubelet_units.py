@@ -1,4 +1,4 @@
-"""The process kubelet's pure parts: image → command, env resolution, $(VAR) expansion, paths, volumes, status.
+"""The process kubelet's pure parts: image → command, env, $(VAR) expansion, paths, volumes, status.
 
 No cluster needed: API reads go through a fake PodSources.
 """
@@ -59,7 +59,7 @@ def make_pod(**spec: Any) -> dict[str, Any]:
     }
 
 
-# --- images ---------------------------------------------------------------------------------------------------
+# --- images ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -80,9 +80,15 @@ def test_station_lattice_images_run_the_venvs_console_scripts() -> None:
     images = ImageMap()
     lattice = str(venv_bin() / "lattice")
     assert images.argv("ghcr.io/station-lattice/station-lattice:0.1.0", [], ["station", "run"]) == [
-        lattice, "station", "run"]
+        lattice,
+        "station",
+        "run",
+    ]
     assert images.argv("station-lattice", ["lattice", "operator"], ["--verbose"]) == [
-        lattice, "operator", "--verbose"]
+        lattice,
+        "operator",
+        "--verbose",
+    ]
     # A program that is not in the venv is taken from PATH.
     assert images.argv("station-lattice", ["sh", "-c", "true"], [])[1:] == ["-c", "true"]
 
@@ -101,12 +107,16 @@ def test_a_registered_image_wins_and_unknown_images_are_refused() -> None:
         images.argv("lattice-test/python:1", ["python", "-c", "pass"], [])
     images.register("lattice-test/python", python_command)
     assert images.argv("lattice-test/python:1", ["python", "-c", "pass"], ["a"]) == [
-        sys.executable, "-c", "pass", "a"]
+        sys.executable,
+        "-c",
+        "pass",
+        "a",
+    ]
     images.register("*/station-lattice", lambda command, args: ["override", *args])
     assert images.argv("ghcr.io/x/station-lattice:1", [], ["a"]) == ["override", "a"]
 
 
-# --- $(VAR) expansion and env ---------------------------------------------------------------------------------
+# --- $(VAR) expansion and env ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -128,7 +138,10 @@ def test_expand_follows_kubernetes_rules(text: str, expanded: str) -> None:
 def test_env_merges_env_from_then_env_with_references_and_downward_api() -> None:
     pod = make_pod()
     container = {
-        "envFrom": [{"configMapRef": {"name": "settings"}}, {"secretRef": {"name": "creds"}, "prefix": "DB_"}],
+        "envFrom": [
+            {"configMapRef": {"name": "settings"}},
+            {"secretRef": {"name": "creds"}, "prefix": "DB_"},
+        ],
         "env": [
             {"name": "LEVEL", "value": "info"},  # env overrides envFrom
             {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
@@ -143,9 +156,18 @@ def test_env_merges_env_from_then_env_with_references_and_downward_api() -> None
     }
     env = container_env(pod, container, FakeSources(), {"HOME": "/pod"})
     assert env == {
-        "HOME": "/pod", "GREETING": "hi", "LEVEL": "info", "DB_token": "s3cret", "DB_user": "admin",
-        "TOKEN": "s3cret", "MSG": "hi from $(POD)", "POD": "web-0", "NS": "ns", "IP": "127.0.0.1",
-        "NODE": "node-a", "APP": "web",
+        "HOME": "/pod",
+        "GREETING": "hi",
+        "LEVEL": "info",
+        "DB_token": "s3cret",
+        "DB_user": "admin",
+        "TOKEN": "s3cret",
+        "MSG": "hi from $(POD)",
+        "POD": "web-0",
+        "NS": "ns",
+        "IP": "127.0.0.1",
+        "NODE": "node-a",
+        "APP": "web",
     }
 
 
@@ -162,7 +184,7 @@ def test_unresolvable_env_is_a_config_error(env: dict[str, Any]) -> None:
         container_env(make_pod(), {"env": [env]}, FakeSources(), {})
 
 
-# --- paths and volumes ----------------------------------------------------------------------------------------
+# --- paths and volumes ----------------------------------------------------------------------------
 
 
 def test_mount_env_names() -> None:
@@ -189,6 +211,29 @@ def test_rewrite_paths_replaces_whole_mount_paths_only(text: str, rewritten: str
     assert rewrite_paths(text, mounts) == rewritten
 
 
+def test_only_the_containers_own_values_are_rewritten() -> None:
+    # A /tmp mount must not touch the kubelet's own values, which live under /tmp too.
+    mounts = {"/tmp": "/tmp/k/pods/p/volumes/tmp"}
+    container = {
+        "env": [
+            {"name": "SCRATCH", "value": "/tmp/scratch"},
+            {"name": "UNDER_HOME", "value": "$(HOME)/x"},
+            {"name": "FROM_CONFIG", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "DIR"}}},
+        ]
+    }
+    sources = FakeSources()
+    sources.config_maps["settings"]["DIR"] = b"/tmp/from-config"
+    env = container_env(
+        make_pod(), container, sources, {"HOME": "/tmp/k/pods/p"}, lambda v: rewrite_paths(v, mounts)
+    )
+    assert env == {
+        "HOME": "/tmp/k/pods/p",
+        "SCRATCH": "/tmp/k/pods/p/volumes/tmp/scratch",
+        "UNDER_HOME": "/tmp/k/pods/p/x",
+        "FROM_CONFIG": "/tmp/k/pods/p/volumes/tmp/from-config",
+    }
+
+
 def test_a_rewritten_path_is_not_rewritten_again() -> None:
     # The local dir may itself contain a mountPath (pod dirs live under /tmp).
     assert rewrite_paths("/tmp/x", {"/tmp": "/tmp/pods/p/volumes/tmp"}) == "/tmp/pods/p/volumes/tmp/x"
@@ -198,42 +243,73 @@ def test_volumes_are_materialised_as_files(tmp_path: Path) -> None:
     pod = make_pod()
     sources = FakeSources()
     sources.config_maps["settings"]["app.yaml"] = b"a: 1\n"
-    secret = materialize_volume(pod, {"name": "s", "secret": {"secretName": "creds", "defaultMode": 0o400}},
-                                tmp_path / "s", sources)
+    secret = materialize_volume(
+        pod, {"name": "s", "secret": {"secretName": "creds", "defaultMode": 0o400}}, tmp_path / "s", sources
+    )
     assert (secret / "token").read_bytes() == b"s3cret" and (secret / "user").read_bytes() == b"admin"
     assert (secret / "token").stat().st_mode & 0o777 == 0o400
-    config = materialize_volume(pod, {"name": "c", "configMap": {
-        "name": "settings", "items": [{"key": "app.yaml", "path": "conf/app.yaml"}]}}, tmp_path / "c", sources)
+    config = materialize_volume(
+        pod,
+        {
+            "name": "c",
+            "configMap": {"name": "settings", "items": [{"key": "app.yaml", "path": "conf/app.yaml"}]},
+        },
+        tmp_path / "c",
+        sources,
+    )
     assert [p.relative_to(config).as_posix() for p in config.rglob("*") if p.is_file()] == ["conf/app.yaml"]
-    projected = materialize_volume(pod, {"name": "api", "projected": {"sources": [
-        {"serviceAccountToken": {"path": "token"}},
-        {"configMap": {"name": "settings", "items": [{"key": "GREETING", "path": "greeting"}]}},
-        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
-    ]}}, tmp_path / "api", sources)
+    projected = materialize_volume(
+        pod,
+        {
+            "name": "api",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"path": "token"}},
+                    {"configMap": {"name": "settings", "items": [{"key": "GREETING", "path": "greeting"}]}},
+                    {
+                        "downwardAPI": {
+                            "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                        }
+                    },
+                ]
+            },
+        },
+        tmp_path / "api",
+        sources,
+    )
     assert (projected / "token").read_text() == "token-for-web-0"
     assert (projected / "greeting").read_text() == "hi"
     assert (projected / "namespace").read_text() == "ns"
     empty = materialize_volume(pod, {"name": "e", "emptyDir": {}}, tmp_path / "e", sources)
     assert empty.is_dir() and not any(empty.iterdir())
-    assert materialize_volume(pod, {"name": "o", "secret": {"secretName": "nope", "optional": True}},
-                              tmp_path / "o", sources).is_dir()
+    assert materialize_volume(
+        pod, {"name": "o", "secret": {"secretName": "nope", "optional": True}}, tmp_path / "o", sources
+    ).is_dir()
     with pytest.raises(PodConfigError, match="nope"):
         materialize_volume(pod, {"name": "m", "secret": {"secretName": "nope"}}, tmp_path / "m", sources)
     with pytest.raises(PodConfigError, match="unsupported"):
-        materialize_volume(pod, {"name": "p", "persistentVolumeClaim": {"claimName": "x"}}, tmp_path / "p", sources)
+        materialize_volume(
+            pod, {"name": "p", "persistentVolumeClaim": {"claimName": "x"}}, tmp_path / "p", sources
+        )
 
 
 def test_container_mounts_honour_sub_path() -> None:
     volumes = {"config": Path("/pods/p/volumes/config")}
-    container = {"volumeMounts": [{"name": "config", "mountPath": "/etc/app"},
-                                  {"name": "config", "mountPath": "/etc/app.yaml", "subPath": "app.yaml"}]}
+    container = {
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/etc/app"},
+            {"name": "config", "mountPath": "/etc/app.yaml", "subPath": "app.yaml"},
+        ]
+    }
     assert container_mounts(container, volumes) == {
-        "/etc/app": "/pods/p/volumes/config", "/etc/app.yaml": "/pods/p/volumes/config/app.yaml"}
+        "/etc/app": "/pods/p/volumes/config",
+        "/etc/app.yaml": "/pods/p/volumes/config/app.yaml",
+    }
     with pytest.raises(PodConfigError):
         container_mounts({"volumeMounts": [{"name": "other", "mountPath": "/x"}]}, volumes)
 
 
-# --- status ---------------------------------------------------------------------------------------------------
+# --- status ---------------------------------------------------------------------------------------
 
 
 def run(*, running: bool = False, exit_code: int | None = None, started: bool = True) -> ContainerRun:
@@ -268,7 +344,7 @@ def test_restart_backoff_doubles_up_to_a_cap() -> None:
     assert [restart_backoff_s(n) for n in (1, 2, 3, 10)] == [0.2, 0.4, 0.8, 5.0]
 
 
-# --- probes ---------------------------------------------------------------------------------------------------
+# --- probes ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -312,7 +388,7 @@ def test_probes(http_port: int, tmp_path: Path) -> None:
         probe({"grpc": {"port": 1}})
 
 
-# --- binaries -------------------------------------------------------------------------------------------------
+# --- binaries -------------------------------------------------------------------------------------
 
 
 def test_kubebuilder_assets_are_preferred_and_each_tool_is_looked_up_on_its_own(
@@ -324,5 +400,10 @@ def test_kubebuilder_assets_are_preferred_and_each_tool_is_looked_up_on_its_own(
     for name in ("etcd", "kube-apiserver"):
         (tmp_path / name).write_text("#!/bin/sh\n")
         (tmp_path / name).chmod(0o755)
-    assert find_binaries() == Binaries(etcd=tmp_path / "etcd", kube_apiserver=tmp_path / "kube-apiserver",
-                                       kube_controller_manager=None, kube_scheduler=None, kubectl=None)
+    assert find_binaries() == Binaries(
+        etcd=tmp_path / "etcd",
+        kube_apiserver=tmp_path / "kube-apiserver",
+        kube_controller_manager=None,
+        kube_scheduler=None,
+        kubectl=None,
+    )

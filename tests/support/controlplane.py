@@ -34,7 +34,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "k8s-bin.sh"
@@ -42,14 +42,27 @@ SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"  # a config value only: nothing ever ro
 KCM_CONTROLLERS = ",".join(
     f"{name}-controller"
     for name in (
-        "deployment", "replicaset", "statefulset", "daemonset", "job", "cronjob", "ttl-after-finished",
-        "garbage-collector", "namespace", "serviceaccount", "serviceaccount-token", "disruption",
-        "root-ca-certificate-publisher", "clusterrole-aggregation", "resourcequota", "pod-garbage-collector",
+        "deployment",
+        "replicaset",
+        "statefulset",
+        "daemonset",
+        "job",
+        "cronjob",
+        "ttl-after-finished",
+        "garbage-collector",
+        "namespace",
+        "serviceaccount",
+        "serviceaccount-token",
+        "disruption",
+        "root-ca-certificate-publisher",
+        "clusterrole-aggregation",
+        "resourcequota",
+        "pod-garbage-collector",
     )
 )
-"""An explicit list. Left out on purpose: node-lifecycle (it would taint the process kubelet's node for missing
-lease heartbeats), endpoints/endpointslice (they refuse the pods' loopback IP), cloud, volume and certificate
-controllers that nothing here uses."""
+"""An explicit list. Left out on purpose: node-lifecycle (it would taint the process kubelet's node for
+missing lease heartbeats), endpoints/endpointslice (Endpoints refuse the pods' loopback IP), cloud, volume and
+certificate controllers that nothing here uses."""
 START_TIMEOUT_S = float(os.environ.get("LATTICE_K8S_START_TIMEOUT", "60"))
 STOP_TIMEOUT_S = 5.0
 
@@ -166,11 +179,7 @@ def _issue(
         )
     )
     if not is_ca:
-        oid = (
-            x509.ExtendedKeyUsageOID.SERVER_AUTH
-            if usage == "server"
-            else x509.ExtendedKeyUsageOID.CLIENT_AUTH
-        )
+        oid = ExtendedKeyUsageOID.SERVER_AUTH if usage == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([oid]), critical=False)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -444,8 +453,8 @@ class ControlPlane:
                 f"--service-account-key-file={pki.sa_public_key}",
                 f"--service-account-signing-key-file={pki.sa_private_key}",
                 "--allow-privileged=true",
-            # The "kubernetes" Service's endpoints would be 127.0.0.1, which Endpoints validation refuses.
-            "--endpoint-reconciler-type=none",
+                # The "kubernetes" Service's endpoints would be 127.0.0.1, which Endpoints validation refuses.
+                "--endpoint-reconciler-type=none",
                 # Nodes get the not-ready taint from this plugin, and no node-lifecycle controller lifts it.
                 "--disable-admission-plugins=TaintNodesByCondition"
                 + ("" if self.has_controllers else ",ServiceAccount"),  # the SA controller creates "default"

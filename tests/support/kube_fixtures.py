@@ -15,19 +15,17 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from tests.support.controlplane import ControlPlane, find_binaries, missing_binaries_message
 from tests.support.kubelet import ProcessKubelet
-
-T = TypeVar("T")
+from tests.support.waiting import wait_sync
 
 
 def use_existing_cluster() -> bool:
@@ -39,21 +37,6 @@ def skip_or_fail(message: str) -> None:
     if os.environ.get("LATTICE_REQUIRE_K8S") == "1":
         pytest.fail(f"LATTICE_REQUIRE_K8S=1 but {message}", pytrace=False)
     pytest.skip(message)
-
-
-def wait_until(
-    condition: Callable[[], T | None], *, timeout_s: float, what: str, interval_s: float = 0.1
-) -> T:
-    """Polls condition until it returns something truthy, which is returned; fails clearly at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while True:
-        last = condition()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last value: {last!r})")
-        time.sleep(interval_s)
 
 
 def new_api_client(kubeconfig: Path | str) -> Any:
@@ -90,8 +73,11 @@ class KubeCluster:
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
             try:
                 # Pods are refused until the serviceaccount controller made "default".
-                wait_until(lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
-                           timeout_s=30, what=f"the default ServiceAccount in {name}")
+                wait_sync(
+                    lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
+                    timeout_s=30,
+                    what=f"the default ServiceAccount in {name}",
+                )
                 yield name
             finally:
                 # Not waited for: the namespace controller finishes in the background.
@@ -111,9 +97,30 @@ def _exists(read: Callable[[], Any]) -> bool:
         raise
 
 
+_summary: list[str] = []  # measurements shown after the run
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _summary:
+        terminalreporter.write_line(line)
+
+
+def missing_reason() -> str | None:
+    """Why the test control plane cannot run here, or None. The tier needs the controller-manager too."""
+    binaries = find_binaries()
+    if binaries is None:
+        return missing_binaries_message()
+    if binaries.kube_controller_manager is None:
+        return (
+            f"no kube-controller-manager next to {binaries.kube_apiserver}: add it to KUBEBUILDER_ASSETS, "
+            "or unset KUBEBUILDER_ASSETS and run `make k8s-bin`"
+        )
+    return None
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("k8s") and not use_existing_cluster() and find_binaries() is None:
-        skip_or_fail(missing_binaries_message())
+    if item.get_closest_marker("k8s") and not use_existing_cluster() and (reason := missing_reason()):
+        skip_or_fail(reason)
 
 
 @pytest.fixture(scope="session")
@@ -122,10 +129,11 @@ def kube_cluster() -> Iterator[KubeCluster]:
         kubeconfig = os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
         yield KubeCluster(Path(kubeconfig.split(os.pathsep)[0]))
         return
-    binaries = find_binaries()
-    if binaries is None:
-        skip_or_fail(missing_binaries_message())
+    if reason := missing_reason():
+        skip_or_fail(reason)
         return
+    binaries = find_binaries()
+    assert binaries is not None
     with ControlPlane(binaries) as plane:
         kubelet_dir = Path(tempfile.mkdtemp(prefix="lattice-kubelet-"))
         kubelet = ProcessKubelet(
@@ -134,6 +142,8 @@ def kube_cluster() -> Iterator[KubeCluster]:
         try:
             kubelet.start()
             yield KubeCluster(plane.kubeconfig, kubelet, plane)
+            rss = ", ".join(f"{name} {kib // 1024} MiB" for name, kib in plane.rss_kib().items())
+            _summary.append(f"test control plane: started in {plane.startup_s:.1f} s; RSS at the end: {rss}")
         finally:
             kubelet.stop()
             kubelet.api_client.close()

@@ -23,7 +23,8 @@ and stderr, appended across restarts) and ``volumes/<volume>/``. Secret, ConfigM
 (serviceAccountToken via the TokenRequest API), emptyDir and hostPath volumes are materialised there once,
 at pod start. A process cannot see a real ``/etc/lattice``, so for every volumeMount the kubelet sets
 ``KUBELET_MOUNT_<PATH>`` (e.g. ``KUBELET_MOUNT_ETC_LATTICE``) to the local dir and rewrites every
-occurrence of the mountPath prefix in command, args, env values and workingDir to it.
+occurrence of the mountPath prefix in command, args, the container's env values and workingDir to it
+(before ``$(VAR)`` expansion; file contents are not rewritten).
 
 Limits: all pods share the host network and have podIP 127.0.0.1, so two pods binding the same port collide
 (give each its own port); Services get no VIP and no DNS (connect to 127.0.0.1:<port>); no resource limits,
@@ -31,6 +32,7 @@ users, liveness/startup probes, lifecycle hooks, sidecar init containers, image 
 A pod with a service-account token gets ``KUBECONFIG`` pointing at a kubeconfig with that token (the fixed
 ``/var/run/secrets/...`` path cannot exist), plus ``KUBERNETES_SERVICE_HOST``/``PORT`` of the API server.
 """
+
 from __future__ import annotations
 
 import base64
@@ -41,6 +43,7 @@ import http.client
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import signal
@@ -211,6 +214,10 @@ def field_value(pod: Pod, path: str) -> str:
     raise PodConfigError(f"unsupported fieldRef {path!r}")
 
 
+def _no_rewrite(value: str) -> str:
+    return value
+
+
 def _key_ref(sources: PodSources, namespace: str, ref: dict[str, Any], kind: str) -> str | None:
     data = (sources.secret if kind == "secret" else sources.config_map)(namespace, ref["name"])
     if data is None or ref["key"] not in data:
@@ -221,9 +228,16 @@ def _key_ref(sources: PodSources, namespace: str, ref: dict[str, Any], kind: str
 
 
 def container_env(
-    pod: Pod, container: Container, sources: PodSources, base: Mapping[str, str]
+    pod: Pod,
+    container: Container,
+    sources: PodSources,
+    base: Mapping[str, str],
+    rewrite: Callable[[str], str] = _no_rewrite,
 ) -> dict[str, str]:
-    """base, then envFrom, then env in order; each env value may use ``$(VAR)`` of the vars before it."""
+    """base, then envFrom, then env in order; each env value may use ``$(VAR)`` of the vars before it.
+
+    ``rewrite`` (the mountPath rewrite) applies to the values the container brings, before expansion.
+    """
     namespace = pod["metadata"]["namespace"]
     env = dict(base)
     for source in container.get("envFrom") or []:
@@ -235,11 +249,11 @@ def container_env(
                 continue
             raise PodConfigError(f"{kind} {ref['name']!r} not found")
         prefix = source.get("prefix", "")
-        env.update({prefix + key: value.decode(errors="replace") for key, value in data.items()})
+        env.update({prefix + key: rewrite(value.decode(errors="replace")) for key, value in data.items()})
     for var in container.get("env") or []:
         value: str | None
         if "valueFrom" not in var:
-            value = expand(var.get("value", ""), env)
+            value = expand(rewrite(var.get("value", "")), env)
         elif ref := var["valueFrom"].get("secretKeyRef"):
             value = _key_ref(sources, namespace, ref, "secret")
         elif ref := var["valueFrom"].get("configMapKeyRef"):
@@ -249,7 +263,7 @@ def container_env(
         else:
             raise PodConfigError(f"unsupported valueFrom for env {var['name']!r}")
         if value is not None:
-            env[var["name"]] = value
+            env[var["name"]] = value if "value" in var else rewrite(value)
     return env
 
 
@@ -289,7 +303,7 @@ def _write_files(
         path = target / item["path"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data[item["key"]])
-        path.chmod(item.get("mode", default_mode if default_mode is not None else 0o644))
+        path.chmod(int(item.get("mode", default_mode if default_mode is not None else 0o644)))
 
 
 def _object_files(
@@ -376,6 +390,14 @@ def _probe_port(port: int | str, container: Container) -> int:
     raise PodConfigError(f"probe names unknown port {port!r}")
 
 
+def _unverified_tls() -> ssl.SSLContext:
+    """Like the kubelet, HTTPS probes do not verify the certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def run_probe(
     probe: dict[str, Any],
     container: Container,
@@ -401,9 +423,7 @@ def run_probe(
             port = _probe_port(spec["port"], container)
             https = spec.get("scheme", "HTTP").upper() == "HTTPS"
             conn: http.client.HTTPConnection = (
-                http.client.HTTPSConnection(
-                    POD_IP, port, timeout=timeout_s, context=ssl._create_unverified_context()
-                )  # the kubelet does not verify
+                http.client.HTTPSConnection(POD_IP, port, timeout=timeout_s, context=_unverified_tls())
                 if https
                 else http.client.HTTPConnection(POD_IP, port, timeout=timeout_s)
             )
@@ -619,8 +639,13 @@ class PodWorker:
             self.dir.mkdir(parents=True, exist_ok=True)
             while not (self.gone or self.stopping or self.pod["metadata"].get("deletionTimestamp")):
                 self.wake.clear()
-                self._step()
-                self._report()
+                try:
+                    self._step()
+                    self._report()
+                except Exception:  # e.g. the API refused a read: keep the pod, retry shortly
+                    log.exception("pod %s/%s: sync failed; retrying", self.namespace, self.name)
+                    self.wake.wait(RETRY_CONFIG_S)
+                    continue
                 self.wake.wait(self._next_deadline() - time.monotonic())
             self._terminate()
         except Exception:
@@ -711,10 +736,9 @@ class PodWorker:
         run.last_exit = Exit(code, reason, run.started_at or now_rfc3339(), now_rfc3339())
         run.proc, run.ready, run.probe_ok, run.probe_failed = None, False, 0, 0
         log.info("pod %s/%s: container %s exited with %s", self.namespace, self.name, run.name, code)
-        if run in self.init_runs:
-            restart = code != 0 and self.policy != "Never"  # a successful init container is done
-        else:
-            restart = should_restart(self.policy, code)
+        # A successful init container is done; a failed one is retried unless the policy is Never.
+        is_init = run in self.init_runs
+        restart = (code != 0 and self.policy != "Never") if is_init else should_restart(self.policy, code)
         if restart:
             run.restart_count += 1
             delay_s = restart_backoff_s(run.restart_count)
@@ -727,12 +751,13 @@ class PodWorker:
         try:
             mounts = container_mounts(spec, self.volumes)
             base = {**self.base_env, **{mount_env_name(path): local for path, local in mounts.items()}}
-            env = {
-                k: rewrite_paths(v, mounts)
-                for k, v in container_env(self.pod, spec, self.kubelet.sources, base).items()
-            }
-            command = [rewrite_paths(expand(part, env), mounts) for part in spec.get("command") or []]
-            args = [rewrite_paths(expand(part, env), mounts) for part in spec.get("args") or []]
+            # Paths are rewritten in the container's own text before $(VAR) expansion, so the kubelet's
+            # values (HOME, KUBECONFIG, ... under the pod dir) are never rewritten, even for a /tmp mount.
+            env = container_env(
+                self.pod, spec, self.kubelet.sources, base, lambda v: rewrite_paths(v, mounts)
+            )
+            command = [expand(rewrite_paths(part, mounts), env) for part in spec.get("command") or []]
+            args = [expand(rewrite_paths(part, mounts), env) for part in spec.get("args") or []]
             argv = self.kubelet.images.argv(spec.get("image", ""), command, args)
         except PodConfigError as error:
             run.waiting = ("CreateContainerConfigError", str(error))
@@ -779,7 +804,11 @@ class PodWorker:
         run.next_probe_mono = run.started_mono + float(probe.get("initialDelaySeconds", 0))
         run.ready = not probe
         # A waiter per process turns its exit into a wake-up instead of polling.
-        threading.Thread(target=lambda: (proc.wait(), self.wake.set()), daemon=True).start()
+        threading.Thread(target=self._wake_on_exit, args=(proc,), daemon=True).start()
+
+    def _wake_on_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        self.wake.set()
 
     def _probe(self, run: ContainerRun, now: float) -> None:
         probe = run.spec.get("readinessProbe")
@@ -921,6 +950,7 @@ class ProcessKubelet:
 
     # Node.
     def _register_node(self) -> None:
+        from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         labels = {
@@ -929,7 +959,7 @@ class ProcessKubelet:
             "kubernetes.io/arch": "amd64",
             "lattice.test/process-kubelet": "true",
         }
-        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node_name, "labels": labels}}
+        node = client.V1Node(metadata=client.V1ObjectMeta(name=self.node_name, labels=labels))
         try:
             self.core.create_node(node)
         except ApiException as error:
@@ -972,8 +1002,8 @@ class ProcessKubelet:
                 "operatingSystem": "linux",
                 "architecture": "amd64",
                 "containerRuntimeVersion": "process://",
-                "kernelVersion": "",
-                "osImage": "",
+                "kernelVersion": platform.release(),
+                "osImage": "process kubelet (local processes)",
                 "kubeProxyVersion": "",
                 "machineID": "",
                 "systemUUID": "",
@@ -1063,7 +1093,7 @@ class ProcessKubelet:
                 self._stopped.wait(1.0)
 
     def _relist(self) -> str:
-        response = self.core.list_pod_for_all_namespaces(_preload_content=False)
+        response: Any = self.core.list_pod_for_all_namespaces(_preload_content=False)
         pods = json.loads(response.data)
         seen = set()
         for pod in pods["items"]:
@@ -1078,7 +1108,7 @@ class ProcessKubelet:
     def _watch(self, resource_version: str) -> None:
         from kubernetes.watch.watch import iter_resp_lines
 
-        response = self.core.list_pod_for_all_namespaces(
+        response: Any = self.core.list_pod_for_all_namespaces(
             watch=True,
             resource_version=resource_version,
             allow_watch_bookmarks=True,

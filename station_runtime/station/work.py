@@ -1,0 +1,364 @@
+"""The station's side of async work: bidding, accepting assignments, running them with progress, writing the
+outcome with a compare-and-set, cancellation, hand-back on drain, and propulsion on start.
+
+Every write names the attempt it belongs to: if the record has moved on to another attempt (the witness requeued
+it, another bid was taken), the write is refused, counted and recorded as a ``work.rejected`` event, never applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from ..contract import subjects
+from ..contract.codec import decode, encode
+from ..contract.errors import DecodeError
+from ..contract.messages import (
+    AuctionBid,
+    AuctionRequest,
+    ErrorCode,
+    WorkAccept,
+    WorkAssign,
+    WorkCancel,
+    WorkError,
+    WorkOutcome,
+    WorkPhase,
+    WorkProgress,
+    WorkRecord,
+    utcnow,
+)
+from ..contract.subjects import WorkUpdate
+from ..executors import AgentFailure, Execution, Progress
+from ..work import phases, scoring
+from ..work.auction import requirements
+from ..work.policy import Action, requeue_or_escalate
+from ..work.store import ResultTooLarge, Versioned, WorkStore
+from .agents import AgentHost, HostedAgent
+from .invoke import Slots
+from .settings import StationSettings
+
+log = logging.getLogger(__name__)
+P = WorkPhase
+
+#: Progress goes out on NATS at most this often per work item, and into the record at most this often.
+PROGRESS_PUBLISH_INTERVAL_S = 0.1
+PROGRESS_RECORD_INTERVAL_S = 1.0
+
+
+class Superseded(Exception):
+    """The record belongs to another attempt now: stop, write nothing."""
+
+
+@dataclass
+class Run:
+    """One attempt this station is running; owns the record's latest revision as far as we know it."""
+
+    work_id: str
+    attempt_id: str
+    current: Versioned
+    task: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_publish: float = 0.0
+    last_record: float = 0.0
+    cancel_reason: str = ""
+    pending_tokens: list[str] = field(default_factory=list)
+
+
+class WorkService:
+    def __init__(self, nc: NatsClient, settings: StationSettings, store: WorkStore, agents: AgentHost,
+                 slots: Slots, is_draining: Callable[[], bool]) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.org = settings.org
+        self.station_id = settings.station_id
+        self.store = store
+        self.agents = agents
+        self.slots = slots
+        self.is_draining = is_draining
+        self.runs: dict[str, Run] = {}
+        self.rejected = 0
+        self.completed = 0
+
+    async def subscribe(self) -> list[Any]:
+        return [
+            await self.nc.subscribe(subjects.auction_request(self.org), cb=self.on_auction),
+            await self.nc.subscribe(subjects.work_assign(self.org, self.station_id), cb=self.on_assign),
+            await self.nc.subscribe(subjects.work_cancel(self.org, self.station_id), cb=self.on_cancel),
+        ]
+
+    # --- bidding and accepting ------------------------------------------------------------------------------
+
+    def _fits(self, req: scoring.Requirements) -> bool:
+        caps = set(self.settings.capabilities) | self.agents.capabilities()
+        return scoring.fits(req, agents=self.agents.agents, capabilities=caps, labels=self.settings.labels)
+
+    async def on_auction(self, msg: Msg) -> None:
+        try:
+            request = decode(msg.data, AuctionRequest)
+        except DecodeError as exc:
+            log.warning("ignoring malformed auction request: %s", exc)
+            return
+        req = scoring.Requirements(agent=request.agent, capabilities=tuple(request.capabilities),
+                                   labels=request.labels, prefer_labels=request.prefer_labels)
+        bid = AuctionBid(auction_id=request.auction_id, station_id=self.station_id, load=self.slots.load,
+                         capacity=self.slots.capacity)
+        if self.is_draining():
+            bid = bid.model_copy(update={"declined": True, "reason": "draining"})
+        elif not self._fits(req):
+            bid = bid.model_copy(update={"declined": True, "reason": "does not fit"})
+        elif self.slots.full():
+            bid = bid.model_copy(update={"declined": True, "reason": "full"})
+        else:
+            caps = set(self.settings.capabilities) | self.agents.capabilities()
+            bid = bid.model_copy(update={"score": scoring.score(req, capacity=self.slots.capacity,
+                                                                 load=self.slots.load, capabilities=caps,
+                                                                 labels=self.settings.labels)})
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(encode(bid))
+
+    async def on_assign(self, msg: Msg) -> None:
+        try:
+            assign = decode(msg.data, WorkAssign)
+        except DecodeError as exc:
+            log.warning("ignoring malformed assignment: %s", exc)
+            return
+        record = assign.record
+        reason = self._refusal(record)
+        accepted = not reason and record.attempt_id is not None
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(encode(WorkAccept(work_id=record.work_id, attempt_id=record.attempt_id or "",
+                                                    station_id=self.station_id, accepted=accepted, reason=reason)))
+        if accepted:
+            self._start(Versioned(record, assign.revision))
+
+    def _refusal(self, record: WorkRecord) -> str:
+        if self.is_draining():
+            return "draining"
+        if record.station_id != self.station_id:
+            return f"assigned to {record.station_id}, not to {self.station_id}"
+        if record.work_id in self.runs:
+            return "already running"
+        if record.spec.agent and self.agents.get(record.spec.agent) is None:
+            return f"agent {record.spec.agent!r} not hosted"
+        if not self._fits(requirements(record.spec)):
+            return "does not fit"
+        if self.slots.full():
+            return "full"
+        return ""
+
+    def _start(self, versioned: Versioned) -> None:
+        record = versioned.record
+        assert record.attempt_id is not None
+        run = Run(record.work_id, record.attempt_id, versioned)
+        self.runs[record.work_id] = run
+        self.slots.waiting += 1
+        run.task = asyncio.create_task(self._execute(run), name=f"work-{record.work_id}")
+
+    # --- execution ------------------------------------------------------------------------------------------
+
+    async def _write(self, run: Run, fn: Callable[[WorkRecord], WorkRecord]) -> Versioned:
+        """CAS a change to our attempt's record; raise Superseded if the record is no longer ours."""
+
+        def guarded(r: WorkRecord) -> WorkRecord | None:
+            if r.attempt_id != run.attempt_id or r.station_id != self.station_id or r.phase.terminal:
+                raise Superseded(f"record is at attempt {r.attempt_id} on {r.station_id} ({r.phase})")
+            return fn(r)
+
+        async with run.lock:
+            result = await self.store.mutate(run.work_id, guarded, current=run.current)
+            if result is None:
+                raise Superseded("record is gone")
+            run.current = result
+            return result
+
+    async def _execute(self, run: Run) -> None:
+        self.slots.waiting -= 1
+        try:
+            async with self.slots:
+                await self._run_attempt(run)
+        except Superseded as exc:
+            await self._rejected(run, str(exc))
+        except asyncio.CancelledError:
+            # Cancelled outside the agent run (while writing a state change): still record it.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._cancelled(run)
+        except Exception:
+            log.exception("work %s: unexpected failure", run.work_id)
+        finally:
+            self.runs.pop(run.work_id, None)
+
+    async def _run_attempt(self, run: Run) -> None:
+        record = run.current.record
+        resumed = record.phase == P.RUNNING
+        started = await self._write(run, lambda r: phases.transition(
+            r, P.RUNNING, reason="resumed after station restart" if resumed else "", last_progress_at=utcnow()))
+        await self.store.emit("work", "started", started.record, resumed=resumed)
+        spec = started.record.spec
+        agent = self._pick_agent(started.record)
+        if agent is None:
+            await self._finish(run, P.FAILED, error=WorkError(code=ErrorCode.NOT_FOUND,
+                                                              message="no hosted agent can run this work"))
+            return
+        remaining = spec.timeouts.start_to_close_seconds - (
+            (utcnow() - started.record.started_at).total_seconds() if started.record.started_at else 0.0)
+        agent.acquire()
+        try:
+            async with asyncio.timeout(max(remaining, 0.001)):
+                outcome = await agent.executor.run(Execution(
+                    input=spec.input, request_id=run.work_id, progress=lambda p: self._progress(run, p),
+                    context={"work_id": run.work_id, "attempt": started.record.attempt}))
+        except TimeoutError:
+            decision = requeue_or_escalate(run.current.record, f"attempt exceeded startToClose "
+                                                               f"{spec.timeouts.start_to_close_seconds:g}s")
+            await self._give_up(run, decision.action, decision.reason, ErrorCode.TIMEOUT)
+            return
+        except asyncio.CancelledError:
+            await self._cancelled(run)
+            return
+        except AgentFailure as exc:
+            if exc.code.retryable:
+                decision = requeue_or_escalate(run.current.record, str(exc))
+                await self._give_up(run, decision.action, decision.reason, exc.code)
+            else:
+                await self._finish(run, P.FAILED, error=WorkError(code=exc.code, message=str(exc)))
+            return
+        finally:
+            agent.release()
+        try:
+            result, ref = await self.store.store_result(run.work_id, outcome.output)
+        except (ResultTooLarge, TypeError, ValueError) as exc:
+            await self._finish(run, P.FAILED, error=WorkError(code=ErrorCode.AGENT_ERROR, message=str(exc)))
+            return
+        await self._finish(run, P.SUCCEEDED, result=result, result_ref=ref)
+
+    def _pick_agent(self, record: WorkRecord) -> HostedAgent | None:
+        if record.spec.agent:
+            return self.agents.get(record.spec.agent)
+        req = requirements(record.spec)
+        for agent in sorted(self.agents.agents.values(), key=lambda a: (a.inflight, a.name)):
+            if set(req.capabilities) <= set(agent.definition.spec.capabilities):
+                return agent
+        return None
+
+    async def _progress(self, run: Run, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.tokens:
+            run.pending_tokens.append(progress.tokens)
+        if now - run.last_publish >= PROGRESS_PUBLISH_INTERVAL_S or (progress.percent or 0) >= 100:
+            run.last_publish = now
+            tokens, run.pending_tokens = "".join(run.pending_tokens), []
+            message = WorkProgress(work_id=run.work_id, attempt_id=run.attempt_id, station_id=self.station_id,
+                                   percent=progress.percent, message=progress.message, tokens=tokens)
+            with contextlib.suppress(Exception):
+                await self.nc.publish(subjects.work_update(self.org, run.work_id, "progress"), encode(message))
+        if now - run.last_record >= PROGRESS_RECORD_INTERVAL_S:
+            run.last_record = now
+            try:
+                updated = await self._write(run, lambda r: phases.transition(
+                    r, P.RUNNING, progress_percent=progress.percent if progress.percent is not None
+                    else r.progress_percent, progress_message=progress.message or r.progress_message,
+                    last_progress_at=utcnow()))
+            except Superseded:
+                raise
+            except Exception as exc:  # NATS unavailable: progress in the record is best effort
+                log.warning("work %s: could not record progress: %s", run.work_id, exc)
+                return
+            await self.store.emit("work", "progress", updated.record, percent=progress.percent,
+                                  message=progress.message)
+
+    async def _finish(self, run: Run, phase: WorkPhase, **changes: Any) -> None:
+        def finish(r: WorkRecord) -> WorkRecord:
+            if r.cancel_requested:
+                return phases.transition(r, P.CANCELLED, reason="cancelled")
+            return phases.transition(r, phase, **changes)
+
+        done = await self._write(run, finish)
+        self.completed += 1
+        final = done.record.phase
+        await self._notify(done.record)
+        await self.store.emit("work", final.value.lower(), done.record)
+
+    async def _give_up(self, run: Run, action: Action, reason: str, code: ErrorCode) -> None:
+        if action == Action.REQUEUE:
+            requeued = await self._write(run, lambda r: phases.transition(r, P.PENDING, reason=reason,
+                                                                          retry_at=utcnow()))
+            await self.store.emit("work", "requeued", requeued.record)
+        else:
+            await self._finish(run, P.ESCALATED, reason=reason, error=WorkError(code=code, message=reason))
+
+    async def _cancelled(self, run: Run) -> None:
+        if run.cancel_reason == "drain":
+            requeued = await self._write(run, lambda r: phases.transition(
+                r, P.PENDING, reason=f"handed back: station {self.station_id} stopped", retry_at=utcnow()))
+            await self.store.emit("work", "requeued", requeued.record)
+            return
+        await self._finish(run, P.CANCELLED, reason=run.cancel_reason or "cancelled")
+
+    async def _notify(self, record: WorkRecord) -> None:
+        kind: WorkUpdate = "complete" if record.phase == P.SUCCEEDED else "failed"
+        outcome = WorkOutcome(work_id=record.work_id, attempt_id=record.attempt_id, station_id=self.station_id,
+                              phase=record.phase)
+        with contextlib.suppress(Exception):
+            await self.nc.publish(subjects.work_update(self.org, record.work_id, kind), encode(outcome))
+
+    async def _rejected(self, run: Run, why: str) -> None:
+        self.rejected += 1
+        log.warning("work %s: report of superseded attempt %s refused: %s", run.work_id, run.attempt_id, why)
+
+        def count(r: WorkRecord) -> WorkRecord:
+            return r.model_copy(update={"rejected_reports": r.rejected_reports + 1})
+
+        with contextlib.suppress(Exception):
+            latest = await self.store.mutate(run.work_id, count)
+            if latest is not None:
+                await self.store.emit("work", "rejected", latest.record, rejected_attempt=run.attempt_id,
+                                      rejected_station=self.station_id, why=why)
+
+    # --- cancellation, drain, propulsion ----------------------------------------------------------------------
+
+    async def on_cancel(self, msg: Msg) -> None:
+        try:
+            cancel = decode(msg.data, WorkCancel)
+        except DecodeError as exc:
+            log.warning("ignoring malformed cancel: %s", exc)
+            return
+        run = self.runs.get(cancel.work_id)
+        if run is not None and run.task is not None and cancel.attempt_id in (None, run.attempt_id):
+            run.cancel_reason = cancel.reason or "cancelled"
+            run.task.cancel()
+
+    async def hand_back(self, timeout_s: float) -> None:
+        """On drain: wait for running work up to ``timeout_s``, then hand what is left back to the lattice."""
+        tasks = [r.task for r in self.runs.values() if r.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for run in list(self.runs.values()):
+            if run.task in pending:
+                run.cancel_reason = "drain"
+                run.task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+
+    async def resume(self) -> int:
+        """Propulsion: pick up at once the work assigned to this station id that is not finished (we restarted
+        mid-work), instead of waiting for the witness to notice."""
+        resumed = 0
+        for versioned in await self.store.all():
+            r = versioned.record
+            if r.station_id == self.station_id and r.phase in (P.ASSIGNED, P.RUNNING) and r.attempt_id \
+                    and r.work_id not in self.runs and not r.is_workflow:
+                log.info("work %s: resuming attempt %s (%s) after restart", r.work_id, r.attempt_id, r.phase)
+                self._start(versioned)
+                resumed += 1
+        return resumed

@@ -1,0 +1,309 @@
+"""The auctioneer: places work on the station with the best bid, claims it with a CAS, hands it over.
+
+    schedule(work):  claim (-> Scheduling, CAS)  ─┐ concurrently for new work: the record is created in
+                     broadcast AuctionRequest    ─┘ Scheduling while the auction runs
+                     collect bids until every eligible live station answered, or the deadline
+                     no bid          -> Unschedulable (CAS), retried with backoff and when a station joins
+                     best bid        -> Assigned to it (CAS, new attempt id) -> work.assign request
+                     not accepted    -> the next bid (CAS, new attempt id), ...; none left -> Pending
+
+A library: the local controller, the operator and the CLI all use it. ``policy="first_available"`` skips the
+auction and assigns to the eligible station with the most free capacity in the registry (for comparison).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from ..api.models import WorkItemSpec
+from ..contract import subjects
+from ..contract.codec import decode, encode
+from ..contract.errors import DecodeError
+from ..contract.messages import (
+    AuctionBid,
+    AuctionRequest,
+    ErrorCode,
+    StationRecord,
+    WorkAccept,
+    WorkAssign,
+    WorkError,
+    WorkPhase,
+    WorkRecord,
+    utcnow,
+)
+from ..natsio.state import read_all
+from . import phases, scoring
+from .directory import StationDirectory
+from .policy import WitnessPolicy, unschedulable_retry_at
+from .store import Versioned, WorkStore
+
+log = logging.getLogger(__name__)
+P = WorkPhase
+
+
+@dataclass(frozen=True)
+class AuctionConfig:
+    #: The auction closes when every eligible station answered, or after this long.
+    deadline_s: float = 0.2
+    #: How long the winner has to accept the assignment before the next bid is tried.
+    assign_timeout_s: float = 2.0
+    policy: Literal["auction", "first_available"] = "auction"
+
+
+def requirements(spec: WorkItemSpec) -> scoring.Requirements:
+    return scoring.Requirements(agent=spec.agent, capabilities=tuple(spec.required_capabilities),
+                                labels=spec.constraints.labels, prefer_labels=spec.constraints.prefer_labels)
+
+
+def new_traceparent() -> str:
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+@dataclass
+class _Collecting:
+    expected: set[str]
+    bids: list[AuctionBid] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class BidCollector:
+    """One wildcard inbox subscription serves every auction of this process (no subscription per auction)."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._pending: dict[str, _Collecting] = {}
+
+    async def start(self) -> None:
+        await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_bid)
+
+    def reply_to(self, auction_id: str) -> str:
+        return f"{self._prefix}.{auction_id}"
+
+    def open(self, auction_id: str, expected: set[str]) -> _Collecting:
+        collecting = _Collecting(expected)
+        self._pending[auction_id] = collecting
+        if not expected:
+            collecting.done.set()
+        return collecting
+
+    def cancel(self, auction_id: str) -> None:
+        self._pending.pop(auction_id, None)
+
+    async def close(self, auction_id: str, collecting: _Collecting, deadline_s: float) -> list[AuctionBid]:
+        try:
+            await asyncio.wait_for(collecting.done.wait(), deadline_s)
+        except TimeoutError:
+            pass
+        finally:
+            self._pending.pop(auction_id, None)
+        return collecting.bids
+
+    async def _on_bid(self, msg: Msg) -> None:
+        try:
+            bid = decode(msg.data, AuctionBid)
+        except DecodeError as exc:
+            log.warning("ignoring malformed bid: %s", exc)
+            return
+        collecting = self._pending.get(bid.auction_id)
+        if collecting is None or any(b.station_id == bid.station_id for b in collecting.bids):
+            return  # late, or a duplicate
+        collecting.bids.append(bid)
+        if collecting.expected <= {b.station_id for b in collecting.bids}:
+            collecting.done.set()
+
+
+class Auctioneer:
+    def __init__(self, nc: NatsClient, store: WorkStore, *, directory: StationDirectory | None = None,
+                 config: AuctionConfig | None = None, policy: WitnessPolicy | None = None) -> None:
+        self.nc = nc
+        self.store = store
+        self.org = store.state.org
+        self.directory = directory
+        self.config = config or AuctionConfig()
+        self.policy = policy or WitnessPolicy()
+        self.bids = BidCollector(nc)
+        self.auctions = 0
+        self.last_bid_counts: list[int] = []
+
+    async def start(self) -> None:
+        await self.bids.start()
+
+    async def stations(self) -> list[StationRecord]:
+        if self.directory is not None:
+            return list(self.directory.records.values())
+        out = []
+        for item in await read_all(self.store.state.stations):
+            try:
+                out.append(decode(item.value, StationRecord))
+            except DecodeError:
+                continue
+        return out
+
+    # --- entry points ---------------------------------------------------------------------------------------
+
+    async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None, parent_id: str | None = None,
+                     schedule: bool = True) -> tuple[Versioned, bool]:
+        """Create the work (idempotent on ``work_id``) and, unless it already existed, auction it at once.
+        The record is created in Scheduling while the auction runs: one round trip saved."""
+        work_id = work_id or uuid.uuid4().hex
+        phase = P.SCHEDULING if schedule and not spec.steps else P.PENDING
+        now = utcnow()
+        record = WorkRecord(org=self.org, work_id=work_id, spec=spec, phase=phase, parent_id=parent_id,
+                            created_at=now, updated_at=now, scheduled_at=now if phase == P.SCHEDULING else None,
+                            traceparent=new_traceparent())
+        if phase != P.SCHEDULING:
+            versioned, created = await self.store.create(record)
+            if created:
+                await self.store.emit("work", "submitted", record)
+            return versioned, created
+        auction = await self._open_auction(record, await self.stations())
+        versioned, created = await self.store.create(record)
+        if not created:
+            self.bids.cancel(auction[0].auction_id)
+            return versioned, False
+        await self.store.emit("work", "submitted", record)
+        return await self._conclude(versioned, auction), True
+
+    async def schedule(self, work: Versioned | str) -> Versioned | None:
+        """Auction existing work that is Pending, Unschedulable, or stuck in Scheduling. Safe to call from many
+        processes at once: only the one whose claim (CAS) wins runs the auction."""
+        current = work if isinstance(work, Versioned) else await self.store.get(work)
+        if current is None:
+            return None
+
+        def claim(r: WorkRecord) -> WorkRecord | None:
+            if r.phase not in (P.PENDING, P.UNSCHEDULABLE, P.SCHEDULING) or r.is_workflow or r.cancel_requested:
+                return None
+            if r.phase == P.SCHEDULING and (utcnow() - r.updated_at).total_seconds() < \
+                    self.policy.scheduling_timeout_s:
+                return None  # someone else is auctioning it right now
+            return phases.transition(r, P.SCHEDULING, scheduled_at=utcnow())
+
+        claimed = await self.store.mutate(current.record.work_id, claim, current=current)
+        if claimed is None:
+            return None
+        auction = await self._open_auction(claimed.record, await self.stations())
+        return await self._conclude(claimed, auction)
+
+    # --- the auction ----------------------------------------------------------------------------------------
+
+    async def _open_auction(self, record: WorkRecord,
+                            stations: list[StationRecord]) -> tuple[AuctionRequest, object]:
+        req = requirements(record.spec)
+        now = utcnow()
+        expected = {s.station_id for s in stations if scoring.eligible(s, req, now)}
+        request = AuctionRequest(auction_id=uuid.uuid4().hex, work_id=record.work_id, agent=req.agent,
+                                 capabilities=list(req.capabilities), labels=dict(req.labels),
+                                 prefer_labels=dict(req.prefer_labels),
+                                 deadline_ms=max(int(self.config.deadline_s * 1000), 1))
+        if self.config.policy == "first_available":
+            return request, [s for s in stations if s.station_id in expected]
+        collecting = self.bids.open(request.auction_id, expected)
+        if expected:
+            # Buffered, not awaited on the wire: the caller creates the record while stations bid.
+            await self.nc.publish(subjects.auction_request(self.org), encode(request),
+                                  reply=self.bids.reply_to(request.auction_id))
+        return request, collecting
+
+    async def _conclude(self, versioned: Versioned, auction: tuple[AuctionRequest, object]) -> Versioned:
+        request, handle = auction
+        self.auctions += 1
+        if isinstance(handle, list):  # first available: rank by free capacity from the registry
+            ranked = sorted(handle, key=lambda s: (-(s.capacity - s.load) / max(s.capacity, 1), s.station_id))
+            candidates = [s.station_id for s in ranked]
+        else:
+            bids = await self.bids.close(request.auction_id, handle, self.config.deadline_s)  # type: ignore[arg-type]
+            self.last_bid_counts.append(len(bids))
+            candidates = [b.station_id for b in scoring.rank(bids, versioned.record.work_id)]
+        if not candidates:
+            return await self._unschedulable(versioned)
+        return await self._assign(versioned, candidates)
+
+    async def _unschedulable(self, versioned: Versioned) -> Versioned:
+        req = requirements(versioned.record.spec)
+        reason = f"no station can run it: none bid with {req.describe()}"
+
+        def mark(r: WorkRecord) -> WorkRecord | None:
+            if r.phase != P.SCHEDULING:
+                return None
+            now = utcnow()
+            return phases.transition(r, P.UNSCHEDULABLE, reason=reason, schedule_attempts=r.schedule_attempts + 1,
+                                     retry_at=unschedulable_retry_at(r, now, self.policy))
+
+        result = await self.store.mutate(versioned.record.work_id, mark, current=versioned)
+        if result is None:
+            return versioned
+        await self.store.emit("work", "unschedulable", result.record)
+        return result
+
+    async def _assign(self, versioned: Versioned, candidates: list[str]) -> Versioned:
+        current = versioned
+        first = True
+        for station_id in candidates:
+            attempt_id = uuid.uuid4().hex[:16]
+            bump = first
+
+            def assign(r: WorkRecord, station_id: str = station_id, attempt_id: str = attempt_id,
+                       bump: bool = bump, previous: str | None = current.record.attempt_id) -> WorkRecord | None:
+                if r.phase not in (P.SCHEDULING, P.ASSIGNED) or r.cancel_requested:
+                    return None
+                if r.phase == P.ASSIGNED and r.attempt_id != previous:
+                    return None  # someone else moved it on
+                return phases.transition(r, P.ASSIGNED, station_id=station_id, attempt_id=attempt_id,
+                                         attempt=r.attempt + 1 if bump else r.attempt, reason="",
+                                         schedule_attempts=0, retry_at=None, assigned_at=utcnow())
+
+            assigned = await self.store.mutate(current.record.work_id, assign, current=current)
+            if assigned is None:
+                latest = await self.store.get(current.record.work_id)
+                return latest or current
+            first = False
+            current = assigned
+            await self.store.emit("work", "assigned", assigned.record)
+            if await self._hand_over(assigned):
+                return current
+            log.info("work %s: station %s did not accept; trying the next bid", current.record.work_id, station_id)
+        return await self._back_to_pending(current, "no bidder accepted the assignment")
+
+    async def _hand_over(self, assigned: Versioned) -> bool:
+        record = assigned.record
+        assert record.station_id is not None
+        try:
+            reply = await self.nc.request(subjects.work_assign(self.org, record.station_id),
+                                          encode(WorkAssign(record=record, revision=assigned.revision)),
+                                          timeout=self.config.assign_timeout_s)
+            accept = decode(reply.data, WorkAccept)
+        except (NoRespondersError, NatsTimeoutError, DecodeError) as exc:
+            log.info("work %s: assignment to %s failed: %s", record.work_id, record.station_id,
+                     type(exc).__name__)
+            return False
+        return accept.accepted and accept.attempt_id == record.attempt_id
+
+    async def _back_to_pending(self, current: Versioned, reason: str) -> Versioned:
+        def requeue(r: WorkRecord) -> WorkRecord | None:
+            if r.phase != P.ASSIGNED or r.attempt_id != current.record.attempt_id:
+                return None
+            if r.attempt > r.spec.max_retries:
+                return phases.transition(r, P.ESCALATED, reason=reason,
+                                         error=WorkError(code=ErrorCode.INTERNAL, message=reason))
+            return phases.transition(r, P.PENDING, reason=reason,
+                                     retry_at=utcnow() + timedelta(seconds=self.policy.unschedulable_base_s))
+
+        result = await self.store.mutate(current.record.work_id, requeue, current=current)
+        if result is None:
+            return current
+        await self.store.emit("work", "escalated" if result.record.phase == P.ESCALATED else "requeued",
+                              result.record)
+        return result

@@ -1,0 +1,112 @@
+"""A live view of the org's stations for auctioneers and witnesses: the ``stations`` bucket followed by a watch,
+so that an auction knows whom to expect without reading the registry each time.
+
+Liveness is judged by heartbeat age, not by the watch: a controller that lost its own NATS connection sees no
+updates, and must not conclude that every station died (wasmCloud's lesson). While disconnected it reports
+``healthy = False`` and the witness holds back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+import nats.errors
+from nats.js.kv import KeyValue
+
+from ..contract.codec import decode
+from ..contract.errors import DecodeError
+from ..contract.messages import StationRecord, utcnow
+from ..routing import is_live
+
+log = logging.getLogger(__name__)
+
+
+class StationDirectory:
+    def __init__(self, kv: KeyValue, on_join: Callable[[StationRecord], Awaitable[None]] | None = None) -> None:
+        self._kv = kv
+        self._on_join = on_join
+        self.records: dict[str, StationRecord] = {}
+        self.last_join: datetime | None = None
+        self.healthy = False
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        self._task = asyncio.create_task(self._run(), name="station-directory")
+        await asyncio.wait_for(self._ready.wait(), timeout_s)
+
+    def rewatch(self) -> None:
+        self.healthy = False
+        if self._task is not None:
+            self._task.cancel()
+        self._task = asyncio.create_task(self._run(), name="station-directory")
+
+    def disconnected(self) -> None:
+        self.healthy = False
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def live(self, now: datetime | None = None) -> list[StationRecord]:
+        now = now or utcnow()
+        return [r for r in self.records.values() if is_live(r, now)]
+
+    def live_ids(self, now: datetime | None = None) -> set[str]:
+        return {r.station_id for r in self.live(now)}
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._watch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.healthy = False
+                log.warning("station watch failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _watch_once(self) -> None:
+        watcher = await self._kv.watchall()
+        seen: set[str] = set()
+        initial = True
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=60)
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:
+                    if initial:
+                        initial = False
+                        for gone in set(self.records) - seen:
+                            self.records.pop(gone, None)
+                        self.healthy = True
+                        self._ready.set()
+                    continue
+                seen.add(entry.key)
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    self.records.pop(entry.key, None)
+                    continue
+                try:
+                    record = decode(entry.value, StationRecord)
+                except DecodeError as exc:
+                    log.warning("ignoring malformed station record %r: %s", entry.key, exc)
+                    continue
+                previous = self.records.get(entry.key)
+                self.records[entry.key] = record
+                if previous is None or previous.started_at != record.started_at:
+                    self.last_join = utcnow()
+                    if not initial and self._on_join is not None:
+                        await self._on_join(record)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()

@@ -1,0 +1,123 @@
+"""Pure witness and retry decisions: given a work record, the live stations and the clock, what to do."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ..contract.messages import WorkPhase, WorkRecord
+from ..executors.backoff import compute_backoff
+
+P = WorkPhase
+
+
+@dataclass(frozen=True)
+class WitnessPolicy:
+    #: A winner must start the work (Assigned -> Running) within this time, else the work is requeued.
+    accept_timeout_s: float = 5.0
+    #: Running work with no progress report for this long is requeued as stuck.
+    stuck_threshold_s: float = 600.0
+    #: Pending work nobody scheduled for this long (its submitter died) is auctioned by the witness.
+    pending_grace_s: float = 2.0
+    #: An auction that has not concluded after this long (its auctioneer died) is taken over.
+    scheduling_timeout_s: float = 5.0
+    #: Cancellation of running work not confirmed by its station within this long is forced.
+    cancel_grace_s: float = 10.0
+    #: Finished work records are purged from KV this long after they finished.
+    retention_s: float = 24 * 3600.0
+    #: Unschedulable retry backoff.
+    unschedulable_base_s: float = 1.0
+    unschedulable_max_s: float = 30.0
+
+
+class Action(enum.StrEnum):
+    NONE = "none"
+    SCHEDULE = "schedule"
+    REQUEUE = "requeue"
+    ESCALATE = "escalate"
+    FAIL = "fail"
+    CANCEL = "cancel"
+    PURGE = "purge"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str = ""
+
+
+NOTHING = Decision(Action.NONE)
+
+
+def _age(ts: datetime | None, now: datetime) -> float:
+    return (now - ts).total_seconds() if ts else 0.0
+
+
+def retries_left(record: WorkRecord) -> bool:
+    return record.attempt <= record.spec.max_retries
+
+
+def requeue_or_escalate(record: WorkRecord, reason: str) -> Decision:
+    """Pure: a failed attempt is retried while retries remain, then escalated."""
+    if retries_left(record):
+        return Decision(Action.REQUEUE, reason)
+    return Decision(Action.ESCALATE, f"{reason}; retries exhausted after {record.attempt} attempt(s)")
+
+
+def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime, policy: WitnessPolicy,
+           station_joined_since: datetime | None = None) -> Decision:
+    """Pure: what the witness does with ``record`` now. ``live_stations`` are ids with a fresh heartbeat."""
+    phase = record.phase
+    if phase.terminal:
+        if record.finished_at and _age(record.finished_at, now) > policy.retention_s:
+            return Decision(Action.PURGE, "retention expired")
+        return NOTHING
+    if record.is_workflow:
+        return NOTHING  # workflows are driven by the workflow driver, their steps by this function
+    timeouts = record.spec.timeouts
+    if record.cancel_requested:
+        if phase not in (P.ASSIGNED, P.RUNNING) or record.station_id not in live_stations:
+            return Decision(Action.CANCEL, "cancelled")
+        if _age(record.updated_at, now) > policy.cancel_grace_s:
+            return Decision(Action.CANCEL, "cancelled (station did not confirm)")
+        return NOTHING
+    limit = timeouts.schedule_to_start_seconds
+    if limit and phase in (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE) and _age(record.created_at, now) > limit:
+        return Decision(Action.FAIL, f"not started within scheduleToStart {limit:g}s")
+    if phase == P.PENDING:
+        if record.retry_at and now < record.retry_at:
+            return NOTHING
+        if record.retry_at or _age(record.updated_at, now) > policy.pending_grace_s:
+            return Decision(Action.SCHEDULE, "pending")
+        return NOTHING
+    if phase == P.SCHEDULING:
+        if _age(record.updated_at, now) > policy.scheduling_timeout_s:
+            return Decision(Action.SCHEDULE, "auction abandoned")
+        return NOTHING
+    if phase == P.UNSCHEDULABLE:
+        if station_joined_since and station_joined_since > record.updated_at:
+            return Decision(Action.SCHEDULE, "a station joined")
+        if record.retry_at is None or now >= record.retry_at:
+            return Decision(Action.SCHEDULE, "unschedulable backoff elapsed")
+        return NOTHING
+    # Assigned or Running: the attempt belongs to a station.
+    if record.station_id not in live_stations:
+        return requeue_or_escalate(record, f"station {record.station_id} lost")
+    if phase == P.ASSIGNED and _age(record.assigned_at, now) > policy.accept_timeout_s:
+        return requeue_or_escalate(record, f"station {record.station_id} did not start the work within "
+                                           f"{policy.accept_timeout_s:g}s")
+    if phase == P.RUNNING:
+        if _age(record.started_at, now) > timeouts.start_to_close_seconds:
+            return requeue_or_escalate(record, f"attempt exceeded startToClose {timeouts.start_to_close_seconds:g}s")
+        last = record.last_progress_at or record.started_at
+        if _age(last, now) > policy.stuck_threshold_s:
+            return requeue_or_escalate(record, f"no progress for {policy.stuck_threshold_s:g}s")
+    return NOTHING
+
+
+def unschedulable_retry_at(record: WorkRecord, now: datetime, policy: WitnessPolicy) -> datetime:
+    delay = compute_backoff(record.schedule_attempts, base_s=policy.unschedulable_base_s,
+                            max_s=policy.unschedulable_max_s)
+    return now + timedelta(seconds=delay)

@@ -1,0 +1,173 @@
+"""The work store: work records in the org's ``work`` KV bucket, every change a compare-and-set.
+
+``mutate`` is the one way to change a record: read (or take the caller's copy), apply a pure function, write with
+``update(last=revision)``; on a conflict re-read and re-apply. The function sees the freshest record and may
+decline (return None), so two writers (two witnesses, a station and a witness) can never both win.
+Large results go to the org's object store, the record keeps a reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.object_store import ObjectStore
+from pydantic import TypeAdapter
+
+from ..contract import subjects
+from ..contract.codec import decode, encode
+from ..contract.errors import DecodeError
+from ..contract.events import Category
+from ..contract.messages import Payload, WorkRecord
+from ..natsio.events import EventPublisher
+from ..natsio.state import KvItem, OrgState, read_all
+
+log = logging.getLogger(__name__)
+
+#: Results up to this size live in the record; larger ones go to the object store.
+MAX_INLINE_RESULT_BYTES: Final = 64 * 1024
+#: Results larger than this are refused (the work fails with a clear error).
+MAX_RESULT_BYTES: Final = 32 * 1024 * 1024
+
+
+class ResultTooLarge(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Versioned:
+    record: WorkRecord
+    revision: int
+
+
+Mutation = Callable[[WorkRecord], WorkRecord | None]
+
+
+class WorkStore:
+    def __init__(self, state: OrgState, events: EventPublisher | None = None) -> None:
+        self.state = state
+        self.kv = state.work
+        self.events = events
+        self._objects: ObjectStore | None = None
+        self._results_bucket = f"{subjects.bucket(state.org, 'work')}-results"
+
+    async def create(self, record: WorkRecord) -> tuple[Versioned, bool]:
+        """Create the record unless the id exists; returns the stored version and whether it was created here.
+        Idempotent: submitting the same work id twice yields the first record."""
+        try:
+            revision = await self.kv.create(record.work_id, encode(record))
+            return Versioned(record, revision), True
+        except KeyWrongLastSequenceError:
+            existing = await self.get(record.work_id)
+            if existing is None:  # deleted between our create and our read: try once more
+                revision = await self.kv.create(record.work_id, encode(record))
+                return Versioned(record, revision), True
+            return existing, False
+
+    async def get(self, work_id: str) -> Versioned | None:
+        try:
+            entry = await self.kv.get(work_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return Versioned(decode(entry.value, WorkRecord), entry.revision or 0)
+
+    async def write(self, new: WorkRecord, revision: int) -> int:
+        """CAS one record; raises KeyWrongLastSequenceError if ``revision`` is no longer the latest."""
+        return await self.kv.update(new.work_id, encode(new), last=revision)
+
+    async def mutate(self, work_id: str, fn: Mutation, *, current: Versioned | None = None,
+                     attempts: int = 8) -> Versioned | None:
+        """Apply ``fn`` with compare-and-set until it sticks; None if the record is gone or ``fn`` declines."""
+        for _ in range(attempts):
+            if current is None:
+                current = await self.get(work_id)
+                if current is None:
+                    return None
+            new = fn(current.record)
+            if new is None:
+                return None
+            try:
+                revision = await self.write(new, current.revision)
+                return Versioned(new, revision)
+            except KeyWrongLastSequenceError:
+                current = None
+        raise RuntimeError(f"work {work_id}: {attempts} compare-and-set conflicts in a row")
+
+    async def all(self) -> list[Versioned]:
+        out = []
+        for item in await read_all(self.kv):
+            versioned = self._parse(item)
+            if versioned is not None:
+                out.append(versioned)
+        return out
+
+    @staticmethod
+    def _parse(item: KvItem) -> Versioned | None:
+        try:
+            return Versioned(decode(item.value, WorkRecord), item.revision)
+        except DecodeError as exc:
+            log.warning("skipping malformed work record %r: %s", item.key, exc)
+            return None
+
+    async def purge(self, work_id: str, revision: int) -> bool:
+        try:
+            await self.kv.delete(work_id, last=revision)
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            return False
+        await self._delete_object(work_id)
+        return True
+
+    async def emit(self, category: Category, type_: str, record: WorkRecord, **data: object) -> None:
+        if self.events is not None:
+            payload = {"phase": record.phase.value, "attempt": record.attempt, "station": record.station_id,
+                       "reason": record.reason, **data}
+            await self.events.emit(category, type_, subject=record.work_id, data=payload,
+                                   traceparent=record.traceparent)
+
+    # --- results -------------------------------------------------------------------------------------------
+
+    async def _object_store(self) -> ObjectStore:
+        if self._objects is None:
+            try:
+                self._objects = await self.state.js.object_store(self._results_bucket)
+            except (BucketNotFoundError, NotFoundError):
+                self._objects = await self.state.js.create_object_store(self._results_bucket)
+        return self._objects
+
+    async def store_result(self, work_id: str, result: Payload) -> tuple[Payload, str | None]:
+        """``(inline result, None)`` or ``(None, reference)`` for a large one; raises ResultTooLarge."""
+        data = encode_payload(result)
+        if len(data) <= MAX_INLINE_RESULT_BYTES:
+            return result, None
+        if len(data) > MAX_RESULT_BYTES:
+            raise ResultTooLarge(f"result of {len(data)} bytes exceeds the limit of {MAX_RESULT_BYTES} bytes")
+        store = await self._object_store()
+        await store.put(work_id, data)
+        return None, f"obj://{self._results_bucket}/{work_id}"
+
+    async def load_result(self, record: WorkRecord) -> Payload:
+        if record.result_ref is None:
+            return record.result
+        store = await self._object_store()
+        obj = await store.get(record.work_id)
+        return _PAYLOAD.validate_json(obj.data or b"null")
+
+    async def _delete_object(self, work_id: str) -> None:
+        try:
+            store = await self._object_store()
+            await store.delete(work_id)
+        except Exception:
+            pass
+
+
+_PAYLOAD: Final[TypeAdapter[Payload]] = TypeAdapter(Payload)
+
+
+def encode_payload(value: Payload) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()

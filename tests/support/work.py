@@ -1,0 +1,38 @@
+"""Work fixtures' building blocks: a fast controller, and reading a work item's events."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from station_runtime.client import LatticeClient
+from station_runtime.natsio.connect import NatsSettings
+from station_runtime.natsio.state import StateLimits
+from station_runtime.work.auction import AuctionConfig
+from station_runtime.work.controller import WorkController
+from station_runtime.work.policy import WitnessPolicy
+
+#: Tight timings for tests: stations beat every 0.5 s, the witness sweeps every 0.2 s.
+FAST = WitnessPolicy(accept_timeout_s=2.0, stuck_threshold_s=30.0, pending_grace_s=0.5, scheduling_timeout_s=2.0,
+                     cancel_grace_s=2.0, unschedulable_base_s=0.2, unschedulable_max_s=1.0)
+
+
+@asynccontextmanager
+async def controller(url: str, org: str, name: str = "controller", **kwargs: object) -> AsyncIterator[WorkController]:
+    c = WorkController(NatsSettings(url=url), org, policy=kwargs.pop("policy", FAST),  # type: ignore[arg-type]
+                       interval_s=0.2, limits=StateLimits(presence_ttl_s=1.5), name=name,
+                       auction=AuctionConfig(deadline_s=0.2, assign_timeout_s=1.0), **kwargs)  # type: ignore[arg-type]
+    await c.start()
+    try:
+        yield c
+    finally:
+        await c.stop()
+
+
+async def event_types(client: LatticeClient, work_id: str) -> list[str]:
+    return [e.short_type async for e in client.events(work_id=work_id)]
+
+
+async def event_counts(client: LatticeClient) -> Counter[tuple[str, str | None]]:
+    return Counter((e.short_type, e.subject) async for e in client.events(category="work"))

@@ -1,0 +1,183 @@
+"""Pure work logic: the phase machine, bid scoring and ranking, witness decisions, workflow templating."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from station_runtime.api.models import WorkConstraints, WorkflowStep, WorkItemSpec, WorkTimeouts
+from station_runtime.contract.messages import AuctionBid, StationRecord, StationStatus, WorkPhase, WorkRecord, utcnow
+from station_runtime.work import phases, scoring, workflow
+from station_runtime.work.policy import Action, WitnessPolicy, decide
+
+P = WorkPhase
+ALL = list(WorkPhase)
+LEGAL = {
+    (P.PENDING, P.SCHEDULING), (P.PENDING, P.RUNNING),
+    (P.SCHEDULING, P.ASSIGNED), (P.SCHEDULING, P.UNSCHEDULABLE), (P.SCHEDULING, P.PENDING),
+    (P.UNSCHEDULABLE, P.SCHEDULING), (P.UNSCHEDULABLE, P.PENDING),
+    (P.ASSIGNED, P.RUNNING), (P.ASSIGNED, P.ASSIGNED), (P.ASSIGNED, P.PENDING), (P.ASSIGNED, P.SUCCEEDED),
+    (P.RUNNING, P.SUCCEEDED), (P.RUNNING, P.PENDING), (P.RUNNING, P.RUNNING),
+} | {(src, dst) for src in ALL if not src.terminal for dst in (P.CANCELLED, P.FAILED, P.ESCALATED)}
+
+
+def rec(phase: WorkPhase = P.PENDING, **kw: object) -> WorkRecord:
+    spec = kw.pop("spec", WorkItemSpec(agent="echo"))
+    return WorkRecord(org="o", work_id="w1", spec=spec, phase=phase, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("src", ALL)
+@pytest.mark.parametrize("dst", ALL)
+def test_every_transition_is_legal_or_refused(src: WorkPhase, dst: WorkPhase) -> None:
+    assert phases.allowed(src, dst) == ((src, dst) in LEGAL)
+    if (src, dst) in LEGAL:
+        assert phases.transition(rec(src), dst).phase == dst
+    else:
+        with pytest.raises(phases.IllegalTransition, match=f"{src} -> {dst} is not allowed"):
+            phases.transition(rec(src), dst)
+
+
+def test_transitions_stamp_times_and_requeue_clears_the_attempt() -> None:
+    r = phases.transition(rec(P.SCHEDULING), P.ASSIGNED, station_id="s1", attempt_id="a1", attempt=1)
+    assert r.assigned_at is not None and r.station_id == "s1"
+    r = phases.transition(r, P.RUNNING)
+    assert r.started_at is not None
+    again = phases.transition(r, P.RUNNING)
+    assert again.started_at == r.started_at
+    back = phases.transition(r, P.PENDING, reason="lost")
+    assert (back.station_id, back.attempt_id, back.started_at, back.attempt) == (None, None, None, 1)
+    done = phases.transition(phases.transition(rec(P.SCHEDULING), P.ASSIGNED), P.SUCCEEDED)
+    assert done.finished_at is not None
+
+
+def station(sid: str, *, load: int = 0, cap: int = 4, agents: tuple[str, ...] = ("echo",),
+            caps: tuple[str, ...] = (), labels: dict[str, str] | None = None,
+            status: StationStatus = StationStatus.READY, age_s: float = 0.0) -> StationRecord:
+    now = utcnow()
+    return StationRecord(org="o", station_id=sid, capabilities=list(caps), labels=labels or {}, capacity=cap,
+                         load=load, agents=list(agents), heartbeat_interval_s=1.0, started_at=now, status=status,
+                         last_heartbeat=now - timedelta(seconds=age_s))
+
+
+def test_eligibility_needs_agent_capabilities_labels_liveness_and_readiness() -> None:
+    req = scoring.Requirements(agent="echo", capabilities=("text",), labels={"zone": "a"})
+    assert scoring.eligible(station("s", caps=("text", "x"), labels={"zone": "a"}), req)
+    assert not scoring.eligible(station("s", agents=("other",), caps=("text",), labels={"zone": "a"}), req)
+    assert not scoring.eligible(station("s", caps=(), labels={"zone": "a"}), req)
+    assert not scoring.eligible(station("s", caps=("text",), labels={"zone": "b"}), req)
+    assert not scoring.eligible(station("s", caps=("text",), labels={"zone": "a"}, age_s=10), req)
+    assert not scoring.eligible(station("s", caps=("text",), labels={"zone": "a"},
+                                        status=StationStatus.DRAINING), req)
+
+
+def test_scores_prefer_free_capacity_then_preferred_labels() -> None:
+    req = scoring.Requirements(prefer_labels={"gpu": "yes"})
+    idle = scoring.score(req, capacity=4, load=0, capabilities=[], labels={})
+    busy = scoring.score(req, capacity=4, load=3, capabilities=[], labels={})
+    full = scoring.score(req, capacity=4, load=4, capabilities=[], labels={})
+    overloaded = scoring.score(req, capacity=4, load=8, capabilities=[], labels={})
+    preferred = scoring.score(req, capacity=4, load=0, capabilities=[], labels={"gpu": "yes"})
+    assert preferred > idle > busy > 0 > full > overloaded
+    specialist = scoring.score(scoring.Requirements(capabilities=("a",)), capacity=4, load=0, capabilities=["a"],
+                               labels={})
+    generalist = scoring.score(scoring.Requirements(capabilities=("a",)), capacity=4, load=0,
+                               capabilities=["a", "b", "c"], labels={})
+    assert specialist > generalist
+
+
+def test_ranking_is_deterministic_skips_declines_and_spreads_ties() -> None:
+    bids = [AuctionBid(auction_id="a", station_id=s, score=0.6, load=0, capacity=4) for s in "abcdef"]
+    bids.append(AuctionBid(auction_id="a", station_id="z", score=0.9, load=0, capacity=4, declined=True))
+    first = scoring.rank(bids, "w1")
+    assert first == scoring.rank(list(reversed(bids)), "w1")
+    assert "z" not in [b.station_id for b in first]
+    winners = {scoring.rank(bids, f"w{i}")[0].station_id for i in range(50)}
+    assert len(winners) >= 4
+    better = [*bids, AuctionBid(auction_id="a", station_id="y", score=0.7, load=2, capacity=4)]
+    assert scoring.rank(better, "w1")[0].station_id == "y"
+
+
+NOW = utcnow()
+POLICY = WitnessPolicy(accept_timeout_s=5, stuck_threshold_s=60, pending_grace_s=2, scheduling_timeout_s=5,
+                       cancel_grace_s=10, retention_s=100)
+
+
+def ago(s: float) -> object:
+    return NOW - timedelta(seconds=s)
+
+
+@pytest.mark.parametrize(("record", "live", "expected"), [
+    (rec(P.PENDING, updated_at=ago(1)), set(), Action.NONE),
+    (rec(P.PENDING, updated_at=ago(3)), set(), Action.SCHEDULE),
+    (rec(P.PENDING, retry_at=ago(-5)), set(), Action.NONE),
+    (rec(P.PENDING, retry_at=ago(0.1)), set(), Action.SCHEDULE),
+    (rec(P.SCHEDULING, updated_at=ago(1)), set(), Action.NONE),
+    (rec(P.SCHEDULING, updated_at=ago(6)), set(), Action.SCHEDULE),
+    (rec(P.UNSCHEDULABLE, retry_at=ago(-5)), set(), Action.NONE),
+    (rec(P.UNSCHEDULABLE, retry_at=ago(1)), set(), Action.SCHEDULE),
+    (rec(P.ASSIGNED, station_id="s1", attempt=1, assigned_at=ago(1)), {"s1"}, Action.NONE),
+    (rec(P.ASSIGNED, station_id="s1", attempt=1, assigned_at=ago(6)), {"s1"}, Action.REQUEUE),
+    (rec(P.RUNNING, station_id="s1", attempt=1, started_at=ago(1)), set(), Action.REQUEUE),
+    (rec(P.RUNNING, station_id="s1", attempt=3, started_at=ago(1)), set(), Action.ESCALATE),
+    (rec(P.RUNNING, station_id="s1", attempt=1, started_at=ago(61)), {"s1"}, Action.REQUEUE),
+    (rec(P.RUNNING, station_id="s1", attempt=1, started_at=ago(61), last_progress_at=ago(1)), {"s1"},
+     Action.NONE),
+    (rec(P.RUNNING, station_id="s1", attempt=1, started_at=ago(20),
+         spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(start_to_close_seconds=10))), {"s1"}, Action.REQUEUE),
+    (rec(P.PENDING, created_at=ago(20), updated_at=ago(1),
+         spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(schedule_to_start_seconds=10))), set(), Action.FAIL),
+    (rec(P.PENDING, cancel_requested=True), set(), Action.CANCEL),
+    (rec(P.RUNNING, station_id="s1", cancel_requested=True, updated_at=ago(1)), {"s1"}, Action.NONE),
+    (rec(P.RUNNING, station_id="s1", cancel_requested=True, updated_at=ago(11)), {"s1"}, Action.CANCEL),
+    (rec(P.RUNNING, station_id="s1", cancel_requested=True, updated_at=ago(1)), set(), Action.CANCEL),
+    (rec(P.SUCCEEDED, finished_at=ago(50)), set(), Action.NONE),
+    (rec(P.SUCCEEDED, finished_at=ago(150)), set(), Action.PURGE),
+])
+def test_witness_decisions(record: WorkRecord, live: set[str], expected: Action) -> None:
+    assert decide(record, live_stations=live, now=NOW, policy=POLICY).action == expected  # type: ignore[arg-type]
+
+
+def test_unschedulable_work_is_retried_as_soon_as_a_station_joins() -> None:
+    r = rec(P.UNSCHEDULABLE, updated_at=ago(1), retry_at=ago(-30))
+    assert decide(r, live_stations=set(), now=NOW, policy=POLICY).action == Action.NONE
+    joined = decide(r, live_stations=set(), now=NOW, policy=POLICY, station_joined_since=ago(0))  # type: ignore[arg-type]
+    assert joined.action == Action.SCHEDULE and joined.reason == "a station joined"
+
+
+WF = WorkItemSpec(input={"text": "hi"}, constraints=WorkConstraints(labels={"z": "a"}), steps=[
+    WorkflowStep(name="draft", agent="writer", input="write about {{input}}"),
+    WorkflowStep(name="review", required_capabilities=["review"], input="review: {{ steps.draft.output }}"),
+])
+
+
+def test_workflow_templates() -> None:
+    assert workflow.render("{{input}}!", "x", {}) == "x!"
+    assert workflow.render("{{input}}", {"a": 1}, {}) == '{"a": 1}'
+    assert workflow.render("a {{steps.s1.output}} b", None, {"s1": [1, 2]}) == "a [1, 2] b"
+    with pytest.raises(KeyError, match="step 'nope'"):
+        workflow.render("{{steps.nope.output}}", None, {})
+
+
+def test_workflow_advances_step_by_step() -> None:
+    parent = rec(P.PENDING, spec=WF)
+    parent = workflow.advance(parent, None)
+    assert parent is not None and parent.phase == P.RUNNING and parent.step_index == 0
+    assert workflow.advance(parent, None) is None
+    child = rec(P.RUNNING, spec=workflow.step_spec(parent, WF.steps[0]))
+    assert child.spec.input == 'write about {"text": "hi"}' and child.spec.constraints.labels == {"z": "a"}
+    assert workflow.advance(parent, child) is None
+    parent = workflow.advance(parent, child.model_copy(update={"phase": P.SUCCEEDED, "result": "DRAFT"}))
+    assert parent is not None and parent.step_index == 1 and parent.step_outputs == {"draft": "DRAFT"}
+    assert workflow.step_spec(parent, WF.steps[1]).input == "review: DRAFT"
+    done = workflow.advance(parent, child.model_copy(update={"phase": P.SUCCEEDED, "result": "OK"}))
+    assert done is not None and done.phase == P.SUCCEEDED and done.result == "OK"
+    failed = workflow.advance(parent, child.model_copy(update={"phase": P.ESCALATED, "reason": "lost"}))
+    assert failed is not None and failed.phase == P.FAILED and "review" in failed.reason
+
+
+def test_child_ids_are_deterministic_and_bounded() -> None:
+    long_id = "x" * 64
+    assert workflow.child_id(long_id, 3) == workflow.child_id(long_id, 3)
+    assert len(workflow.child_id(long_id, 12)) <= 64
+    assert workflow.child_id("a", 0) != workflow.child_id("b", 0)

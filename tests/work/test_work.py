@@ -1,0 +1,249 @@
+"""Durable async work on a real nats-server: auction, execution with progress, outcomes, cancellation,
+deadlines, fencing of superseded attempts, large results, workflows."""
+
+from __future__ import annotations
+
+import pytest
+
+from station_runtime.api.models import WorkConstraints, WorkflowStep, WorkItemSpec, WorkTimeouts
+from station_runtime.client import LatticeClient
+from station_runtime.contract import subjects
+from station_runtime.contract.codec import decode, encode
+from station_runtime.contract.messages import (
+    AuctionBid,
+    AuctionRequest,
+    ErrorCode,
+    StationRecord,
+    WorkPhase,
+    WorkProgress,
+    WorkRecord,
+    utcnow,
+)
+from station_runtime.work import phases
+from tests.support.lattice import echo_agent, python_agent, running_station
+from tests.support.waiting import eventually
+from tests.support.work import controller, event_types
+
+P = WorkPhase
+
+
+async def test_submitted_work_is_auctioned_run_and_recorded(client: LatticeClient, nats_url: str,
+                                                            org: str) -> None:
+    await client.put_agent(echo_agent("echo", prefix="done: "))
+    async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"):
+        await client.wait_for_stations(2, agent="echo", timeout_s=5)
+        record = await client.submit(WorkItemSpec(agent="echo", input="task"))
+        assert record.phase in (P.ASSIGNED, P.RUNNING, P.SUCCEEDED) and record.station_id in ("s1", "s2")
+        final = await client.wait_work(record.work_id, timeout_s=10)
+    assert final.phase == P.SUCCEEDED and final.result == "done: task"
+    assert final.attempt == 1 and final.started_at and final.finished_at and final.assigned_at
+    assert await event_types(client, final.work_id) == ["work.submitted", "work.assigned", "work.started",
+                                                        "work.succeeded"]
+
+
+async def test_progress_is_streamed_and_recorded(client: LatticeClient, nats_url: str, org: str) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=1.2, steps=4))
+    seen: list[object] = []
+
+    async def on_progress(update: WorkProgress | WorkRecord) -> None:
+        seen.append(update)
+
+    async with running_station(nats_url, org, "s1"):
+        await client.wait_for_stations(1, agent="slow", timeout_s=5)
+        record = await client.submit(WorkItemSpec(agent="slow", input="x"))
+        final = await client.wait_work(record.work_id, timeout_s=10, on_progress=on_progress)
+    percents = [u.percent for u in seen if isinstance(u, WorkProgress)]
+    assert percents and percents == sorted(percents) and percents[-1] == 100.0
+    assert final.phase == P.SUCCEEDED and final.last_progress_at is not None
+    assert "work.progress" in await event_types(client, record.work_id)
+
+
+async def test_constraints_and_preferences_decide_the_winner(client: LatticeClient, nats_url: str,
+                                                             org: str) -> None:
+    await client.put_agent(echo_agent("echo"))
+    async with running_station(nats_url, org, "a", labels={"zone": "a"}), \
+            running_station(nats_url, org, "b", labels={"zone": "b", "gpu": "yes"}):
+        await client.wait_for_stations(2, agent="echo", timeout_s=5)
+        for _ in range(3):
+            must = await client.submit(WorkItemSpec(agent="echo", constraints=WorkConstraints(labels={"zone": "a"})))
+            assert must.station_id == "a"
+            prefer = await client.submit(WorkItemSpec(agent="echo",
+                                                      constraints=WorkConstraints(prefer_labels={"gpu": "yes"})))
+            assert prefer.station_id == "b"
+            await client.wait_work(must.work_id, timeout_s=5)
+            await client.wait_work(prefer.work_id, timeout_s=5)
+
+
+async def test_unschedulable_work_runs_as_soon_as_a_matching_station_joins(client: LatticeClient, nats_url: str,
+                                                                           org: str) -> None:
+    await client.put_agent(echo_agent("echo"))
+    async with controller(nats_url, org):
+        record = await client.submit(WorkItemSpec(agent="echo", required_capabilities=["rare"], input="w"))
+        assert record.phase == P.UNSCHEDULABLE
+        assert "none bid with agent 'echo' and capabilities ['rare']" in record.reason
+        async with running_station(nats_url, org, "s1", capabilities=("rare",)):
+            final = await client.wait_work(record.work_id, timeout_s=10)
+    assert final.phase == P.SUCCEEDED and final.station_id == "s1"
+    assert "work.unschedulable" in await event_types(client, record.work_id)
+
+
+async def test_cancel_queued_and_running_work(client: LatticeClient, nats_url: str, org: str) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=30, steps=30))
+    queued = await client.submit(WorkItemSpec(agent="slow"))
+    assert queued.phase == P.UNSCHEDULABLE
+    assert (await client.cancel_work(queued.work_id)).phase == P.CANCELLED
+    async with running_station(nats_url, org, "s1") as station:
+        await client.wait_for_stations(1, agent="slow", timeout_s=5)
+        running = await client.submit(WorkItemSpec(agent="slow"))
+        await eventually(lambda: _phase(client, running.work_id, P.RUNNING), timeout_s=5, what="work to run")
+        await client.cancel_work(running.work_id)
+        final = await client.wait_work(running.work_id, timeout_s=5)
+        assert final.phase == P.CANCELLED
+        assert station.work is not None and not station.work.runs and station.slots.load == 0
+    assert (await client.cancel_work(final.work_id)).phase == P.CANCELLED  # idempotent
+
+
+async def test_attempts_that_exceed_start_to_close_are_retried_then_escalated(client: LatticeClient,
+                                                                             nats_url: str, org: str) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=5, steps=1))
+    spec = WorkItemSpec(agent="slow", timeouts=WorkTimeouts(start_to_close_seconds=0.3), max_retries=1)
+    async with running_station(nats_url, org, "s1"), controller(nats_url, org):
+        await client.wait_for_stations(1, agent="slow", timeout_s=5)
+        record = await client.submit(spec)
+        final = await client.wait_work(record.work_id, timeout_s=15)
+    assert final.phase == P.ESCALATED and final.attempt == 2
+    assert final.error is not None and final.error.code == ErrorCode.TIMEOUT
+    assert "retries exhausted" in final.reason
+    events = await event_types(client, record.work_id)
+    assert events.count("work.requeued") == 1 and events[-1] == "work.escalated"
+
+
+async def test_work_never_started_fails_its_schedule_to_start_deadline(client: LatticeClient, nats_url: str,
+                                                                       org: str) -> None:
+    async with controller(nats_url, org):
+        record = await client.submit(WorkItemSpec(agent="nobody",
+                                                  timeouts=WorkTimeouts(schedule_to_start_seconds=0.5)))
+        final = await client.wait_work(record.work_id, timeout_s=10)
+    assert final.phase == P.FAILED and "scheduleToStart" in final.reason
+    assert final.error is not None and final.error.code == ErrorCode.TIMEOUT
+
+
+async def test_agent_errors_fail_the_work_without_retry(client: LatticeClient, nats_url: str, org: str) -> None:
+    await client.put_agent(python_agent("boom", "tests.support.agents:boom"))
+    async with running_station(nats_url, org, "s1"):
+        await client.wait_for_stations(1, agent="boom", timeout_s=5)
+        final = await client.wait_work((await client.submit(WorkItemSpec(agent="boom"))).work_id, timeout_s=10)
+    assert final.phase == P.FAILED and final.attempt == 1
+    assert final.error is not None and "the model caught fire" in final.error.message
+
+
+async def test_a_late_completion_from_a_superseded_attempt_is_rejected(client: LatticeClient, nats_url: str,
+                                                                       org: str) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=1.0, steps=1))
+    async with running_station(nats_url, org, "old", max_concurrency=1, max_queue=0) as old, \
+            running_station(nats_url, org, "new", max_concurrency=1, max_queue=0):
+        await client.wait_for_stations(2, agent="slow", timeout_s=5)
+        record = await client.submit(WorkItemSpec(agent="slow", input="once"))
+        first = record.station_id
+        await eventually(lambda: _phase(client, record.work_id, P.RUNNING), timeout_s=5, what="the first run")
+        # What the witness does when it thinks the station is lost: requeue, then auction again. The first
+        # station is busy (capacity 1) so the other one wins.
+        store = await client.work_store()
+        await store.mutate(record.work_id, lambda r: phases.transition(r, P.PENDING, reason="presumed lost"))
+        auctioneer = await client.auctioneer()
+        await auctioneer.schedule(record.work_id)
+        final = await client.wait_work(record.work_id, timeout_s=10)
+        assert final.station_id != first and final.attempt == 2 and final.result == "once"
+        stale = old if first == "old" else None
+        await eventually(lambda: _rejected(client, record.work_id), timeout_s=5,
+                         what="the stale completion to be refused")
+        if stale is not None:
+            assert stale.work is not None and stale.work.rejected == 1
+    events = await event_types(client, record.work_id)
+    assert events.count("work.succeeded") == 1 and "work.rejected" in events
+
+
+async def test_large_results_go_to_the_object_store(client: LatticeClient, nats_url: str, org: str) -> None:
+    await client.put_agent(echo_agent("echo"))
+    big = "x" * 200_000
+    async with running_station(nats_url, org, "s1"):
+        await client.wait_for_stations(1, agent="echo", timeout_s=5)
+        final = await client.wait_work((await client.submit(WorkItemSpec(agent="echo", input=big))).work_id,
+                                       timeout_s=10)
+    assert final.phase == P.SUCCEEDED and final.result is None and final.result_ref
+    assert await client.result(final) == big
+
+
+async def test_submitting_the_same_work_id_twice_is_idempotent(client: LatticeClient, nats_url: str,
+                                                               org: str) -> None:
+    await client.put_agent(echo_agent("echo"))
+    async with running_station(nats_url, org, "s1"):
+        await client.wait_for_stations(1, agent="echo", timeout_s=5)
+        a = await client.submit(WorkItemSpec(agent="echo", input="1"), work_id="fixed-id")
+        await client.wait_work("fixed-id", timeout_s=5)
+        b = await client.submit(WorkItemSpec(agent="echo", input="2"), work_id="fixed-id")
+    assert b.spec.input == "1" and b.phase == P.SUCCEEDED and a.work_id == b.work_id
+    assert (await event_types(client, "fixed-id")).count("work.submitted") == 1
+
+
+async def test_a_winner_that_never_accepts_is_passed_over(client: LatticeClient, nats_url: str, org: str) -> None:
+    """A rogue station bids the best score and never answers the assignment: the next bid wins."""
+    await client.put_agent(echo_agent("echo"))
+    assert client.nc is not None
+    nc = client.nc
+
+    async def rogue_bid(msg: object) -> None:
+        request = decode(msg.data, AuctionRequest)  # type: ignore[attr-defined]
+        await msg.respond(encode(AuctionBid(auction_id=request.auction_id, station_id="rogue", score=1.0,  # type: ignore[attr-defined]
+                                            load=0, capacity=100)))
+
+    async def swallow(_: object) -> None:
+        return None
+
+    await nc.subscribe(subjects.auction_request(org), cb=rogue_bid)
+    await nc.subscribe(subjects.work_assign(org, "rogue"), cb=swallow)
+    # Registered like a real station, so that the auction waits for its bid.
+    now = utcnow()
+    state = await client.state()
+    await state.stations.put("rogue", encode(StationRecord(
+        org=org, station_id="rogue", capacity=100, agents=["echo"], heartbeat_interval_s=30, started_at=now,
+        last_heartbeat=now)))
+    async with running_station(nats_url, org, "honest"):
+        await client.wait_for_stations(1, agent="echo", timeout_s=5)
+        record = await client.submit(WorkItemSpec(agent="echo", input="x"))
+        final = await client.wait_work(record.work_id, timeout_s=15)
+    assert final.phase == P.SUCCEEDED and final.station_id == "honest" and final.attempt == 1
+    assert (await event_types(client, record.work_id)).count("work.assigned") == 2
+
+
+async def test_a_workflow_runs_its_steps_in_order_with_templated_inputs(client: LatticeClient, nats_url: str,
+                                                                        org: str) -> None:
+    await client.put_agent(echo_agent("writer", capabilities=["write"], prefix="draft of "))
+    await client.put_agent(python_agent("upper", "tests.support.agents:async_upper"))
+    spec = WorkItemSpec(input="lattices", steps=[
+        WorkflowStep(name="draft", required_capabilities=["write"], input="{{input}}"),
+        WorkflowStep(name="shout", agent="upper", input="{{steps.draft.output}}!"),
+    ])
+    async with running_station(nats_url, org, "s1"), controller(nats_url, org):
+        await client.wait_for_stations(1, agent="upper", timeout_s=5)
+        record = await client.submit(spec)
+        final = await client.wait_work(record.work_id, timeout_s=15)
+    assert final.phase == P.SUCCEEDED and final.result == "DRAFT OF LATTICES!"
+    assert final.step_outputs == {"draft": "draft of lattices", "shout": "DRAFT OF LATTICES!"}
+
+
+async def _phase(client: LatticeClient, work_id: str, phase: WorkPhase) -> bool:
+    record = await client.get_work(work_id)
+    return record is not None and record.phase == phase
+
+
+async def _rejected(client: LatticeClient, work_id: str) -> bool:
+    record = await client.get_work(work_id)
+    return record is not None and record.rejected_reports >= 1
+
+
+@pytest.fixture(autouse=True)
+def _short_assign_timeout(client: LatticeClient) -> None:
+    from station_runtime.work.auction import AuctionConfig
+
+    client.auction_config = AuctionConfig(deadline_s=0.2, assign_timeout_s=1.0)
