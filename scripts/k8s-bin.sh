@@ -46,7 +46,7 @@ fi
 
 GO="$(command -v go || true)"
 [[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
-[[ -n "$GO" ]] || die "no go command on PATH (nor /usr/local/go/bin/go); install Go >= 1.26 or set KUBEBUILDER_ASSETS"
+[[ -n "$GO" ]] || die "no go on PATH (nor /usr/local/go/bin/go); install Go >= 1.26 or set KUBEBUILDER_ASSETS"
 
 mkdir -p "$version_dir"
 # One build at a time, even when two test sessions start together.
@@ -74,7 +74,7 @@ gomodcache="$("$GO" env GOMODCACHE)"
 modcache_before_kb="$( (du -sk "$gomodcache" 2>/dev/null || echo 0) | cut -f1)"
 started=$SECONDS
 log "building kubernetes $K8S_VERSION and etcd $ETCD_VERSION with $("$GO" version | cut -d' ' -f3) into $bin_dir"
-log "GOPROXY=$GOPROXY GOMODCACHE=$gomodcache; a cold build takes tens of minutes on 2 cores"
+log "GOPROXY=$GOPROXY GOMODCACHE=$gomodcache; a first build compiles for about 6 min on 2 cores"
 
 # --- kubernetes --------------------------------------------------------------------------------------------
 log "resolving k8s.io/kubernetes@$K8S_VERSION"

@@ -37,6 +37,7 @@ from ..contract.messages import (
 )
 from ..contract.subjects import WorkUpdate
 from ..executors import AgentFailure, Execution, Progress
+from ..natsio.retry import is_transient, retry_transient
 from ..work import phases, scoring
 from ..work.auction import requirements
 from ..work.policy import Action, requeue_or_escalate
@@ -63,7 +64,8 @@ class Run:
 
     work_id: str
     attempt_id: str
-    current: Versioned
+    #: The latest version we know of; None after an outage, until re-read.
+    current: Versioned | None
     task: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_publish: float = 0.0
@@ -174,8 +176,16 @@ class WorkService:
                 raise Superseded(f"record is at attempt {r.attempt_id} on {r.station_id} ({r.phase})")
             return fn(r)
 
+        async def attempt() -> Versioned | None:
+            try:
+                return await self.store.mutate(run.work_id, guarded, current=run.current)
+            except Exception as exc:
+                if is_transient(exc):
+                    run.current = None  # the write may or may not have landed: re-read
+                raise
+
         async with run.lock:
-            result = await self.store.mutate(run.work_id, guarded, current=run.current)
+            result = await retry_transient(attempt, what=f"work {run.work_id}: record update")
             if result is None:
                 raise Superseded("record is gone")
             run.current = result
@@ -198,8 +208,8 @@ class WorkService:
             self.runs.pop(run.work_id, None)
 
     async def _run_attempt(self, run: Run) -> None:
-        record = run.current.record
-        resumed = record.phase == P.RUNNING
+        assert run.current is not None
+        resumed = run.current.record.phase == P.RUNNING
         started = await self._write(run, lambda r: phases.transition(
             r, P.RUNNING, reason="resumed after station restart" if resumed else "", last_progress_at=utcnow()))
         await self.store.emit("work", "started", started.record, resumed=resumed)
@@ -218,8 +228,8 @@ class WorkService:
                     input=spec.input, request_id=run.work_id, progress=lambda p: self._progress(run, p),
                     context={"work_id": run.work_id, "attempt": started.record.attempt}))
         except TimeoutError:
-            decision = requeue_or_escalate(run.current.record, f"attempt exceeded startToClose "
-                                                               f"{spec.timeouts.start_to_close_seconds:g}s")
+            decision = requeue_or_escalate(started.record, f"attempt exceeded startToClose "
+                                                           f"{spec.timeouts.start_to_close_seconds:g}s")
             await self._give_up(run, decision.action, decision.reason, ErrorCode.TIMEOUT)
             return
         except asyncio.CancelledError:
@@ -227,7 +237,7 @@ class WorkService:
             return
         except AgentFailure as exc:
             if exc.code.retryable:
-                decision = requeue_or_escalate(run.current.record, str(exc))
+                decision = requeue_or_escalate(started.record, str(exc))
                 await self._give_up(run, decision.action, decision.reason, exc.code)
             else:
                 await self._finish(run, P.FAILED, error=WorkError(code=exc.code, message=str(exc)))
