@@ -29,8 +29,12 @@ app = typer.Typer(name="lattice", help="Station Lattice: LLM-agent work across a
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 station_app = typer.Typer(help="Run a station runtime.", no_args_is_help=True)
 get_app = typer.Typer(help="List stations or agents.", no_args_is_help=True)
+work_app = typer.Typer(help="Inspect and cancel async work.", no_args_is_help=True)
+controller_app = typer.Typer(help="Run the work controller (auctioneer + witness).", no_args_is_help=True)
 app.add_typer(station_app, name="station")
 app.add_typer(get_app, name="get")
+app.add_typer(work_app, name="work")
+app.add_typer(controller_app, name="controller")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -376,6 +380,265 @@ def invoke(
                               highlight=False)
 
     _run(main())
+
+
+# --- async work -------------------------------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    args: Annotated[list[str] | None, typer.Argument(help="AGENT INPUT, or INPUT with --capability.")] = None,
+    capability: Annotated[list[str] | None, typer.Option("--capability", "-c", help="Required (repeat).")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="Required station label k=v.")] = None,
+    prefer: Annotated[list[str] | None, typer.Option("--prefer", help="Preferred station label k=v.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="startToClose, seconds.")] = 600.0,
+    schedule_timeout: Annotated[float | None, typer.Option("--schedule-timeout", min=0.001,
+                                                           help="scheduleToStart, seconds.")] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, max=50)] = 2,
+    work_id: Annotated[str | None, typer.Option("--id", help="Work id (idempotent resubmission).")] = None,
+    filename: Annotated[Path | None, typer.Option("--filename", "-f", help="WorkItem manifest(s) instead.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Parse INPUT as JSON.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the result.")] = False,
+    follow: Annotated[bool, typer.Option("--follow", help="Show live progress until the result.")] = False,
+    output: OutputOpt = "table",
+) -> None:
+    """Submit async work: stored in KV, placed by auction, retried by the witness; prints its id."""
+    from ..api.models import WorkConstraints, WorkItemSpec, WorkTimeouts
+
+    g: Globals = ctx.obj
+    output = _check_output(output)
+    specs: list[tuple[str | None, WorkItemSpec]] = []
+    if filename is not None:
+        manifests = _load([filename])
+        if not manifests.work_items:
+            fail(f"no WorkItem manifest in {filename}")
+        specs = [(w.metadata.uid or w.name, w.spec) for w in manifests.work_items]
+    else:
+        args = args or []
+        if len(args) != (1 if capability else 2):
+            fail("usage: lattice submit AGENT INPUT  |  lattice submit --capability CAP INPUT  |  "
+                 "lattice submit -f FILE")
+        raw: Any = args[-1]
+        if as_json:
+            try:
+                raw = json.loads(raw)
+            except ValueError as exc:
+                fail(f"--json given but INPUT is not JSON: {exc}")
+        try:
+            spec = WorkItemSpec(
+                agent=None if capability else args[0], required_capabilities=_split(capability or []), input=raw,
+                constraints=WorkConstraints(labels=parse_labels(label or []), prefer_labels=parse_labels(prefer or [])),
+                timeouts=WorkTimeouts(start_to_close_seconds=timeout, schedule_to_start_seconds=schedule_timeout),
+                max_retries=retries)
+            if work_id is not None:
+                validate_id(work_id, "work id")
+        except (ValueError, ValidationError) as exc:
+            fail(str(exc))
+        specs = [(work_id, spec)]
+
+    async def main() -> int:
+        async with LatticeClient(g.nats, g.org) as client:
+            records = [await client.submit(spec, work_id=wid) for wid, spec in specs]
+            if not (wait or follow):
+                for record in records:
+                    if output in ("json", "yaml"):
+                        print(render.to_json(record) if output == "json" else render.to_yaml(record), end="")
+                    else:
+                        console.print(f"work/{record.work_id} submitted: {record.phase.value}"
+                                      f"{f' on {record.station_id}' if record.station_id else ''}"
+                                      f"{f' ({record.reason})' if record.reason else ''}", highlight=False)
+                return 0
+            code = 0
+            for record in records:
+                final = await _follow(client, record.work_id, live=follow)
+                result = await client.result(final)
+                if output in ("json", "yaml"):
+                    print(render.to_json(final) if output == "json" else render.to_yaml(final), end="")
+                elif final.phase.value == "Succeeded":
+                    print(result if isinstance(result, str) else json.dumps(result, indent=2))
+                else:
+                    err_console.print(render.work_detail(final, result))
+                code = code or (0 if final.phase.value == "Succeeded" else 2)
+            return code
+
+    raise typer.Exit(_run(main()))
+
+
+async def _follow(client: LatticeClient, work_id: str, *, live: bool) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..contract.messages import WorkProgress, WorkRecord
+
+    if not live:
+        return await client.wait_work(work_id)
+    tokens: list[str] = []
+    columns = (TextColumn("[bold]{task.fields[phase]:<12}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TextColumn("{task.fields[station]} {task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("", total=100, phase="Pending", station="")
+
+        async def on_progress(update: WorkProgress | WorkRecord) -> None:
+            if isinstance(update, WorkRecord):
+                bar.update(task, phase=update.phase.value, station=update.station_id or "",
+                           description=update.reason[:60])
+                if update.phase.value == "Succeeded":
+                    bar.update(task, completed=100)
+            else:
+                if update.tokens:
+                    tokens.append(update.tokens)
+                bar.update(task, completed=update.percent or 0, description=update.message[:60])
+
+        final = await client.wait_work(work_id, on_progress=on_progress)
+    return final
+
+
+@work_app.command("get")
+def work_get(ctx: typer.Context, work_id: str, output: OutputOpt = "table") -> None:
+    """Show one work item: phase, station, attempts, timings, result or error."""
+    g: Globals = ctx.obj
+    output = _check_output(output)
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            record = await client.get_work(work_id)
+            if record is None:
+                fail(f"no work {work_id!r} in org {g.org!r}")
+            result = await client.result(record)
+        if output in ("json", "yaml"):
+            print(render.to_json(record) if output == "json" else render.to_yaml(record), end="")
+        else:
+            console.print(render.work_detail(record, result))
+
+    _run(main())
+
+
+@work_app.command("list")
+def work_list(
+    ctx: typer.Context,
+    phase: Annotated[str | None, typer.Option("--phase", help="Only work in this phase.")] = None,
+    output: OutputOpt = "table",
+) -> None:
+    """List the org's work, oldest first."""
+    g: Globals = ctx.obj
+    output = _check_output(output)
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            records = [r for r in await client.list_work() if phase is None or r.phase.value.lower() == phase.lower()]
+        _print_list(records, output, lambda: render.work_table(records, wide=output == "wide"),
+                    f"No work in org {g.org}.")
+
+    _run(main())
+
+
+@work_app.command("watch")
+def work_watch(
+    ctx: typer.Context,
+    interval: Annotated[float, typer.Option("--interval", min=0.1)] = 0.5,
+    until_done: Annotated[bool, typer.Option("--until-done", help="Exit when no work is unfinished.")] = False,
+) -> None:
+    """A live table of the org's work (Ctrl-C to stop)."""
+    from rich.live import Live
+
+    g: Globals = ctx.obj
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            with Live(console=console, refresh_per_second=4) as live:
+                while True:
+                    records = await client.list_work()
+                    live.update(render.work_table(records[-40:]))
+                    if until_done and all(r.phase.terminal for r in records):
+                        return
+                    await asyncio.sleep(interval)
+
+    _run(main())
+
+
+@work_app.command("cancel")
+def work_cancel(ctx: typer.Context, work_id: str) -> None:
+    """Cancel work: at once if queued; running work is stopped on its station."""
+    g: Globals = ctx.obj
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            record = await client.cancel_work(work_id)
+            if record.phase.value == "Cancelled":
+                console.print(f"work/{work_id} cancelled")
+            elif record.phase.terminal:
+                console.print(f"work/{work_id} already finished: {record.phase.value}")
+            else:
+                final = await client.wait_work(work_id, timeout_s=30)
+                console.print(f"work/{work_id} {final.phase.value.lower()}")
+
+    _run(main())
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    type_: Annotated[list[str] | None, typer.Option("--type", "-t", help="e.g. work.requeued, or work.")] = None,
+    work_id: Annotated[str | None, typer.Option("--work", help="Only events of this work item.")] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="text or json.")] = "text",
+) -> None:
+    """Replay the org's CloudEvents (the audit log), and follow new ones with --follow."""
+    g: Globals = ctx.obj
+    types = _split(type_ or [])
+    category = types[0].split(".")[0] if types and all(t.split(".")[0] == types[0].split(".")[0]
+                                                      for t in types) else None
+    if category not in (None, "station", "agent", "work"):
+        fail(f"unknown event category {category!r}: use station, agent or work")
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            async for event in client.events(follow=follow, category=category, work_id=work_id):
+                if types and not any(event.short_type == t or event.short_type.startswith(t.rstrip(".") + ".")
+                                     for t in types):
+                    continue
+                if output == "json":
+                    print(event.model_dump_json(exclude_none=True), flush=True)
+                else:
+                    console.print(render.event_line(event), highlight=False)
+
+    _run(main())
+
+
+@controller_app.command("run")
+def controller_run(
+    ctx: typer.Context,
+    interval: Annotated[float, typer.Option("--interval", min=0.05, help="Witness sweep, seconds.")] = 1.0,
+    stuck_threshold: Annotated[float, typer.Option("--stuck-threshold", min=0.1,
+                                                   help="Seconds without progress before requeue.")] = 600.0,
+    accept_timeout: Annotated[float, typer.Option("--accept-timeout", min=0.1)] = 5.0,
+) -> None:
+    """Run the work controller until SIGTERM: it schedules what nobody scheduled and witnesses stuck work.
+    Several may run at once."""
+    from ..work.controller import WorkController
+    from ..work.policy import WitnessPolicy
+
+    g: Globals = ctx.obj
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+
+    async def main() -> int:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        policy = WitnessPolicy(accept_timeout_s=accept_timeout, stuck_threshold_s=stuck_threshold)
+        controller = WorkController(g.nats, g.org, policy=policy, interval_s=interval)
+        await controller.start()
+        try:
+            await stop.wait()
+        finally:
+            await controller.stop()
+        return 0
+
+    raise typer.Exit(_run(main()))
 
 
 @app.command()

@@ -12,7 +12,8 @@ from pydantic import BaseModel
 from rich.table import Table
 from rich.text import Text
 
-from ..contract.messages import AgentDefinition, InvokeResult, StationRecord, StationStatus, utcnow
+from ..contract.events import CloudEvent
+from ..contract.messages import AgentDefinition, InvokeResult, StationRecord, StationStatus, WorkRecord, utcnow
 from ..routing import is_live
 
 
@@ -101,3 +102,77 @@ def results_table(rows: Sequence[tuple[int, str, InvokeResult | str, float]]) ->
         else:
             table.add_row(str(index), agent, result.station_id, f"{latency_ms:.1f} ms", preview(result.output))
     return table
+
+
+PHASE_STYLE = {
+    "Pending": "dim", "Scheduling": "cyan", "Unschedulable": "yellow", "Assigned": "cyan", "Running": "blue",
+    "Succeeded": "green", "Failed": "red", "Cancelled": "magenta", "Escalated": "bold red",
+}
+
+
+def phase_text(phase: str) -> Text:
+    return Text(phase, style=PHASE_STYLE.get(phase, ""))
+
+
+def work_target(record: WorkRecord) -> str:
+    spec = record.spec
+    if spec.steps:
+        return f"workflow({len(spec.steps)} steps)"
+    return spec.agent or "+".join(spec.required_capabilities)
+
+
+def work_table(records: Sequence[WorkRecord], *, wide: bool = False) -> Table:
+    now = utcnow()
+    table = Table(box=None, header_style="bold")
+    for col in ("WORK", "TARGET", "PHASE", "STATION", "ATTEMPTS", "PROGRESS", "AGE"):
+        table.add_column(col)
+    if wide:
+        table.add_column("REASON")
+    for r in records:
+        progress = f"{r.progress_percent:.0f}%" if r.progress_percent is not None else "-"
+        if r.is_workflow:
+            progress = f"step {min(r.step_index + 1, len(r.spec.steps))}/{len(r.spec.steps)}"
+        row: list[Any] = [r.work_id, work_target(r), phase_text(r.phase.value), r.station_id or "-", str(r.attempt),
+                          progress, age(r.created_at, now)]
+        if wide:
+            row.append(r.reason or (r.error.message if r.error else ""))
+        table.add_row(*row)
+    return table
+
+
+def work_detail(record: WorkRecord, result: Any) -> Table:
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows: list[tuple[str, Any]] = [
+        ("Work", record.work_id), ("Target", work_target(record)), ("Phase", phase_text(record.phase.value)),
+        ("Station", record.station_id or "-"), ("Attempt", f"{record.attempt} (retries allowed: "
+                                                            f"{record.spec.max_retries})"),
+        ("Created", record.created_at.isoformat()),
+    ]
+    for label, ts in (("Started", record.started_at), ("Finished", record.finished_at)):
+        if ts:
+            rows.append((label, ts.isoformat()))
+    if record.progress_percent is not None or record.progress_message:
+        rows.append(("Progress", f"{record.progress_percent or 0:.0f}% {record.progress_message}"))
+    if record.reason:
+        rows.append(("Reason", record.reason))
+    if record.error:
+        rows.append(("Error", Text(f"{record.error.code}: {record.error.message}", style="red")))
+    if record.rejected_reports:
+        rows.append(("Rejected", f"{record.rejected_reports} late report(s) from superseded attempts"))
+    if record.phase.value == "Succeeded":
+        rows.append(("Result", result if isinstance(result, str) else json.dumps(result, indent=2)))
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
+def event_line(event: CloudEvent) -> Text:
+    data = event.data
+    detail = " ".join(f"{k}={v}" for k, v in data.items() if v not in (None, "", [], {}))
+    line = Text(f"{event.time.strftime('%H:%M:%S.%f')[:-3]} ")
+    line.append(f"{event.short_type:<20}", style=PHASE_STYLE.get(str(data.get("phase", "")), "bold"))
+    line.append(f" {event.subject or '-':<34} ")
+    line.append(detail, style="dim")
+    return line
