@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import uuid
 from collections import Counter
@@ -44,6 +43,7 @@ from .contract.messages import (
 )
 from .natsio.connect import NatsSettings, connect
 from .natsio.events import EventPublisher, read_events
+from .natsio.retry import retry_transient
 from .natsio.state import OrgState, StateLimits, read_all
 from .routing import candidates
 from .work import phases
@@ -91,8 +91,6 @@ class LatticeClient:
 
     async def connect(self) -> None:
         settings = self.nats
-        if settings.max_reconnect_attempts < 0 and settings.name == "lattice":
-            settings = dataclasses.replace(settings, max_reconnect_attempts=3, name="lattice-cli")
         try:
             self.nc = await connect(settings)
         except Exception as exc:
@@ -311,7 +309,7 @@ class LatticeClient:
         last_seen: WorkRecord | None = None
         try:
             while True:
-                record = await self.get_work(work_id)
+                record = await retry_transient(lambda: self.get_work(work_id), what=f"reading work {work_id}")
                 if record is None:
                     raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
                 if on_progress is not None and (last_seen is None or record.updated_at != last_seen.updated_at):

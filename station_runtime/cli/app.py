@@ -89,7 +89,10 @@ def _globals(
     for path, what in ((creds, "creds file"), (nkey_seed_file, "nkey seed file")):
         if path is not None and not path.is_file():
             fail(f"{what} {path} does not exist")
-    ctx.obj = Globals(NatsSettings(url=url, token=token, creds_file=creds, nkey_seed_file=nkey_seed_file), org)
+    # A CLI command fails fast when NATS is away; long-running commands (station, controller, up) never give up.
+    attempts = -1 if ctx.invoked_subcommand in ("station", "controller", "up") else 3
+    ctx.obj = Globals(NatsSettings(url=url, token=token, creds_file=creds, nkey_seed_file=nkey_seed_file,
+                                   name="lattice-cli", max_reconnect_attempts=attempts), org)
 
 
 def _setup_logging(level: str) -> None:

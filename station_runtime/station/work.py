@@ -249,7 +249,7 @@ class WorkService:
         except (ResultTooLarge, TypeError, ValueError) as exc:
             await self._finish(run, P.FAILED, error=WorkError(code=ErrorCode.AGENT_ERROR, message=str(exc)))
             return
-        await self._finish(run, P.SUCCEEDED, result=result, result_ref=ref)
+        await self._finish(run, P.SUCCEEDED, result=result, result_ref=ref, progress_percent=100.0)
 
     def _pick_agent(self, record: WorkRecord) -> HostedAgent | None:
         if record.spec.agent:

@@ -35,4 +35,4 @@ async def event_types(client: LatticeClient, work_id: str) -> list[str]:
 
 
 async def event_counts(client: LatticeClient) -> Counter[tuple[str, str | None]]:
-    return Counter((e.short_type, e.subject) async for e in client.events(category="work"))
+    return Counter([(e.short_type, e.subject) async for e in client.events(category="work")])

@@ -1,0 +1,208 @@
+"""Fault tests on real servers: stations killed with -9, NATS restarted, the controller restarted, two witnesses
+at once. Each asserts that every submitted item ends Succeeded exactly once and that nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from station_runtime.api.models import WorkItemSpec
+from station_runtime.client import LatticeClient
+from station_runtime.contract.messages import WorkPhase, WorkRecord
+from station_runtime.natsio.connect import NatsSettings
+from station_runtime.natsio.embedded import EmbeddedNats
+from station_runtime.natsio.state import StateLimits
+from tests.support.lattice import StationProcess, echo_agent
+from tests.support.waiting import eventually
+from tests.support.work import controller, event_counts
+
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
+P = WorkPhase
+HEARTBEAT_S = 0.5
+
+
+async def submit_many(client: LatticeClient, count: int, agent: str = "slow") -> list[str]:
+    ids = []
+    for i in range(count):
+        ids.append((await client.submit(WorkItemSpec(agent=agent, input=f"item-{i}", max_retries=5))).work_id)
+    return ids
+
+
+async def finals(client: LatticeClient, ids: list[str], timeout_s: float) -> list[WorkRecord]:
+    return await asyncio.gather(*(client.wait_work(i, timeout_s=timeout_s) for i in ids))
+
+
+async def assert_exactly_once(client: LatticeClient, ids: list[str], records: list[WorkRecord]) -> None:
+    assert [r.phase for r in records] == [P.SUCCEEDED] * len(ids), Counter(r.phase for r in records)
+    assert [r.result for r in records] == [f"item-{i}" for i in range(len(ids))]
+    succeeded = Counter(subject for (kind, subject), n in (await event_counts(client)).items()
+                        for _ in range(n) if kind == "work.succeeded")
+    assert {i: succeeded[i] for i in ids} == dict.fromkeys(ids, 1)
+
+
+async def running_on(client: LatticeClient, station: str, ids: list[str]) -> list[str]:
+    records = [await client.get_work(i) for i in ids]
+    return [r.work_id for r in records if r and r.station_id == station and r.phase == P.RUNNING]
+
+
+def stations(url: str, org: str, tmp: Path, *names: str, concurrency: int = 4) -> list[StationProcess]:
+    return [StationProcess(url, org, n, tmp, "--max-concurrency", str(concurrency), heartbeat_s=HEARTBEAT_S).start()
+            for n in names]
+
+
+async def test_work_of_a_killed_station_runs_elsewhere_within_three_heartbeats(
+        client: LatticeClient, nats_url: str, org: str, tmp_path: Path) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=1.5, steps=5))
+    procs = stations(nats_url, org, tmp_path, "a", "b", concurrency=8)
+    try:
+        async with controller(nats_url, org):
+            await client.wait_for_stations(2, agent="slow", timeout_s=30)
+            ids = await submit_many(client, 8)
+            victims = await eventually(lambda: running_on(client, "a", ids), timeout_s=10, what="work running on a")
+            procs[0].signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+
+            async def all_moved() -> bool:
+                records = [await client.get_work(v) for v in victims]
+                return all(r is not None and r.station_id == "b" for r in records)
+
+            await eventually(all_moved, timeout_s=10, what="the killed station's work to run on b", interval_s=0.02)
+            moved_after = time.monotonic() - killed_at
+            records = await finals(client, ids, timeout_s=30)
+        await assert_exactly_once(client, ids, records)
+        assert moved_after < 3 * HEARTBEAT_S + 1.0, f"took {moved_after:.2f}s"
+        for r in records:
+            if r.work_id in victims:
+                assert r.station_id == "b" and r.attempt == 2
+    finally:
+        for p in procs:
+            p.stop()
+
+
+async def test_a_restarted_station_resumes_its_work_at_once_without_a_witness(
+        client: LatticeClient, nats_url: str, org: str, tmp_path: Path) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=1.0, steps=2))
+    a = stations(nats_url, org, tmp_path, "a")[0]
+    try:
+        await client.wait_for_stations(1, agent="slow", timeout_s=30)
+        ids = await submit_many(client, 3)
+        await eventually(lambda: running_on(client, "a", ids), timeout_s=10, what="work running on a")
+        a.signal(signal.SIGKILL)
+        await a.wait(5)
+        a = stations(nats_url, org, tmp_path, "a")[0]  # same id, no controller anywhere
+        records = await finals(client, ids, timeout_s=30)
+    finally:
+        a.stop()
+    await assert_exactly_once(client, ids, records)
+    assert all(r.station_id == "a" and r.attempt == 1 for r in records)
+    resumed = [e async for e in client.events(category="work") if e.data.get("resumed")]
+    assert {e.subject for e in resumed} <= set(ids) and resumed
+
+
+async def test_nothing_is_lost_when_nats_restarts_mid_run(org: str, tmp_path: Path) -> None:
+    async with EmbeddedNats(tmp_path / "nats", sync_always=True) as server:
+        settings = NatsSettings(url=server.url)
+        async with LatticeClient(settings, org, create_state=True,
+                                 limits=StateLimits(presence_ttl_s=1.5)) as client:
+            await client.state()
+            await client.put_agent(echo_agent("slow", delaySeconds=0.4, steps=2))
+            procs = stations(server.url, org, tmp_path, "a", "b")
+            try:
+                async with controller(server.url, org):
+                    await client.wait_for_stations(2, agent="slow", timeout_s=30)
+                    ids = await submit_many(client, 24)
+                    await eventually(lambda: _some_done(client, ids), timeout_s=20, what="some work to finish")
+                    await server.restart()
+                    records = await finals(client, ids, timeout_s=60)
+            finally:
+                for p in procs:
+                    p.stop()
+            assert [r.phase for r in records] == [P.SUCCEEDED] * len(ids)
+            assert [r.result for r in records] == [f"item-{i}" for i in range(len(ids))]
+
+
+async def _some_done(client: LatticeClient, ids: list[str]) -> bool:
+    records = [await client.get_work(i) for i in ids]
+    return sum(1 for r in records if r and r.phase == P.SUCCEEDED) >= 3
+
+
+async def test_a_restarted_controller_picks_up_where_the_old_one_died(
+        client: LatticeClient, nats_url: str, org: str, tmp_path: Path) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=1.0, steps=4))
+    procs = stations(nats_url, org, tmp_path, "a", "b", concurrency=8)
+    argv = [sys.executable, "-m", "station_runtime", "--nats", nats_url, "--org", org, "controller", "run",
+            "--interval", "0.2", "--accept-timeout", "2"]
+    first = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                                 stderr=asyncio.subprocess.DEVNULL)
+    second = None
+    try:
+        await client.wait_for_stations(2, agent="slow", timeout_s=30)
+        ids = await submit_many(client, 8)
+        await eventually(lambda: running_on(client, "a", ids), timeout_s=10, what="work running on a")
+        first.kill()
+        await first.wait()
+        procs[0].signal(signal.SIGKILL)  # the station dies while no controller watches
+        second = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                                      stderr=asyncio.subprocess.DEVNULL)
+        records = await finals(client, ids, timeout_s=40)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        for p in procs:
+            p.stop()
+    await assert_exactly_once(client, ids, records)
+
+
+async def test_two_witnesses_at_once_requeue_each_item_once(client: LatticeClient, nats_url: str, org: str,
+                                                            tmp_path: Path) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=1.5, steps=3))
+    procs = stations(nats_url, org, tmp_path, "a", "b", concurrency=8)
+    try:
+        async with controller(nats_url, org, name="w1") as w1, controller(nats_url, org, name="w2") as w2:
+            await client.wait_for_stations(2, agent="slow", timeout_s=30)
+            ids = await submit_many(client, 10)
+            victims = await eventually(lambda: running_on(client, "a", ids), timeout_s=10, what="work on a")
+            procs[0].signal(signal.SIGKILL)
+            records = await finals(client, ids, timeout_s=40)
+            assert w1.witness is not None and w2.witness is not None
+            requeues = w1.witness.actions.get("requeue", 0) + w2.witness.actions.get("requeue", 0)
+    finally:
+        for p in procs:
+            p.stop()
+    await assert_exactly_once(client, ids, records)
+    on_a = [r for r in records if r.work_id in victims]
+    assert all(r.attempt == 2 for r in on_a)
+    assert requeues == len(victims)
+    requeued_events = Counter(s for (kind, s), n in (await event_counts(client)).items() if kind == "work.requeued"
+                              for _ in range(n))
+    assert all(requeued_events[v] == 1 for v in victims)
+
+
+@pytest.mark.timeout(180)
+async def test_two_hundred_items_survive_a_station_killed_and_restarted_twice(
+        client: LatticeClient, nats_url: str, org: str, tmp_path: Path) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=0.2, steps=1))
+    procs = stations(nats_url, org, tmp_path, "a", "b", "c")
+    try:
+        async with controller(nats_url, org):
+            await client.wait_for_stations(3, agent="slow", timeout_s=30)
+            ids = await submit_many(client, 200)
+            for round_ in range(2):
+                await eventually(lambda: running_on(client, "c", ids), timeout_s=20, what=f"work on c ({round_})")
+                procs[2].signal(signal.SIGKILL)
+                await procs[2].wait(5)
+                procs[2] = stations(nats_url, org, tmp_path, "c")[0]
+            records = await finals(client, ids, timeout_s=120)
+    finally:
+        for p in procs:
+            p.stop()
+    await assert_exactly_once(client, ids, records)
+    assert {r.station_id for r in records} == {"a", "b", "c"}
