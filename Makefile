@@ -45,3 +45,9 @@ cluster: install k8s-bin
 
 clean:
 	rm -rf $(VENV) .lattice .mypy_cache .ruff_cache .pytest_cache
+
+bench: install
+	$(PY) -m bench run --full
+
+bench-quick: install
+	$(PY) -m bench run --quick

@@ -10,14 +10,17 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .api.loader import load_manifests
+from .api.models import WorkItemSpec
 from .cli import render
 from .client import LatticeError
-from .contract.messages import InvokeResult
+from .contract.messages import InvokeResult, WorkPhase
 from .examples import DEMO_DIR
 from .local.controller import LocalLattice
+from .work.policy import WitnessPolicy
 
 TEXTS = [
     "the lattice places work by auction and the best bid wins",
@@ -25,6 +28,53 @@ TEXTS = [
     "nothing is lost when a station dies because work lives in jetstream",
     "every org is a tenant with its own nats account",
 ]
+
+
+HEARTBEAT_S = 0.5
+WORK_ITEMS = 9
+
+
+async def async_work_act(console: Console, lattice: LocalLattice, agent: str) -> int:
+    """Act two: async work placed by auction with live progress; one station is killed with -9 mid-run and its
+    work runs again elsewhere. Returns the number of items that did not succeed."""
+    client = lattice.client
+    assert client is not None
+    console.rule("[bold]Async work: auction, progress, a station killed mid-run")
+    spec = WorkItemSpec(agent=agent, input="", max_retries=3)
+    ids = [(await client.submit(spec.model_copy(update={"input": TEXTS[i % len(TEXTS)]}))).work_id
+           for i in range(WORK_ITEMS)]
+    victim: str | None = None
+    moved: list[str] = []
+    started = time.monotonic()
+    with Live(console=console, refresh_per_second=8, transient=False) as live:
+        while True:
+            records = [r for r in await asyncio.gather(*(client.get_work(i) for i in ids)) if r is not None]
+            live.update(render.work_table(records))
+            if all(r.phase.terminal for r in records):
+                break
+            if victim is None and time.monotonic() - started > 0.6:
+                running = [r for r in records if r.phase == WorkPhase.RUNNING and r.station_id]
+                if running:
+                    victim = running[0].station_id
+                    assert victim is not None
+                    moved = [r.work_id for r in records if r.station_id == victim and not r.phase.terminal]
+                    await lattice.kill_station(victim, restart=False)
+            if time.monotonic() - started > 25:
+                break
+            await asyncio.sleep(0.15)
+    console.print()
+    final = {r.work_id: r for r in await asyncio.gather(*(client.get_work(i) for i in ids)) if r is not None}
+    ok = sum(1 for r in final.values() if r.phase == WorkPhase.SUCCEEDED)
+    console.print(f"[bold]{ok}/{len(ids)} succeeded[/bold]", highlight=False)
+    if victim and moved:
+        example = final[moved[0]]
+        console.print(f"station [bold]{victim}[/bold] was killed holding {len(moved)} item(s); they ran again on "
+                      + ", ".join(sorted({final[m].station_id or "?" for m in moved})) + ". "
+                      f"Events of {example.work_id[:12]}…:", highlight=False)
+        async for event in client.events(category="work", work_id=example.work_id):
+            if event.short_type != "work.progress":
+                console.print(render.event_line(event), highlight=False)
+    return len(ids) - ok
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,7 +88,8 @@ async def run_demo(console: Console, *, invocations: int = 20, stations: int = 3
     for station in manifests.stations:
         station.spec.replicas = stations
     with tempfile.TemporaryDirectory(prefix="lattice-demo-") as tmp:
-        lattice = LocalLattice(manifests, org="demo", state_dir=Path(tmp), port=-1, heartbeat_s=1.0,
+        lattice = LocalLattice(manifests, org="demo", state_dir=Path(tmp), port=-1, heartbeat_s=HEARTBEAT_S,
+                               policy=WitnessPolicy(accept_timeout_s=3.0), witness_interval_s=0.25,
                                on_event=lambda m: console.print(f"[dim]· {m}[/dim]", highlight=False))
         try:
             console.rule("[bold]Station Lattice demo")
@@ -60,7 +111,7 @@ async def run_demo(console: Console, *, invocations: int = 20, stations: int = 3
                     t0 = time.perf_counter()
                     try:
                         result: InvokeResult | str = await client.invoke(TEXTS[i % len(TEXTS)], agent=agent,
-                                                                         timeout_s=10, records=records)
+                                                                         timeout_s=10)
                     except LatticeError as exc:
                         result = str(exc)
                     rows.append((i + 1, agent, result, (time.perf_counter() - t0) * 1000))
@@ -74,15 +125,16 @@ async def run_demo(console: Console, *, invocations: int = 20, stations: int = 3
             rows.sort()
             console.print(render.results_table(rows))
             ok = [r for r in rows if isinstance(r[2], InvokeResult)]
-            latencies = [r[3] for r in ok]
             per_station = Counter(r[2].station_id for r in ok if isinstance(r[2], InvokeResult))
             console.print(f"[bold]{len(ok)}/{len(rows)} succeeded[/bold]; spread: "
                           + ", ".join(f"{s}={n}" for s, n in sorted(per_station.items())), highlight=False)
-            if latencies:
-                console.print(f"latency p50 {statistics.median(latencies):.1f} ms, "
-                              f"p99 {percentile(latencies, 0.99):.1f} ms (echo agent sleeps 150 ms)",
-                              highlight=False)
+            for agent in agents:
+                mine = [r[3] for r in ok if r[1] == agent]
+                if mine:
+                    console.print(f"{agent}: latency p50 {statistics.median(mine):.1f} ms, "
+                                  f"p99 {percentile(mine, 0.99):.1f} ms", highlight=False)
             failed = len(rows) - len(ok)
+            failed += await async_work_act(console, lattice, agents[0])
         finally:
             await lattice.stop()
     console.print(f"[bold green]demo finished[/bold green] in {time.monotonic() - started:.1f}s, "

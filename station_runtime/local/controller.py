@@ -49,6 +49,8 @@ class StationProcess:
     started_at: float = 0.0
     restarts: int = 0
     crashes_in_a_row: int = 0
+    #: Set by a deliberate kill that should not be undone (the demo's fault injection).
+    keep_down: bool = False
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -172,7 +174,9 @@ class LocalLattice:
     async def _watch(self, sp: StationProcess) -> None:
         assert sp.proc is not None
         code = await sp.proc.wait()
-        if self._stopping:
+        if self._stopping or sp.keep_down:
+            if sp.keep_down:
+                self.on_event(f"station {sp.station_id} killed (exit {code}); not restarting it")
             return
         ran_for = time.monotonic() - sp.started_at
         sp.crashes_in_a_row = 0 if ran_for > STABLE_AFTER_S else sp.crashes_in_a_row + 1
@@ -202,10 +206,12 @@ class LocalLattice:
                       f"{self.server.last_log_lines(10)}")
         return 1
 
-    async def kill_station(self, station_id: str) -> int:
-        """SIGKILL a station (fault injection for the demo and tests); the supervisor restarts it."""
+    async def kill_station(self, station_id: str, *, restart: bool = True) -> int:
+        """SIGKILL a station (fault injection for the demo and tests); the supervisor restarts it unless told
+        not to."""
         sp = self.stations[station_id]
         assert sp.proc is not None
+        sp.keep_down = not restart
         pid = sp.proc.pid
         sp.proc.send_signal(signal.SIGKILL)
         return pid
