@@ -309,7 +309,9 @@ class LatticeClient:
         last_seen: WorkRecord | None = None
         try:
             while True:
-                record = await retry_transient(lambda: self.get_work(work_id), what=f"reading work {work_id}")
+                left = 120.0 if deadline is None else max(deadline - loop.time(), 0.1)
+                record = await retry_transient(lambda: self.get_work(work_id), what=f"reading work {work_id}",
+                                               deadline_s=left)
                 if record is None:
                     raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
                 if on_progress is not None and (last_seen is None or record.updated_at != last_seen.updated_at):

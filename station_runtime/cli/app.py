@@ -77,6 +77,8 @@ def _globals(
                                                         help="NATS nkey seed file.")] = None,
     token: Annotated[str | None, typer.Option("--token", envvar="LATTICE_NATS_TOKEN", help="NATS token.",
                                               show_default=False)] = None,
+    inbox_prefix: Annotated[str | None, typer.Option("--inbox-prefix", envvar="LATTICE_NATS_INBOX_PREFIX",
+                                                     help="Reply inbox prefix (JWT mode).")] = None,
     log_level: Annotated[str, typer.Option("--log-level", envvar="LATTICE_LOG_LEVEL")] = "WARNING",
 ) -> None:
     _setup_logging(log_level)
@@ -92,7 +94,8 @@ def _globals(
     # A CLI command fails fast when NATS is away; long-running commands (station, controller, up) never give up.
     attempts = -1 if ctx.invoked_subcommand in ("station", "controller", "up") else 3
     ctx.obj = Globals(NatsSettings(url=url, token=token, creds_file=creds, nkey_seed_file=nkey_seed_file,
-                                   name="lattice-cli", max_reconnect_attempts=attempts), org)
+                                   inbox_prefix=inbox_prefix, name="lattice-cli", max_reconnect_attempts=attempts),
+                      org)
 
 
 def _setup_logging(level: str) -> None:

@@ -26,6 +26,9 @@ class NatsSettings:
     token: str | None = field(default=None, repr=False)
     nkey_seed_file: Path | None = None
     creds_file: Path | None = None
+    #: Inbox prefix for replies. In JWT mode each station gets its own (``_INBOX_<station>``) and may subscribe to
+    #: nothing else, so that it cannot read replies meant for other stations of its org.
+    inbox_prefix: str | None = None
     name: str = "lattice"
     connect_timeout_s: float = 3.0
     reconnect_wait_s: float = 0.5
@@ -40,6 +43,7 @@ class NatsSettings:
             "token": env.get("LATTICE_NATS_TOKEN") or None,
             "nkey_seed_file": Path(p) if (p := env.get("LATTICE_NATS_NKEY_SEED_FILE")) else None,
             "creds_file": Path(p) if (p := env.get("LATTICE_NATS_CREDS")) else None,
+            "inbox_prefix": env.get("LATTICE_NATS_INBOX_PREFIX") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -92,5 +96,7 @@ async def connect(
         options["nkeys_seed"] = str(settings.nkey_seed_file)
     if settings.creds_file:
         options["user_credentials"] = str(settings.creds_file)
+    if settings.inbox_prefix:
+        options["inbox_prefix"] = settings.inbox_prefix
     await nc.connect(**options)
     return nc

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -75,6 +77,7 @@ class _Collecting:
     expected: set[str]
     bids: list[AuctionBid] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    opened: float = field(default_factory=time.perf_counter)
 
 
 class BidCollector:
@@ -135,7 +138,9 @@ class Auctioneer:
         self.policy = policy or WitnessPolicy()
         self.bids = BidCollector(nc)
         self.auctions = 0
-        self.last_bid_counts: list[int] = []
+        #: Recent auctions: bids received, and seconds from broadcast to close (for benchmarks and metrics).
+        self.last_bid_counts: deque[int] = deque(maxlen=10_000)
+        self.close_times_s: deque[float] = deque(maxlen=10_000)
 
     async def start(self) -> None:
         await self.bids.start()
@@ -225,6 +230,7 @@ class Auctioneer:
             candidates = [s.station_id for s in ranked]
         else:
             bids = await self.bids.close(request.auction_id, handle, self.config.deadline_s)  # type: ignore[arg-type]
+            self.close_times_s.append(time.perf_counter() - handle.opened)  # type: ignore[attr-defined]
             self.last_bid_counts.append(len(bids))
             candidates = [b.station_id for b in scoring.rank(bids, versioned.record.work_id)]
         if not candidates:

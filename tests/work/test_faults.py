@@ -119,7 +119,14 @@ async def test_nothing_is_lost_when_nats_restarts_mid_run(org: str, tmp_path: Pa
                     ids = await submit_many(client, 24)
                     await eventually(lambda: _some_done(client, ids), timeout_s=20, what="some work to finish")
                     await server.restart()
-                    records = await finals(client, ids, timeout_s=60)
+                    try:
+                        records = await finals(client, ids, timeout_s=45)
+                    except Exception as exc:
+                        now = [await client.get_work(i) for i in ids]
+                        states = Counter((r.phase, r.station_id) for r in now if r)
+                        raise AssertionError(f"{exc}; records: {states}; server log:\n"
+                                             f"{server.last_log_lines(30)}\nstation a:\n{procs[0].output()[-3000:]}"
+                                             ) from exc
             finally:
                 for p in procs:
                     p.stop()

@@ -1,0 +1,1 @@
+"""Benchmarks: the lattice beside the NATS floor, Celery and taskiq, in one run (``python -m bench run``)."""

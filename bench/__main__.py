@@ -1,0 +1,187 @@
+"""``python -m bench run --full|--quick|--smoke``: every scenario, one run, one machine; then the JSON, the plot
+and the table in docs/benchmarks.md.  ``python -m bench median``: the median of the last three runs.
+``python -m bench profile``: pyinstrument over the async-work hot path (client and station in one process).
+
+    --full    ~5-8 minutes: 2000 round trips per latency scenario, 1/3/10/50 stations, 3 recovery trials
+    --quick   under a minute: the same scenarios with fewer iterations
+    --smoke   seconds: floor, invoke and work with a handful of iterations (the test suite runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.common import MODES, ROOT, Mode, Skipped, machine_info
+from bench.context import RunContext, log
+
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    #: ``module:function`` taking a RunContext; imported only when the scenario runs (Celery may be absent).
+    target: str
+    #: The modes that run it.
+    modes: tuple[str, ...] = ("full", "quick", "smoke")
+    #: Result keys this scenario fills (null in the JSON when it is skipped).
+    keys: tuple[str, ...] = ()
+    #: Set to a reason to skip it everywhere (a scenario whose subject does not exist yet).
+    disabled: str = ""
+
+    def load(self) -> Callable[[RunContext], Awaitable[None]]:
+        module, _, function = self.target.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise Skipped(f"{exc.name or exc} is not installed (bench/setup.sh installs the 'bench' extra)") from exc
+        fn: Callable[[RunContext], Awaitable[None]] = getattr(mod, function)
+        return fn
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("floor", "bench.floor:run", keys=("floor_p50_us", "floor_p99_us")),
+    Scenario("lattice_work", "bench.lattice:run_work",
+             keys=("lattice_work_p50_us", "lattice_work_p99_us", "lattice_invoke_p50_us",
+                   "auction_close_p99_us_50_stations")),
+    Scenario("lattice_throughput", "bench.lattice:run_throughput", keys=("lattice_throughput_per_s",)),
+    Scenario("station_idle_rss", "bench.lattice:run_idle_rss", keys=("station_idle_rss_mb",)),
+    Scenario("recovery", "bench.lattice:run_recovery", modes=("full", "quick"), keys=("recovery_s",)),
+    Scenario("celery", "bench.celery_bench:run", modes=("full", "quick"),
+             keys=("celery_p50_us", "celery_throughput_per_s")),
+    Scenario("taskiq", "bench.taskiq_bench:run", modes=("full", "quick"),
+             keys=("taskiq_p50_us", "taskiq_throughput_per_s")),
+    # The hook for the Kubernetes operator: submit a WorkItem resource, time until its status says Succeeded.
+    # Point ``target`` at a ``run(ctx)`` in a new module and clear ``disabled`` when the operator exists.
+    Scenario("operator", "bench.k8s_operator:run", modes=("full",), keys=("operator_workitem_p50_ms",),
+             disabled="the operator does not exist yet"),
+)
+
+#: Every key of latest.json's ``results``, in the issue's order; present (maybe null) in every run.
+RESULT_KEYS: tuple[str, ...] = (
+    "floor_p50_us", "floor_p99_us", "lattice_invoke_p50_us", "lattice_work_p50_us", "lattice_work_p99_us",
+    "auction_close_p99_us_50_stations", "celery_p50_us", "taskiq_p50_us", "lattice_throughput_per_s",
+    "celery_throughput_per_s", "taskiq_throughput_per_s", "recovery_s", "station_idle_rss_mb",
+)
+
+
+async def run_all(mode: Mode, workdir: Path, only: set[str] | None) -> RunContext:
+    from station_runtime.natsio.embedded import EmbeddedNats
+
+    # No fsync: Redis runs without persistence too, and a benchmark of fsync measures the disk.
+    async with EmbeddedNats(workdir / "nats", sync_always=False) as server:
+        ctx = RunContext(mode=mode, workdir=workdir, nats_url=server.url)
+        try:
+            for scenario in SCENARIOS:
+                if only and scenario.name not in only:
+                    continue
+                if mode.name not in scenario.modes:
+                    ctx.skipped[scenario.name] = f"not part of --{mode.name}"
+                    continue
+                if scenario.disabled:
+                    ctx.skipped[scenario.name] = scenario.disabled
+                    log.info("%-34s skipped: %s", scenario.name, scenario.disabled)
+                    continue
+                t0 = time.monotonic()
+                try:
+                    await scenario.load()(ctx)
+                except Skipped as exc:
+                    ctx.skipped[scenario.name] = str(exc)
+                    log.warning("%-34s skipped: %s", scenario.name, exc)
+                    continue
+                ctx.details.setdefault("scenario_seconds", {})[scenario.name] = round(time.monotonic() - t0, 1)
+        finally:
+            if ctx.redis is not None:
+                ctx.redis.stop()
+    return ctx
+
+
+def setup() -> None:
+    script = ROOT / "bench" / "setup.sh"
+    result = subprocess.run(["bash", str(script)], env={**os.environ, "PYTHON": sys.executable})
+    if result.returncode != 0:
+        log.warning("bench/setup.sh failed (exit %d): Celery/taskiq may be skipped", result.returncode)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench import report
+
+    mode = MODES["full" if args.full else "smoke" if args.smoke else "quick"]
+    if not args.no_setup and mode.name != "smoke":
+        setup()
+    out = Path(args.out) if args.out else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(",")) if args.only else None
+    started = datetime.now(UTC)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="lattice-bench-") as tmp:
+        import uvloop
+
+        ctx = uvloop.run(run_all(mode, Path(tmp), only))
+    doc = report.document(ctx, RESULT_KEYS, machine_info(), started, time.monotonic() - t0)
+    report.write(doc, out)
+    if out.resolve() == RESULTS.resolve() and mode.name != "smoke" and not only:
+        report.update_docs(doc, DOCS)
+    report.print_summary(doc)
+    return 0
+
+
+def cmd_median(args: argparse.Namespace) -> int:
+    from bench import report
+
+    doc = report.median_of(RESULTS / "history", args.mode, args.count)
+    report.write(doc, RESULTS, name="median")
+    report.update_docs(doc, DOCS)
+    report.print_summary(doc)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from bench import profile
+
+    return profile.main(args.n, Path(args.out) if args.out else RESULTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("station_runtime", "nats", "celery", "taskiq", "kombu"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the scenarios and write the results")
+    size = run.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true")
+    size.add_argument("--quick", action="store_true")
+    size.add_argument("--smoke", action="store_true")
+    run.add_argument("--out", help="directory for latest.json and latest.png (default bench/results)")
+    run.add_argument("--only", help="comma-separated scenario names")
+    run.add_argument("--no-setup", action="store_true", help="do not run bench/setup.sh")
+    run.set_defaults(fn=cmd_run)
+    med = sub.add_parser("median", help="median of the last runs of a mode into median.json and the docs")
+    med.add_argument("--mode", default="full")
+    med.add_argument("--count", type=int, default=3)
+    med.set_defaults(fn=cmd_median)
+    prof = sub.add_parser("profile", help="pyinstrument the async-work hot path")
+    prof.add_argument("-n", type=int, default=2000)
+    prof.add_argument("--out")
+    prof.set_defaults(fn=cmd_profile)
+    args = parser.parse_args(argv)
+    code: int = args.fn(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
