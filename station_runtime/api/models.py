@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from ..contract.ids import AgentName, Capability, OrgId
 from .selectors import LabelSelector
+from .status import AgentStatus, StationStatus, WorkItemStatus
 
 GROUP = "lattice.station.dev"
 VERSION = "v1alpha1"
@@ -54,12 +55,12 @@ class ModelSpec(ApiModel):
         description="echo: returns its input (tests, demos); python: calls module:function; "
         "openai: an OpenAI-compatible chat completions API."
     )
-    name: str | None = Field(default=None, description="Model name for the openai provider.")
+    name: str | None = Field(default=None, max_length=256, description="Model name for the openai provider.")
     base_url: str | None = Field(default=None, description="Base URL of the OpenAI-compatible API.")
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
     api_key_file: str | None = Field(default=None, description="File holding the API key.")
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Kubernetes only.")
-    function: str | None = Field(default=None, description="module:function for the python provider.")
+    function: str | None = Field(default=None, max_length=512, description="module:function for the python provider.")
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
@@ -152,7 +153,6 @@ class WorkItemSpec(ApiModel):
 class _Resource(ApiModel):
     api_version: Literal["lattice.station.dev/v1alpha1"] = "lattice.station.dev/v1alpha1"
     metadata: ObjectMeta
-    status: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -162,16 +162,19 @@ class _Resource(ApiModel):
 class Station(_Resource):
     kind: Literal["Station"] = "Station"
     spec: StationSpec = Field(default_factory=StationSpec)
+    status: StationStatus | None = None
 
 
 class Agent(_Resource):
     kind: Literal["Agent"] = "Agent"
     spec: AgentSpec
+    status: AgentStatus | None = None
 
 
 class WorkItem(_Resource):
     kind: Literal["WorkItem"] = "WorkItem"
     spec: WorkItemSpec
+    status: WorkItemStatus | None = None
 
 
 Manifest = Station | Agent | WorkItem

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 
 from .errors import InvalidIdError
 
@@ -45,8 +45,12 @@ def _checker(kind: str) -> AfterValidator:
     return AfterValidator(lambda v: validate_id(v, kind))
 
 
-OrgId = Annotated[str, _checker("org id")]
-StationId = Annotated[str, _checker("station id")]
-AgentName = Annotated[str, _checker("agent name")]
-WorkId = Annotated[str, _checker("work id")]
-Capability = Annotated[str, _checker("capability")]
+# The schema carries the pattern too (for the CRDs and other JSON-schema readers); validation itself stays in
+# validate_id, whose errors say what is wrong instead of "string does not match pattern".
+_SCHEMA = WithJsonSchema({"type": "string", "pattern": ID_PATTERN, "maxLength": MAX_ID_LENGTH, "minLength": 1})
+
+OrgId = Annotated[str, _checker("org id"), _SCHEMA]
+StationId = Annotated[str, _checker("station id"), _SCHEMA]
+AgentName = Annotated[str, _checker("agent name"), _SCHEMA]
+WorkId = Annotated[str, _checker("work id"), _SCHEMA]
+Capability = Annotated[str, _checker("capability"), _SCHEMA]

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -52,6 +53,8 @@ P = WorkPhase
 #: Progress goes out on NATS at most this often per work item, and into the record at most this often.
 PROGRESS_PUBLISH_INTERVAL_S = 0.1
 PROGRESS_RECORD_INTERVAL_S = 1.0
+#: Work that finishes within this long goes Assigned -> Succeeded in one write; longer work records Running.
+QUIET_START_S = 0.05
 
 
 class Superseded(Exception):
@@ -72,6 +75,9 @@ class Run:
     last_record: float = 0.0
     cancel_reason: str = ""
     pending_tokens: list[str] = field(default_factory=list)
+    #: Whether the record says Running (short work skips that write), and when the executor started.
+    running_recorded: bool = False
+    started_at: datetime | None = None
 
 
 class WorkService:
@@ -209,27 +215,36 @@ class WorkService:
 
     async def _run_attempt(self, run: Run) -> None:
         assert run.current is not None
-        resumed = run.current.record.phase == P.RUNNING
-        started = await self._write(run, lambda r: phases.transition(
-            r, P.RUNNING, reason="resumed after station restart" if resumed else "", last_progress_at=utcnow()))
-        await self.store.emit("work", "started", started.record, resumed=resumed)
-        spec = started.record.spec
-        agent = self._pick_agent(started.record)
+        record = run.current.record
+        resumed = record.phase == P.RUNNING
+        if resumed:
+            # Restarted mid-work: say so in the record at once.
+            await self._write(run, lambda r: phases.transition(r, P.RUNNING, reason="resumed after station restart",
+                                                               last_progress_at=utcnow()))
+            run.running_recorded = True
+        # Short work never writes Running: Assigned -> Succeeded is one write instead of two. Work still going
+        # after QUIET_START_S records Running (in the background), long before the witness's accept timeout.
+        started = run.current.record if resumed else phases.transition(record, P.RUNNING, last_progress_at=utcnow())
+        run.started_at = started.started_at
+        await self.store.emit("work", "started", started, resumed=resumed)
+        spec = started.spec
+        agent = self._pick_agent(started)
         if agent is None:
             await self._finish(run, P.FAILED, error=WorkError(code=ErrorCode.NOT_FOUND,
                                                               message="no hosted agent can run this work"))
             return
         remaining = spec.timeouts.start_to_close_seconds - (
-            (utcnow() - started.record.started_at).total_seconds() if started.record.started_at else 0.0)
+            (utcnow() - started.started_at).total_seconds() if started.started_at else 0.0)
+        marker = None if resumed else asyncio.create_task(self._record_running_later(run))
         agent.acquire()
         try:
             async with asyncio.timeout(max(remaining, 0.001)):
                 outcome = await agent.executor.run(Execution(
                     input=spec.input, request_id=run.work_id, progress=lambda p: self._progress(run, p),
-                    context={"work_id": run.work_id, "attempt": started.record.attempt}))
+                    context={"work_id": run.work_id, "attempt": started.attempt}))
         except TimeoutError:
-            decision = requeue_or_escalate(started.record, f"attempt exceeded startToClose "
-                                                           f"{spec.timeouts.start_to_close_seconds:g}s")
+            decision = requeue_or_escalate(started, f"attempt exceeded startToClose "
+                                                    f"{spec.timeouts.start_to_close_seconds:g}s")
             await self._give_up(run, decision.action, decision.reason, ErrorCode.TIMEOUT)
             return
         except asyncio.CancelledError:
@@ -237,19 +252,37 @@ class WorkService:
             return
         except AgentFailure as exc:
             if exc.code.retryable:
-                decision = requeue_or_escalate(started.record, str(exc))
+                decision = requeue_or_escalate(started, str(exc))
                 await self._give_up(run, decision.action, decision.reason, exc.code)
             else:
                 await self._finish(run, P.FAILED, error=WorkError(code=exc.code, message=str(exc)))
             return
         finally:
             agent.release()
+            if marker is not None:
+                # Safe even mid-write: every write is a CAS, so the next one re-reads if this one landed.
+                marker.cancel()
         try:
             result, ref = await self.store.store_result(run.work_id, outcome.output)
         except (ResultTooLarge, TypeError, ValueError) as exc:
             await self._finish(run, P.FAILED, error=WorkError(code=ErrorCode.AGENT_ERROR, message=str(exc)))
             return
         await self._finish(run, P.SUCCEEDED, result=result, result_ref=ref, progress_percent=100.0)
+
+    async def _record_running_later(self, run: Run) -> None:
+        await asyncio.sleep(QUIET_START_S)
+        await self._record_running(run)
+
+    async def _record_running(self, run: Run) -> None:
+        if run.running_recorded:
+            return
+        run.running_recorded = True
+        try:
+            await self._write(run, lambda r: phases.transition(r, P.RUNNING, last_progress_at=utcnow()))
+        except Superseded:
+            pass  # the final write finds out again and reports it
+        except Exception as exc:  # NATS down for minutes: the outcome write retries on its own
+            log.warning("work %s: could not record Running: %s", run.work_id, exc)
 
     def _pick_agent(self, record: WorkRecord) -> HostedAgent | None:
         if record.spec.agent:
@@ -273,6 +306,7 @@ class WorkService:
                 await self.nc.publish(subjects.work_update(self.org, run.work_id, "progress"), encode(message))
         if now - run.last_record >= PROGRESS_RECORD_INTERVAL_S:
             run.last_record = now
+            run.running_recorded = True  # this write moves Assigned -> Running as well
             try:
                 updated = await self._write(run, lambda r: phases.transition(
                     r, P.RUNNING, progress_percent=progress.percent if progress.percent is not None
@@ -288,9 +322,11 @@ class WorkService:
 
     async def _finish(self, run: Run, phase: WorkPhase, **changes: Any) -> None:
         def finish(r: WorkRecord) -> WorkRecord:
+            # Straight from Assigned (short work): the record gets its start time with its outcome.
+            started = {"started_at": run.started_at} if r.started_at is None and run.started_at else {}
             if r.cancel_requested:
-                return phases.transition(r, P.CANCELLED, reason="cancelled")
-            return phases.transition(r, phase, **changes)
+                return phases.transition(r, P.CANCELLED, reason="cancelled", **started)
+            return phases.transition(r, phase, **started, **changes)
 
         done = await self._write(run, finish)
         self.completed += 1
