@@ -91,6 +91,7 @@ _RULES: dict[str, list[dict[str, str]]] = {
          "message": "provider 'openai' needs name: the model to call, e.g. 'gpt-4o-mini'"},
     ],
     "WorkItem": [
+        {"rule": "self == oldSelf", "message": "a WorkItem's spec is immutable: create a new WorkItem"},
         {"rule": "has(self.agent) || (has(self.requiredCapabilities) && size(self.requiredCapabilities) > 0)"
                  " || (has(self.steps) && size(self.steps) > 0)",
          "message": "set agent, requiredCapabilities or steps: work must say what may run it"},

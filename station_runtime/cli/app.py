@@ -92,7 +92,7 @@ def _globals(
         if path is not None and not path.is_file():
             fail(f"{what} {path} does not exist")
     # A CLI command fails fast when NATS is away; long-running commands (station, controller, up) never give up.
-    attempts = -1 if ctx.invoked_subcommand in ("station", "controller", "up") else 3
+    attempts = -1 if ctx.invoked_subcommand in ("station", "controller", "up", "operator") else 3
     ctx.obj = Globals(NatsSettings(url=url, token=token, creds_file=creds, nkey_seed_file=nkey_seed_file,
                                    inbox_prefix=inbox_prefix, name="lattice-cli", max_reconnect_attempts=attempts),
                       org)
@@ -645,6 +645,39 @@ def controller_run(
         return 0
 
     raise typer.Exit(_run(main()))
+
+
+@app.command("operator")
+def operator_run(
+    ctx: typer.Context,
+    namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeat); "
+                                                        "default: all namespaces.")] = None,
+    liveness_port: Annotated[int, typer.Option("--liveness-port", help="Serve /healthz on this port; 0: off.")] = 8081,
+    station_nats_url: Annotated[str | None, typer.Option("--station-nats-url", envvar="LATTICE_STATION_NATS_URL",
+                                                         help="NATS URL as station pods see it.")] = None,
+    station_image: Annotated[str | None, typer.Option("--station-image", envvar="LATTICE_STATION_IMAGE")] = None,
+    auth: Annotated[str, typer.Option("--auth", envvar="LATTICE_AUTH", help="none or jwt.")] = "none",
+) -> None:
+    """Run the Kubernetes operator (kopf): Station, Agent and WorkItem resources; one NATS account per org."""
+    import os
+
+    import kopf
+
+    g: Globals = ctx.obj
+    if auth not in ("none", "jwt"):
+        fail(f"--auth must be 'none' or 'jwt', got {auth!r}")
+    os.environ["LATTICE_NATS_URL"] = g.nats.url
+    os.environ["LATTICE_AUTH"] = auth
+    if station_nats_url:
+        os.environ["LATTICE_STATION_NATS_URL"] = station_nats_url
+    if station_image:
+        os.environ["LATTICE_STATION_IMAGE"] = station_image
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    import station_operator.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(standalone=True, clusterwide=not namespace, namespaces=namespace or (),
+             liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None)
 
 
 @app.command()

@@ -44,9 +44,10 @@ class EventPublisher:
             headers["traceparent"] = traceparent
         what = f"{category}.{type_} for {subject}"
         try:
+            # No wait_stall: with one, Python 3.11's wait_for yields to the loop even when a slot is free, and a
+            # message published after this call could leave before the event. Slots free up within ack_timeout_s.
             ack = await self._js.publish_async(subjects.event(self.org, category, type_),
-                                               event.model_dump_json(exclude_none=True).encode(), headers=headers,
-                                               wait_stall=self.ack_timeout_s)
+                                               event.model_dump_json(exclude_none=True).encode(), headers=headers)
         except Exception as exc:
             self._failed(what, exc)
             return event

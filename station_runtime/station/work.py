@@ -330,9 +330,9 @@ class WorkService:
 
         done = await self._write(run, finish)
         self.completed += 1
-        final = done.record.phase
+        # The event before the notification: a waiter that wakes up on the notification finds the event stored.
+        await self.store.emit("work", done.record.phase.value.lower(), done.record)
         await self._notify(done.record)
-        await self.store.emit("work", final.value.lower(), done.record)
 
     async def _give_up(self, run: Run, action: Action, reason: str, code: ErrorCode) -> None:
         if action == Action.REQUEUE:

@@ -1,0 +1,240 @@
+"""Pure builders: a resource in, Kubernetes objects or status out. No I/O here; handlers do the I/O."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from station_runtime.api.models import Agent, Station, WorkItem
+from station_runtime.api.status import MAX_STATUS_RESULT_CHARS
+from station_runtime.contract.messages import AgentDefinition, Payload, StationRecord, WorkPhase, WorkRecord
+from station_runtime.routing import is_live
+
+from .conditions import condition
+
+MODEL_KEYS_SECRET = "lattice-model-keys"
+MODEL_KEYS_DIR = "/etc/lattice/model-keys"
+CREDS_DIR = "/etc/lattice/nats"
+
+
+@dataclass(frozen=True)
+class StationPodConfig:
+    """What the operator decides for every station pod (from its own settings)."""
+
+    image: str
+    nats_url: str
+    heartbeat_s: float = 2.0
+    drain_timeout_s: float = 30.0
+    health_port: int | None = 8080
+    jwt: bool = False
+    image_pull_policy: str = "IfNotPresent"
+
+
+def labels(kind: str, name: str, org: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "station-lattice", "app.kubernetes.io/component": kind,
+            "app.kubernetes.io/managed-by": "station-lattice-operator", f"lattice.station.dev/{kind}": name,
+            "lattice.station.dev/org": org}
+
+
+def station_ids(station: Station) -> list[str]:
+    """Station ids of a Station resource: its StatefulSet's pod names, stable across restarts (propulsion)."""
+    return [f"{station.name}-{i}" for i in range(station.spec.replicas)]
+
+
+def creds_secret_name(station: Station) -> str:
+    return f"{station.name}-nats"
+
+
+def service_account(station: Station, org: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": f"{station.name}-station", "labels": labels("station", station.name, org)},
+            "automountServiceAccountToken": False}
+
+
+def creds_secret(station: Station, org: str, creds: dict[str, str]) -> dict[str, Any]:
+    """One creds file per station id (``{id}.creds``): each pod mounts all and uses its own."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": creds_secret_name(station), "labels": labels("station", station.name, org)},
+            "stringData": creds}
+
+
+def _env(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def stateful_set(station: Station, org: str, pod: StationPodConfig) -> dict[str, Any]:
+    """The station pods. A StatefulSet, not a Deployment: stable pod names are stable station ids, so a
+    restarted pod resumes its own work (propulsion) and each id can get its own least-privilege NATS user."""
+    spec = station.spec
+    env: list[dict[str, Any]] = [
+        {"name": "LATTICE_STATION_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        _env("LATTICE_ORG", org),
+        _env("LATTICE_NATS_URL", pod.nats_url),
+        _env("LATTICE_MAX_CONCURRENCY", str(spec.max_concurrency)),
+        _env("LATTICE_HEARTBEAT_INTERVAL", str(pod.heartbeat_s)),
+        _env("LATTICE_DRAIN_TIMEOUT", str(pod.drain_timeout_s)),
+        _env("LATTICE_LOG_LEVEL", "INFO"),
+    ]
+    if spec.capabilities:
+        env.append(_env("LATTICE_CAPABILITIES", ",".join(spec.capabilities)))
+    if spec.labels:
+        env.append(_env("LATTICE_LABELS", ",".join(f"{k}={v}" for k, v in sorted(spec.labels.items()))))
+    if spec.agent_selector is not None:
+        env.append(_env("LATTICE_AGENT_SELECTOR_JSON", spec.agent_selector.model_dump_json(by_alias=True)))
+    volumes: list[dict[str, Any]] = [
+        {"name": "model-keys", "secret": {"secretName": MODEL_KEYS_SECRET, "optional": True}}]
+    mounts: list[dict[str, Any]] = [{"name": "model-keys", "mountPath": MODEL_KEYS_DIR, "readOnly": True}]
+    if pod.jwt:
+        env += [_env("LATTICE_NATS_CREDS", f"{CREDS_DIR}/$(LATTICE_STATION_ID).creds"),
+                _env("LATTICE_NATS_INBOX_PREFIX", "_INBOX_$(LATTICE_STATION_ID)")]
+        volumes.append({"name": "nats-creds", "secret": {"secretName": creds_secret_name(station)}})
+        mounts.append({"name": "nats-creds", "mountPath": CREDS_DIR, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": "station", "image": spec.image or pod.image, "imagePullPolicy": pod.image_pull_policy,
+        "args": ["station", "run"], "env": env, "volumeMounts": mounts,
+        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "512Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    if pod.health_port is not None:
+        env.append(_env("LATTICE_HEALTH_PORT", str(pod.health_port)))
+        container["ports"] = [{"name": "health", "containerPort": pod.health_port}]
+        container["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "health"}, "periodSeconds": 5}
+        container["livenessProbe"] = {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10,
+                                      "failureThreshold": 6}
+    selector = {"lattice.station.dev/station": station.name}
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": station.name, "labels": labels("station", station.name, org)},
+        "spec": {
+            "replicas": spec.replicas, "serviceName": station.name, "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": {**labels("station", station.name, org), **selector}},
+                "spec": {
+                    "serviceAccountName": f"{station.name}-station", "automountServiceAccountToken": False,
+                    # Enough to drain: running work finishes or is handed back before the kill.
+                    "terminationGracePeriodSeconds": int(pod.drain_timeout_s) + 10,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                    "containers": [container], "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+# --- status -------------------------------------------------------------------------------------------------
+
+
+def _owned(station: Station, record: StationRecord) -> bool:
+    return re.fullmatch(rf"{re.escape(station.name)}-\d+", record.station_id) is not None
+
+
+def station_status(station: Station, org: str, records: Sequence[StationRecord], ready_pods: int,
+                   now: datetime) -> dict[str, Any]:
+    """Pure: a Station's status from lattice presence (the truth about stations) and its pods."""
+    mine = sorted((r for r in records if _owned(station, r) and is_live(r, now)), key=lambda r: r.station_id)
+    want = station.spec.replicas
+    live = len(mine)
+    load, capacity = sum(r.load for r in mine), sum(r.capacity for r in mine)
+    gen = station.metadata.generation
+    if live >= want:
+        ready = condition("Ready", True, "StationsLive", f"{live}/{want} station(s) heartbeating", gen)
+        degraded = condition("Degraded", False, "AllLive", "", gen)
+    else:
+        ready = condition("Ready", want == 0, "StationsMissing" if want else "ScaledToZero",
+                          f"{live}/{want} station(s) heartbeating; {ready_pods} pod(s) ready", gen)
+        degraded = condition("Degraded", live > 0, "PartiallyLive" if live else "NoneLive",
+                             f"{want - live} station(s) not in the lattice", gen)
+    last = max((r.last_heartbeat for r in mine), default=None)
+    return {
+        "org": org, "replicas": want, "readyReplicas": live, "stations": [r.station_id for r in mine],
+        "load": load, "capacity": capacity, "loadSummary": f"{load}/{capacity}",
+        "lastHeartbeat": last.strftime("%Y-%m-%dT%H:%M:%SZ") if last else None, "observedGeneration": gen,
+        "conditions": [condition("Accepted", True, "Reconciled", "", gen), ready, degraded],
+    }
+
+
+def agent_definition(agent: Agent, org: str) -> AgentDefinition:
+    """The agent as stations see it. A Kubernetes Secret reference becomes a file path in the stations'
+    model-keys volume: the key itself never enters NATS, status, events or logs."""
+    spec = agent.spec
+    ref = spec.model.api_key_secret_ref
+    if ref is not None:
+        model = spec.model.model_copy(update={"api_key_secret_ref": None,
+                                              "api_key_file": f"{MODEL_KEYS_DIR}/{model_key_name(ref.name, ref.key)}"})
+        spec = spec.model_copy(update={"model": model, "org": org})
+    else:
+        spec = spec.model_copy(update={"org": org})
+    return AgentDefinition(org=org, name=agent.name, labels=agent.metadata.labels, spec=spec,
+                           generation=agent.metadata.generation or 1)
+
+
+def model_key_name(secret: str, key: str) -> str:
+    """File name of a model key in the aggregated secret (Secret keys allow [-._a-zA-Z0-9])."""
+    return f"{secret}.{key}"
+
+
+def agent_status(agent: Agent, org: str, records: Sequence[StationRecord], revision: int | None,
+                 now: datetime, problem: str | None = None) -> dict[str, Any]:
+    gen = agent.metadata.generation
+    hosting = sorted(r.station_id for r in records if agent.name in r.agents and is_live(r, now))
+    model = agent.spec.model
+    if problem:
+        ready = condition("Ready", False, "Invalid", problem, gen)
+    elif hosting:
+        ready = condition("Ready", True, "Hosted", f"hosted by {len(hosting)} station(s)", gen)
+    else:
+        ready = condition("Ready", False, "NoMatchingStation",
+                          "no live station hosts this agent: check stationSelector and the Stations' "
+                          "agentSelector, capabilities and readiness", gen)
+    return {"org": org, "model": f"{model.provider}/{model.name or model.function or '-'}",
+            "stations": len(hosting), "stationIds": hosting[:50], "ready": bool(hosting) and not problem,
+            "revision": revision, "observedGeneration": gen,
+            "conditions": [condition("Accepted", problem is None, "Invalid" if problem else "Published",
+                                     problem or "written to the org's agents bucket", gen), ready]}
+
+
+def work_id_for(work_item: WorkItem) -> str:
+    """Deterministic from the resource uid: re-submitting after an operator restart is a no-op."""
+    uid = work_item.metadata.uid or work_item.name
+    return f"wi-{uid}"
+
+
+def result_text(result: Payload) -> tuple[str | None, bool]:
+    if result is None:
+        return None, False
+    text = result if isinstance(result, str) else json.dumps(result)
+    if len(text) > MAX_STATUS_RESULT_CHARS:
+        return text[: MAX_STATUS_RESULT_CHARS - 1] + "…", True
+    return text, False
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def work_item_status(work_item: WorkItem, org: str, record: WorkRecord) -> dict[str, Any]:
+    """Pure: a WorkItem's status mirroring its work record (bounded result, no secrets)."""
+    gen = work_item.metadata.generation
+    result, truncated = result_text(record.result)
+    phase = record.phase
+    conditions = [
+        condition("Scheduled", record.station_id is not None or phase.terminal,
+                  "Assigned" if record.station_id else phase.value, record.reason, gen),
+        condition("Succeeded", True if phase == WorkPhase.SUCCEEDED else (False if phase.terminal else "Unknown"),
+                  phase.value, record.reason or (record.error.message if record.error else ""), gen),
+    ]
+    return {
+        "org": org, "workId": record.work_id, "phase": phase.value, "station": record.station_id,
+        "attempts": record.attempt, "progress": record.progress_percent, "progressMessage": record.progress_message,
+        "result": result, "resultTruncated": truncated,
+        "error": record.error.message[:1024] if record.error else None,
+        "errorCode": record.error.code.value if record.error else None, "reason": record.reason[:1024],
+        "submittedAt": _ts(record.created_at), "startedAt": _ts(record.started_at),
+        "finishedAt": _ts(record.finished_at), "observedGeneration": gen, "conditions": conditions,
+    }

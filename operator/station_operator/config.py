@@ -1,0 +1,65 @@
+"""Operator settings, read once from the environment (`lattice operator` flags set the same variables)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from station_runtime.natsio.connect import NatsSettings
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    #: How the operator itself reaches NATS.
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    #: How station pods reach NATS (a Service DNS name in a cluster; the same loopback URL in the tests).
+    station_nats_url: str = "nats://nats:4222"
+    station_image: str = "ghcr.io/station-lattice/station-lattice:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    #: none: NATS without auth (development); jwt: one NATS account per org, one user per station.
+    auth: Literal["none", "jwt"] = "none"
+    #: Namespace holding the operator's own secrets (operator and per-org account keys).
+    namespace: str = "lattice-system"
+    station_heartbeat_s: float = 2.0
+    station_drain_timeout_s: float = 30.0
+    #: Port of the station pods' health endpoint; None disables probes (the test kubelet shares one host).
+    station_health_port: int | None = 8080
+    #: Status resync of Stations and Agents (presence changes every heartbeat; status is patched on change).
+    resync_s: float = 5.0
+    #: Finished WorkItems are deleted this long after they finished; 0 keeps them.
+    work_item_ttl_s: float = 3600.0
+    witness_interval_s: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> OperatorSettings:
+        env = os.environ
+        auth = env.get("LATTICE_AUTH", "none")
+        if auth not in ("none", "jwt"):
+            raise ValueError(f"LATTICE_AUTH must be 'none' or 'jwt', got {auth!r}")
+        health = env.get("LATTICE_STATION_HEALTH_PORT", "8080")
+        nats = NatsSettings.from_env(name="lattice-operator")
+        return cls(
+            nats=nats,
+            station_nats_url=env.get("LATTICE_STATION_NATS_URL", nats.url),
+            station_image=env.get("LATTICE_STATION_IMAGE", cls.station_image),
+            image_pull_policy=env.get("LATTICE_IMAGE_PULL_POLICY", cls.image_pull_policy),
+            auth=auth,  # type: ignore[arg-type]
+            namespace=env.get("LATTICE_OPERATOR_NAMESPACE", cls.namespace),
+            station_heartbeat_s=_float("LATTICE_STATION_HEARTBEAT", cls.station_heartbeat_s),
+            station_drain_timeout_s=_float("LATTICE_STATION_DRAIN_TIMEOUT", cls.station_drain_timeout_s),
+            station_health_port=int(health) if health not in ("", "none", "0") else None,
+            resync_s=_float("LATTICE_RESYNC", cls.resync_s),
+            work_item_ttl_s=_float("LATTICE_WORKITEM_TTL", cls.work_item_ttl_s),
+            witness_interval_s=_float("LATTICE_WITNESS_INTERVAL", cls.witness_interval_s),
+        )

@@ -1,0 +1,313 @@
+"""kopf handlers: ``<kind>_<event>``. Each is idempotent (it may run twice, or after a restart) and level-based:
+timers re-derive status from the lattice rather than trusting diffs. Semantically wrong resources (wrong org,
+missing Secret) get a condition and an Event, and are retried slowly, never in a hot loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import kopf
+from pydantic import BaseModel, ValidationError
+
+from station_runtime.api.models import GROUP, VERSION, Agent, Station, WorkItem
+from station_runtime.contract.codec import encode
+
+from . import builders, kube
+from .conditions import condition, merge
+from .config import OperatorSettings
+from .lattice import Lattice, NoAuth, OrgRuntime
+from .orgs import OrgError, resolve_org
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+# Timer intervals are fixed when the handlers are registered, so they are read from the environment here.
+RESYNC_S = float(os.environ.get("LATTICE_RESYNC", "5"))
+WORK_RESYNC_S = float(os.environ.get("LATTICE_WORK_RESYNC", "15"))
+SEMANTIC_RETRY_S = 30.0
+
+
+def _lattice(memo: kopf.Memo) -> Lattice:
+    lattice: Lattice = memo["lattice"]
+    return lattice
+
+
+@kopf.on.startup()
+async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
+                           **_: Any) -> None:
+    # Progress and diff-base in annotations, not in status: status is ours and declared in the CRDs.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP,
+                                                                           key="last-handled-configuration")
+    settings.persistence.finalizer = f"{GROUP}/cleanup"
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    cfg = OperatorSettings.from_env()
+    if cfg.auth == "jwt":
+        from .auth import JwtAuth
+
+        auth = await JwtAuth.load(cfg)
+    else:
+        auth = NoAuth(cfg.nats)
+    memo["lattice"] = Lattice(cfg, auth)
+    logger.info("station-lattice operator: NATS %s (auth %s), station image %s", cfg.nats.describe(), cfg.auth,
+                cfg.station_image)
+
+
+@kopf.on.cleanup()
+async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "lattice" in memo:
+        await _lattice(memo).close()
+
+
+# --- shared ---------------------------------------------------------------------------------------------------
+
+
+def _parse(model: type[M], body: kopf.Body) -> M:
+    data = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body.get("metadata", {})),
+            "spec": dict(body.get("spec", {}))}
+    return model.model_validate(data)
+
+
+async def _refuse(plural: str, body: kopf.Body, reason: str, message: str, *, retry: bool) -> None:
+    """Record why a resource cannot be reconciled (condition + Event), then stop or retry slowly."""
+    gen = body.get("metadata", {}).get("generation")
+    status = dict(body.get("status") or {})
+    conditions = merge(status.get("conditions"), [condition("Accepted", False, reason, message, gen),
+                                                  condition("Ready", False, reason, message, gen)])
+    await kube.patch_status(plural, body["metadata"]["namespace"], body["metadata"]["name"],
+                            {"conditions": conditions, "observedGeneration": gen})
+    kopf.warn(body, reason=reason, message=message)
+    if retry:
+        raise kopf.TemporaryError(message, delay=SEMANTIC_RETRY_S)
+    raise kopf.PermanentError(message)
+
+
+async def _org_runtime(plural: str, body: kopf.Body, memo: kopf.Memo, spec_org: str | None) -> OrgRuntime:
+    namespace = body["metadata"]["namespace"]
+    try:
+        org = resolve_org(namespace, await kube.namespace_labels(namespace), spec_org)
+    except OrgError as exc:
+        await _refuse(plural, body, "OrgMismatch", str(exc), retry=False)
+    return await _lattice(memo).org(org)
+
+
+async def _resource(model: type[M], plural: str, body: kopf.Body) -> M:
+    try:
+        return _parse(model, body)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        await _refuse(plural, body, "Invalid", problems[:1000], retry=False)
+        raise  # unreachable: _refuse raises
+
+
+def _status_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    current = current or {}
+    return any(current.get(k) != v for k, v in new.items() if k != "conditions") or [
+        (c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in current.get("conditions") or []
+    ] != [(c["type"], c["status"], c["reason"], c["message"]) for c in new.get("conditions") or []]
+
+
+def _with_conditions(current: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    return {**new, "conditions": merge((current or {}).get("conditions"), new.get("conditions") or [])}
+
+
+# --- Station ----------------------------------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, "stations")
+@kopf.on.create(GROUP, VERSION, "stations")
+@kopf.on.update(GROUP, VERSION, "stations", field="spec")
+async def station_reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Station -> ServiceAccount, creds Secret (JWT mode), StatefulSet; scaling and spec changes roll the pods."""
+    station = await _resource(Station, "stations", body)
+    runtime = await _org_runtime("stations", body, memo, station.spec.org)
+    cfg = _lattice(memo).settings
+    namespace = body["metadata"]["namespace"]
+    children: list[dict[str, Any]] = [builders.service_account(station, runtime.org)]
+    creds = await _lattice(memo).auth.station_creds(runtime.org, builders.station_ids(station))
+    if creds is not None:
+        children.append(builders.creds_secret(station, runtime.org, creds))
+    pod = builders.StationPodConfig(image=cfg.station_image, nats_url=cfg.station_nats_url,
+                                    heartbeat_s=cfg.station_heartbeat_s, drain_timeout_s=cfg.station_drain_timeout_s,
+                                    health_port=cfg.station_health_port, jwt=creds is not None,
+                                    image_pull_policy=cfg.image_pull_policy)
+    children.append(builders.stateful_set(station, runtime.org, pod))
+    for child in children:
+        kopf.adopt(child, owner=body)
+        await kube.apply(child, namespace)
+    logger.info("station %s: %d replica(s) in org %s", station.name, station.spec.replicas, runtime.org)
+    await station_status(body, memo)
+
+
+@kopf.timer(GROUP, VERSION, "stations", interval=RESYNC_S, initial_delay=1.0)
+async def station_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await station_status(body, memo)
+
+
+async def station_status(body: kopf.Body, memo: kopf.Memo) -> None:
+    try:
+        station = _parse(Station, body)
+    except ValidationError:
+        return
+    namespace = body["metadata"]["namespace"]
+    try:
+        org = resolve_org(namespace, await kube.namespace_labels(namespace), station.spec.org)
+    except OrgError:
+        return
+    runtime = await _lattice(memo).org(org)
+    ready = await kube.ready_replicas(station.name, namespace)
+    new = builders.station_status(station, org, runtime.records(), ready, datetime.now(UTC))
+    current = body.get("status")
+    if _status_changed(current, new):
+        await kube.patch_status("stations", namespace, station.name, _with_conditions(current, new))
+
+
+# --- Agent -----------------------------------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, "agents")
+@kopf.on.create(GROUP, VERSION, "agents")
+@kopf.on.update(GROUP, VERSION, "agents", field="spec")
+@kopf.on.update(GROUP, VERSION, "agents", field="metadata.labels")
+async def agent_reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Agent -> the org's agents bucket (stations that match load it live); a model key Secret reference ->
+    the namespace's model-keys Secret, mounted by every station pod."""
+    agent = await _resource(Agent, "agents", body)
+    runtime = await _org_runtime("agents", body, memo, agent.spec.org)
+    namespace = body["metadata"]["namespace"]
+    ref = agent.spec.model.api_key_secret_ref
+    if ref is not None:
+        value = await kube.read_secret_key(namespace, ref.name, ref.key)
+        if value is None:
+            await _refuse("agents", body, "SecretMissing",
+                          f"Secret {ref.name!r} has no key {ref.key!r} in namespace {namespace}: create it; "
+                          f"retrying every {SEMANTIC_RETRY_S:.0f}s", retry=True)
+        await kube.patch_secret_keys(namespace, builders.MODEL_KEYS_SECRET,
+                                     {builders.model_key_name(ref.name, ref.key): value},
+                                     labels=builders.labels("agent", agent.name, runtime.org))
+    definition = builders.agent_definition(agent, runtime.org)
+    state = await runtime.client.state()
+    revision = await state.agents.put(agent.name, encode(definition))
+    logger.info("agent %s published to org %s (revision %d)", agent.name, runtime.org, revision)
+    await agent_status(body, memo, revision=revision)
+
+
+@kopf.timer(GROUP, VERSION, "agents", interval=RESYNC_S, initial_delay=1.0)
+async def agent_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await agent_status(body, memo)
+
+
+async def agent_status(body: kopf.Body, memo: kopf.Memo, revision: int | None = None) -> None:
+    try:
+        agent = _parse(Agent, body)
+        namespace = body["metadata"]["namespace"]
+        org = resolve_org(namespace, await kube.namespace_labels(namespace), agent.spec.org)
+    except (ValidationError, OrgError):
+        return
+    runtime = await _lattice(memo).org(org)
+    current = body.get("status") or {}
+    revision = revision if revision is not None else current.get("revision")
+    new = builders.agent_status(agent, org, runtime.records(), revision, datetime.now(UTC))
+    if _status_changed(current, new):
+        await kube.patch_status("agents", namespace, agent.name, _with_conditions(current, new))
+
+
+@kopf.on.delete(GROUP, VERSION, "agents")
+async def agent_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Remove the agent from its org: stations drop it live."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        agent = _parse(Agent, body)
+        org = resolve_org(namespace, await kube.namespace_labels(namespace), agent.spec.org)
+    except (ValidationError, OrgError):
+        return  # it never made it into the lattice
+    runtime = await _lattice(memo).org(org)
+    state = await runtime.client.state()
+    try:
+        await state.agents.delete(name)
+    except Exception as exc:
+        raise kopf.TemporaryError(f"could not remove agent {name} from org {org}: {exc}", delay=5) from exc
+    ref = agent.spec.model.api_key_secret_ref
+    if ref is not None:
+        await kube.patch_secret_keys(namespace, builders.MODEL_KEYS_SECRET,
+                                     {builders.model_key_name(ref.name, ref.key): None})
+    logger.info("agent %s removed from org %s", name, org)
+
+
+# --- WorkItem ----------------------------------------------------------------------------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, "workitems")
+@kopf.on.create(GROUP, VERSION, "workitems")
+async def workitem_submit(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """WorkItem -> work in the lattice, once: the work id derives from the resource uid, so a retry or an
+    operator restart finds the existing work instead of submitting it again."""
+    work_item = await _resource(WorkItem, "workitems", body)
+    runtime = await _org_runtime("workitems", body, memo, work_item.spec.org)
+    namespace = body["metadata"]["namespace"]
+    work_id = builders.work_id_for(work_item)
+    existing = await runtime.client.get_work(work_id)
+    if existing is not None and existing.phase.terminal:
+        runtime.mirror.track(work_id, namespace, work_item.name, work_item)
+        runtime.mirror.offer(existing)
+        return
+    runtime.mirror.track(work_id, namespace, work_item.name, work_item)
+    if existing is None:
+        spec = work_item.spec.model_copy(update={"org": runtime.org})
+        record = await runtime.client.submit(spec, work_id=work_id)
+        logger.info("workitem %s submitted as %s: %s", work_item.name, work_id, record.phase.value)
+    else:
+        record = existing
+    runtime.mirror.offer(record)
+
+
+@kopf.timer(GROUP, VERSION, "workitems", interval=WORK_RESYNC_S, initial_delay=WORK_RESYNC_S)
+async def workitem_resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Level-based safety net for the event-driven mirror, and the TTL of finished WorkItems."""
+    try:
+        work_item = _parse(WorkItem, body)
+        namespace = body["metadata"]["namespace"]
+        org = resolve_org(namespace, await kube.namespace_labels(namespace), work_item.spec.org)
+    except (ValidationError, OrgError):
+        return
+    runtime = await _lattice(memo).org(org)
+    work_id = builders.work_id_for(work_item)
+    record = await runtime.client.get_work(work_id)
+    if record is None:
+        return
+    runtime.mirror.track(work_id, namespace, work_item.name, work_item)
+    runtime.mirror.offer(record)
+    ttl = _lattice(memo).settings.work_item_ttl_s
+    if ttl > 0 and record.phase.terminal and record.finished_at is not None:
+        age = (datetime.now(UTC) - record.finished_at).total_seconds()
+        if age > ttl:
+            logger.info("workitem %s finished %.0fs ago (ttl %.0fs): deleting", work_item.name, age, ttl)
+            runtime.mirror.untrack(work_id)
+            await kube.delete_custom("workitems", namespace, work_item.name)
+
+
+@kopf.on.delete(GROUP, VERSION, "workitems")
+async def workitem_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Deleting a WorkItem whose work is still queued or running cancels the work."""
+    try:
+        work_item = _parse(WorkItem, body)
+        namespace = body["metadata"]["namespace"]
+        org = resolve_org(namespace, await kube.namespace_labels(namespace), work_item.spec.org)
+    except (ValidationError, OrgError):
+        return
+    runtime = await _lattice(memo).org(org)
+    work_id = builders.work_id_for(work_item)
+    runtime.mirror.untrack(work_id)
+    record = await runtime.client.get_work(work_id)
+    if record is not None and not record.phase.terminal:
+        await runtime.client.cancel_work(work_id, reason=f"WorkItem {namespace}/{work_item.name} deleted")
+        logger.info("workitem %s deleted: work %s cancelled", work_item.name, work_id)
+
+

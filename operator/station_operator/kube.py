@@ -1,0 +1,150 @@
+"""Thin async wrappers over the (synchronous) kubernetes client: create-or-patch of owned children, status
+patches, Secrets. Each call runs in a worker thread so that handlers never block the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from station_runtime.api.models import GROUP, VERSION
+
+_api: client.ApiClient | None = None
+
+
+def api() -> client.ApiClient:
+    global _api
+    if _api is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        _api = client.ApiClient()
+    return _api
+
+
+def _apply_sync(obj: dict[str, Any], namespace: str) -> None:
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    core, apps = client.CoreV1Api(api()), client.AppsV1Api(api())
+    ops = {
+        "ServiceAccount": (core.read_namespaced_service_account, core.create_namespaced_service_account,
+                           core.patch_namespaced_service_account),
+        "Secret": (core.read_namespaced_secret, core.create_namespaced_secret, core.patch_namespaced_secret),
+        "StatefulSet": (apps.read_namespaced_stateful_set, apps.create_namespaced_stateful_set,
+                        apps.patch_namespaced_stateful_set),
+    }
+    read, create, patch = ops[kind]
+    try:
+        read(name, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        try:
+            create(namespace, obj)
+            return
+        except ApiException as error2:
+            if error2.status != 409:  # created meanwhile: patch it below
+                raise
+    patch(name, namespace, obj)
+
+
+async def apply(obj: dict[str, Any], namespace: str) -> None:
+    """Create the object, or patch it to match (idempotent: handlers may run twice)."""
+    await asyncio.to_thread(_apply_sync, obj, namespace)
+
+
+async def ready_replicas(name: str, namespace: str) -> int:
+    def read() -> int:
+        try:
+            sts = client.AppsV1Api(api()).read_namespaced_stateful_set_status(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return 0
+            raise
+        return int(sts.status.ready_replicas or 0) if sts.status else 0
+
+    return await asyncio.to_thread(read)
+
+
+async def namespace_labels(namespace: str) -> dict[str, str]:
+    def read() -> dict[str, str]:
+        ns = client.CoreV1Api(api()).read_namespace(namespace)
+        return dict(ns.metadata.labels or {})
+
+    return await asyncio.to_thread(read)
+
+
+async def read_secret_key(namespace: str, name: str, key: str) -> str | None:
+    """The value of one key of a Secret, or None if the Secret or key does not exist."""
+    def read() -> str | None:
+        try:
+            secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        raw = (secret.data or {}).get(key)
+        return base64.b64decode(raw).decode() if raw is not None else None
+
+    return await asyncio.to_thread(read)
+
+
+async def read_secret(namespace: str, name: str) -> dict[str, str] | None:
+    def read() -> dict[str, str] | None:
+        try:
+            secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+    return await asyncio.to_thread(read)
+
+
+async def patch_secret_keys(namespace: str, name: str, values: dict[str, str | None],
+                            labels: dict[str, str] | None = None) -> None:
+    """Set (or with None remove) keys of a Secret, creating it if needed."""
+    def write() -> None:
+        core = client.CoreV1Api(api())
+        data = {k: (base64.b64encode(v.encode()).decode() if v is not None else None) for k, v in values.items()}
+        try:
+            core.patch_namespaced_secret(name, namespace, {"data": data})
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                    "metadata": {"name": name, "labels": labels or {}},
+                    "data": {k: v for k, v in data.items() if v is not None}}
+            core.create_namespaced_secret(namespace, body)
+
+    await asyncio.to_thread(write)
+
+
+async def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> bool:
+    """Patch a custom resource's status; False if the resource is gone."""
+    def write() -> bool:
+        try:
+            client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status})
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    return await asyncio.to_thread(write)
+
+
+async def delete_custom(plural: str, namespace: str, name: str) -> None:
+    def delete() -> None:
+        try:
+            client.CustomObjectsApi(api()).delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    await asyncio.to_thread(delete)

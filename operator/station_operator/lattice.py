@@ -1,0 +1,191 @@
+"""The operator's view of the lattice: per org, an admin client, a work controller (auctioneer + witness) and a
+mirror that copies work records into WorkItem status as they change. Created lazily on the first resource of
+an org and kept in kopf's ``memo``; everything they hold can be rebuilt from Kubernetes and KV after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import nats.errors
+
+from station_runtime.api.models import WorkItem
+from station_runtime.client import LatticeClient
+from station_runtime.contract.codec import decode
+from station_runtime.contract.errors import DecodeError
+from station_runtime.contract.messages import StationRecord, WorkRecord
+from station_runtime.natsio.connect import NatsSettings
+from station_runtime.natsio.state import StateLimits
+from station_runtime.work.controller import WorkController
+from station_runtime.work.policy import WitnessPolicy
+
+from . import builders, kube
+from .config import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+
+class Auth(Protocol):
+    """How the operator authenticates to NATS per org and what creds it hands to stations."""
+
+    async def admin_settings(self, org: str) -> NatsSettings: ...
+
+    async def station_creds(self, org: str, station_ids: list[str]) -> dict[str, str] | None: ...
+
+
+class NoAuth:
+    """Development and tests: one NATS without accounts; isolation by subject and bucket names only."""
+
+    def __init__(self, base: NatsSettings) -> None:
+        self.base = base
+
+    async def admin_settings(self, org: str) -> NatsSettings:
+        return self.base
+
+    async def station_creds(self, org: str, station_ids: list[str]) -> dict[str, str] | None:
+        return None
+
+
+@dataclass
+class Tracked:
+    namespace: str
+    name: str
+    work_item: WorkItem
+    last_status: dict[str, object] | None = None
+
+
+class WorkItemMirror:
+    """Follows the org's work bucket and patches the status of the WorkItems it tracks, coalescing bursts."""
+
+    def __init__(self, org: str, client: LatticeClient) -> None:
+        self.org = org
+        self.client = client
+        self.tracked: dict[str, Tracked] = {}
+        self._pending: dict[str, WorkRecord] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.patches = 0
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._watch(), name=f"mirror-watch-{self.org}"),
+                       asyncio.create_task(self._flush(), name=f"mirror-flush-{self.org}")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def track(self, work_id: str, namespace: str, name: str, work_item: WorkItem) -> None:
+        self.tracked[work_id] = Tracked(namespace, name, work_item)
+
+    def untrack(self, work_id: str) -> None:
+        self.tracked.pop(work_id, None)
+        self._pending.pop(work_id, None)
+
+    def offer(self, record: WorkRecord) -> None:
+        if record.work_id in self.tracked:
+            self._pending[record.work_id] = record
+            self._wake.set()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                state = await self.client.state()
+                watcher = await state.work.watchall()
+                try:
+                    while True:
+                        try:
+                            entry = await watcher.updates(timeout=60)
+                        except nats.errors.TimeoutError:
+                            continue
+                        if entry is None or not entry.value or not entry.key.startswith("wi-"):
+                            continue
+                        with contextlib.suppress(DecodeError):
+                            self.offer(decode(entry.value, WorkRecord))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("work mirror for org %s: watch failed (%s); retrying", self.org, exc)
+                await asyncio.sleep(1.0)
+
+    async def _flush(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, {}
+            await asyncio.gather(*(self._patch(r) for r in batch.values()), return_exceptions=True)
+            await asyncio.sleep(0.1)  # bounded rate: bursts of progress collapse into one patch
+
+    async def _patch(self, record: WorkRecord) -> None:
+        tracked = self.tracked.get(record.work_id)
+        if tracked is None:
+            return
+        status = builders.work_item_status(tracked.work_item, self.org, record)
+        if status == tracked.last_status:
+            return
+        try:
+            if await kube.patch_status("workitems", tracked.namespace, tracked.name, status):
+                tracked.last_status = status
+                self.patches += 1
+            else:
+                self.untrack(record.work_id)
+        except Exception as exc:
+            log.warning("could not patch WorkItem %s/%s: %s", tracked.namespace, tracked.name, exc)
+
+
+@dataclass
+class OrgRuntime:
+    org: str
+    client: LatticeClient
+    controller: WorkController
+    mirror: WorkItemMirror
+    stations: list[StationRecord] = field(default_factory=list)
+
+    def records(self) -> list[StationRecord]:
+        directory = self.controller.directory
+        return list(directory.records.values()) if directory is not None else []
+
+
+class Lattice:
+    """Lives in kopf's memo: the operator settings and one OrgRuntime per org."""
+
+    def __init__(self, settings: OperatorSettings, auth: Auth) -> None:
+        self.settings = settings
+        self.auth = auth
+        self.orgs: dict[str, OrgRuntime] = {}
+        self._lock = asyncio.Lock()
+
+    async def org(self, org: str) -> OrgRuntime:
+        async with self._lock:
+            runtime = self.orgs.get(org)
+            if runtime is not None:
+                return runtime
+            nats_settings = await self.auth.admin_settings(org)
+            limits = StateLimits(presence_ttl_s=self.settings.station_heartbeat_s * 3)
+            client = LatticeClient(nats_settings, org, create_state=True, limits=limits)
+            await client.connect()
+            await client.state()
+            controller = WorkController(nats_settings, org, policy=WitnessPolicy(),
+                                        interval_s=self.settings.witness_interval_s, limits=limits, name="operator")
+            await controller.start()
+            mirror = WorkItemMirror(org, client)
+            mirror.start()
+            runtime = OrgRuntime(org, client, controller, mirror)
+            self.orgs[org] = runtime
+            log.info("org %s: lattice state ready, work controller started", org)
+            return runtime
+
+    async def close(self) -> None:
+        for runtime in self.orgs.values():
+            await runtime.mirror.stop()
+            await runtime.controller.stop()
+            await runtime.client.close()
+        self.orgs.clear()

@@ -1,0 +1,149 @@
+"""End to end on the test control plane: the operator reconciles Station, Agent and WorkItem resources; station
+pods run through the process kubelet and join the lattice on a real nats-server; WorkItems succeed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from station_runtime.api.models import GROUP, VERSION
+from tests.support.crds import install_crds
+from tests.support.kube_fixtures import KubeCluster
+from tests.support.waiting import wait_sync
+
+pytestmark = [pytest.mark.k8s, pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+class Operator:
+    """``lattice operator`` as a separate process, as it runs in its pod."""
+
+    def __init__(self, kubeconfig: Path, nats_url: str, namespace: str, log: Path) -> None:
+        self.log_path = log
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "LATTICE_STATION_HEALTH_PORT": "none",
+                    "LATTICE_STATION_HEARTBEAT": "0.5", "LATTICE_STATION_DRAIN_TIMEOUT": "5", "LATTICE_RESYNC": "1",
+                    "LATTICE_WORK_RESYNC": "2", "LATTICE_WITNESS_INTERVAL": "0.3", "PYTHONUNBUFFERED": "1"}
+        self.argv = [sys.executable, "-m", "station_runtime", "--nats", nats_url, "operator", "-n", namespace,
+                     "--liveness-port", "0"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+@pytest.fixture
+def crds(kube_cluster: KubeCluster) -> Iterator[Any]:
+    with kube_cluster.api_client() as api:
+        install_crds(api)
+        yield api
+
+
+@pytest.fixture
+def operator(kube_cluster: KubeCluster, crds: Any, nats_url: str, k8s_namespace: str,
+             tmp_path: Path) -> Iterator[Operator]:
+    op = Operator(kube_cluster.kubeconfig, nats_url, k8s_namespace, tmp_path / "operator.log").start()
+    yield op
+    op.stop()
+
+
+def apply(api: Any, namespace: str, text: str) -> None:
+    custom = client.CustomObjectsApi(api)
+    for doc in yaml.safe_load_all(text):
+        plural = {"Station": "stations", "Agent": "agents", "WorkItem": "workitems"}[doc["kind"]]
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, doc)
+
+
+def get(api: Any, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                                                       plural, name)
+    return result
+
+
+def condition(obj: dict[str, Any], type_: str) -> str | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return str(c["status"])
+    return None
+
+
+MANIFESTS = f"""\
+apiVersion: {GROUP}/{VERSION}
+kind: Station
+metadata: {{name: worker}}
+spec: {{replicas: 2, capabilities: [text], maxConcurrency: 4}}
+---
+apiVersion: {GROUP}/{VERSION}
+kind: Agent
+metadata: {{name: echo}}
+spec: {{capabilities: [say], model: {{provider: echo, params: {{prefix: "done: "}}}}}}
+"""
+
+
+def test_station_agent_and_work_items_reconcile_to_success(crds: Any, operator: Operator, k8s_namespace: str) -> None:
+    apply(crds, k8s_namespace, MANIFESTS)
+    station = wait_sync(lambda: (s := get(crds, k8s_namespace, "stations", "worker"))
+                        and condition(s, "Ready") == "True" and s, timeout_s=60,
+                        what=f"Station worker Ready (operator log: {operator.output()})")
+    assert station["status"]["readyReplicas"] == 2 and station["status"]["org"] == k8s_namespace
+    assert sorted(station["status"]["stations"]) == ["worker-0", "worker-1"]
+    agent = wait_sync(lambda: (a := get(crds, k8s_namespace, "agents", "echo")) and (a.get("status") or {})
+                      .get("ready") and a, timeout_s=30, what="Agent echo Ready")
+    assert agent["status"]["stations"] == 2
+
+    for i in range(3):
+        apply(crds, k8s_namespace, f"apiVersion: {GROUP}/{VERSION}\nkind: WorkItem\nmetadata: {{name: job-{i}}}\n"
+                                   f"spec: {{agent: echo, input: 'task {i}'}}\n")
+    for i in range(3):
+        item = wait_sync(lambda i=i: (w := get(crds, k8s_namespace, "workitems", f"job-{i}"))
+                         and (w.get("status") or {}).get("phase") == "Succeeded" and w, timeout_s=30,
+                         what=f"WorkItem job-{i} Succeeded (operator log: {operator.output()})")
+        status = item["status"]
+        assert status["result"] == f"done: task {i}" and status["station"] in ("worker-0", "worker-1")
+        assert status["attempts"] == 1 and status["workId"].startswith("wi-")
+        assert condition(item, "Succeeded") == "True"
+
+
+def test_bad_resources_get_a_condition_not_a_crash(crds: Any, operator: Operator, k8s_namespace: str) -> None:
+    apply(crds, k8s_namespace, f"""\
+apiVersion: {GROUP}/{VERSION}
+kind: Agent
+metadata: {{name: keyed}}
+spec:
+  model: {{provider: openai, name: gpt-test, apiKeySecretRef: {{name: missing, key: api-key}}}}
+---
+apiVersion: {GROUP}/{VERSION}
+kind: Station
+metadata: {{name: elsewhere}}
+spec: {{org: someone-else}}
+""")
+    agent = wait_sync(lambda: (a := get(crds, k8s_namespace, "agents", "keyed")) and condition(a, "Accepted")
+                      == "False" and a, timeout_s=30, what="the agent's missing-secret condition")
+    accepted = next(c for c in agent["status"]["conditions"] if c["type"] == "Accepted")
+    assert accepted["reason"] == "SecretMissing" and "missing" in accepted["message"]
+    station = wait_sync(lambda: (s := get(crds, k8s_namespace, "stations", "elsewhere")) and condition(s, "Accepted")
+                        == "False" and s, timeout_s=30, what="the station's org-mismatch condition")
+    accepted = next(c for c in station["status"]["conditions"] if c["type"] == "Accepted")
+    assert accepted["reason"] == "OrgMismatch" and "someone-else" in accepted["message"]
+    assert operator.proc is not None and operator.proc.poll() is None
