@@ -49,7 +49,7 @@ from .routing import candidates
 from .work import phases
 from .work.auction import AuctionConfig, Auctioneer
 from .work.directory import StationDirectory
-from .work.store import WorkStore
+from .work.store import Versioned, WorkStore
 
 log = logging.getLogger(__name__)
 
@@ -299,44 +299,55 @@ class LatticeClient:
     async def wait_work(self, work_id: str, *, timeout_s: float | None = None,
                         on_progress: Callable[[WorkProgress | WorkRecord], Awaitable[None]] | None = None,
                         poll_s: float = 2.0) -> WorkRecord:
-        """Wait until the work is finished. Completion and progress notifications wake it up at once; the
-        record is re-read every ``poll_s`` as well, so a missed notification (NATS restarted) costs a delay,
-        never a hang."""
+        """Wait until the work is finished. The server pushes every stored version of the record
+        (``work.{id}.record``), so the outcome arrives without another read; progress and completion
+        notifications count too. The record is re-read every ``poll_s`` as well, so a missed message (NATS
+        restarted) costs a delay, never a hang."""
+        store = await self.work_store()
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        last_seen: WorkRecord | None = None
+        latest: Versioned | None = None
+        reported: WorkRecord | None = None
+        read = True
         try:
             while True:
-                left = 120.0 if deadline is None else max(deadline - loop.time(), 0.1)
-                record = await retry_transient(lambda: self.get_work(work_id), what=f"reading work {work_id}",
-                                               deadline_s=left)
-                if record is None:
-                    raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
-                if on_progress is not None and (last_seen is None or record.updated_at != last_seen.updated_at):
+                if read:
+                    found = await retry_transient(lambda: store.get(work_id), what=f"reading work {work_id}")
+                    if found is None:
+                        raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
+                    latest = _newer(latest, found)
+                    read = False
+                assert latest is not None
+                record = latest.record
+                if on_progress is not None and (reported is None or record.updated_at != reported.updated_at):
                     await on_progress(record)
-                last_seen = record
+                reported = record
                 if record.phase.terminal:
                     return record
-                while True:
-                    remaining = None if deadline is None else deadline - loop.time()
-                    if remaining is not None and remaining <= 0:
-                        raise LatticeError(f"work {work_id} still {record.phase} after {timeout_s}s")
-                    try:
-                        msg = await asyncio.wait_for(queue.get(), min(poll_s, remaining or poll_s))
-                    except TimeoutError:
-                        break
-                    if msg.subject.endswith(".progress"):
-                        if on_progress is not None:
-                            with contextlib.suppress(DecodeError):
-                                await on_progress(decode(msg.data, WorkProgress))
-                        continue
-                    break
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise LatticeError(f"work {work_id} still {record.phase} after {timeout_s}s")
+                try:
+                    msg = await asyncio.wait_for(queue.get(), min(poll_s, remaining or poll_s))
+                except TimeoutError:
+                    read = True
+                    continue
+                kind = msg.subject.rsplit(".", 1)[-1]
+                if kind == "record":
+                    pushed = store.pushed(msg.headers, msg.data)
+                    latest = _newer(latest, pushed) if pushed is not None else latest
+                    read = pushed is None
+                elif kind == "progress":
+                    if on_progress is not None:
+                        with contextlib.suppress(DecodeError):
+                            await on_progress(decode(msg.data, WorkProgress))
+                else:  # complete or failed: the pushed record normally came first; read if it did not
+                    read = True
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-
 
     async def events(self, *, follow: bool = False, category: str | None = None,
                      work_id: str | None = None) -> AsyncIterator[CloudEvent]:
@@ -347,6 +358,10 @@ class LatticeClient:
         async for event in read_events(self._nc(), self.org, follow=follow, subject_filter=subject):
             if work_id is None or event.subject == work_id:
                 yield event
+
+
+def _newer(current: Versioned | None, other: Versioned) -> Versioned:
+    return other if current is None or other.revision > current.revision else current
 
 
 class InvokeFailed(LatticeError):

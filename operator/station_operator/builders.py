@@ -78,6 +78,7 @@ def stateful_set(station: Station, org: str, pod: StationPodConfig) -> dict[str,
         _env("LATTICE_HEARTBEAT_INTERVAL", str(pod.heartbeat_s)),
         _env("LATTICE_DRAIN_TIMEOUT", str(pod.drain_timeout_s)),
         _env("LATTICE_LOG_LEVEL", "INFO"),
+        _env("LATTICE_MODEL_KEYS_DIR", MODEL_KEYS_DIR),
     ]
     if spec.capabilities:
         env.append(_env("LATTICE_CAPABILITIES", ",".join(spec.capabilities)))
@@ -165,8 +166,9 @@ def agent_definition(agent: Agent, org: str) -> AgentDefinition:
     spec = agent.spec
     ref = spec.model.api_key_secret_ref
     if ref is not None:
-        model = spec.model.model_copy(update={"api_key_secret_ref": None,
-                                              "api_key_file": f"{MODEL_KEYS_DIR}/{model_key_name(ref.name, ref.key)}"})
+        # The station expands the variable to where its model-keys volume is mounted.
+        key_file = f"${{LATTICE_MODEL_KEYS_DIR}}/{model_key_name(ref.name, ref.key)}"
+        model = spec.model.model_copy(update={"api_key_secret_ref": None, "api_key_file": key_file})
         spec = spec.model_copy(update={"model": model, "org": org})
     else:
         spec = spec.model_copy(update={"org": org})

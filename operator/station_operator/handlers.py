@@ -30,13 +30,13 @@ WORK_RESYNC_S = float(os.environ.get("LATTICE_WORK_RESYNC", "15"))
 SEMANTIC_RETRY_S = 30.0
 
 
-def _lattice(memo: kopf.Memo) -> Lattice:
+def _lattice(memo: Any) -> Lattice:
     lattice: Lattice = memo["lattice"]
     return lattice
 
 
 @kopf.on.startup()
-async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
+async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger,
                            **_: Any) -> None:
     # Progress and diff-base in annotations, not in status: status is ours and declared in the CRDs.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -61,7 +61,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: kopf.Memo, log
 
 
 @kopf.on.cleanup()
-async def operator_cleanup(memo: kopf.Memo, **_: Any) -> None:
+async def operator_cleanup(memo: Any, **_: Any) -> None:
     if "lattice" in memo:
         await _lattice(memo).close()
 
@@ -89,7 +89,7 @@ async def _refuse(plural: str, body: kopf.Body, reason: str, message: str, *, re
     raise kopf.PermanentError(message)
 
 
-async def _org_runtime(plural: str, body: kopf.Body, memo: kopf.Memo, spec_org: str | None) -> OrgRuntime:
+async def _org_runtime(plural: str, body: kopf.Body, memo: Any, spec_org: str | None) -> OrgRuntime:
     namespace = body["metadata"]["namespace"]
     try:
         org = resolve_org(namespace, await kube.namespace_labels(namespace), spec_org)
@@ -124,7 +124,7 @@ def _with_conditions(current: dict[str, Any] | None, new: dict[str, Any]) -> dic
 @kopf.on.resume(GROUP, VERSION, "stations")
 @kopf.on.create(GROUP, VERSION, "stations")
 @kopf.on.update(GROUP, VERSION, "stations", field="spec")
-async def station_reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def station_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Station -> ServiceAccount, creds Secret (JWT mode), StatefulSet; scaling and spec changes roll the pods."""
     station = await _resource(Station, "stations", body)
     runtime = await _org_runtime("stations", body, memo, station.spec.org)
@@ -147,11 +147,11 @@ async def station_reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Lo
 
 
 @kopf.timer(GROUP, VERSION, "stations", interval=RESYNC_S, initial_delay=1.0)
-async def station_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def station_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
     await station_status(body, memo)
 
 
-async def station_status(body: kopf.Body, memo: kopf.Memo) -> None:
+async def station_status(body: kopf.Body, memo: Any) -> None:
     try:
         station = _parse(Station, body)
     except ValidationError:
@@ -176,7 +176,7 @@ async def station_status(body: kopf.Body, memo: kopf.Memo) -> None:
 @kopf.on.create(GROUP, VERSION, "agents")
 @kopf.on.update(GROUP, VERSION, "agents", field="spec")
 @kopf.on.update(GROUP, VERSION, "agents", field="metadata.labels")
-async def agent_reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def agent_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Agent -> the org's agents bucket (stations that match load it live); a model key Secret reference ->
     the namespace's model-keys Secret, mounted by every station pod."""
     agent = await _resource(Agent, "agents", body)
@@ -200,11 +200,11 @@ async def agent_reconcile(body: kopf.Body, memo: kopf.Memo, logger: logging.Logg
 
 
 @kopf.timer(GROUP, VERSION, "agents", interval=RESYNC_S, initial_delay=1.0)
-async def agent_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def agent_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
     await agent_status(body, memo)
 
 
-async def agent_status(body: kopf.Body, memo: kopf.Memo, revision: int | None = None) -> None:
+async def agent_status(body: kopf.Body, memo: Any, revision: int | None = None) -> None:
     try:
         agent = _parse(Agent, body)
         namespace = body["metadata"]["namespace"]
@@ -220,7 +220,7 @@ async def agent_status(body: kopf.Body, memo: kopf.Memo, revision: int | None = 
 
 
 @kopf.on.delete(GROUP, VERSION, "agents")
-async def agent_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def agent_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Remove the agent from its org: stations drop it live."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     try:
@@ -246,7 +246,7 @@ async def agent_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
 
 @kopf.on.resume(GROUP, VERSION, "workitems")
 @kopf.on.create(GROUP, VERSION, "workitems")
-async def workitem_submit(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def workitem_submit(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """WorkItem -> work in the lattice, once: the work id derives from the resource uid, so a retry or an
     operator restart finds the existing work instead of submitting it again."""
     work_item = await _resource(WorkItem, "workitems", body)
@@ -269,7 +269,7 @@ async def workitem_submit(body: kopf.Body, memo: kopf.Memo, logger: logging.Logg
 
 
 @kopf.timer(GROUP, VERSION, "workitems", interval=WORK_RESYNC_S, initial_delay=WORK_RESYNC_S)
-async def workitem_resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def workitem_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Level-based safety net for the event-driven mirror, and the TTL of finished WorkItems."""
     try:
         work_item = _parse(WorkItem, body)
@@ -294,7 +294,7 @@ async def workitem_resync(body: kopf.Body, memo: kopf.Memo, logger: logging.Logg
 
 
 @kopf.on.delete(GROUP, VERSION, "workitems")
-async def workitem_delete(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def workitem_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Deleting a WorkItem whose work is still queued or running cancels the work."""
     try:
         work_item = _parse(WorkItem, body)

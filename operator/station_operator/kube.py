@@ -29,7 +29,7 @@ def api() -> client.ApiClient:
 def _apply_sync(obj: dict[str, Any], namespace: str) -> None:
     kind, name = obj["kind"], obj["metadata"]["name"]
     core, apps = client.CoreV1Api(api()), client.AppsV1Api(api())
-    ops = {
+    ops: dict[str, tuple[Any, Any, Any]] = {
         "ServiceAccount": (core.read_namespaced_service_account, core.create_namespaced_service_account,
                            core.patch_namespaced_service_account),
         "Secret": (core.read_namespaced_secret, core.create_namespaced_secret, core.patch_namespaced_secret),
@@ -72,7 +72,7 @@ async def ready_replicas(name: str, namespace: str) -> int:
 async def namespace_labels(namespace: str) -> dict[str, str]:
     def read() -> dict[str, str]:
         ns = client.CoreV1Api(api()).read_namespace(namespace)
-        return dict(ns.metadata.labels or {})
+        return dict((ns.metadata.labels if ns.metadata else None) or {})
 
     return await asyncio.to_thread(read)
 
@@ -116,10 +116,10 @@ async def patch_secret_keys(namespace: str, name: str, values: dict[str, str | N
         except ApiException as error:
             if error.status != 404:
                 raise
-            body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            body: dict[str, Any] = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": name, "labels": labels or {}},
                     "data": {k: v for k, v in data.items() if v is not None}}
-            core.create_namespaced_secret(namespace, body)
+            core.create_namespaced_secret(namespace, body)  # type: ignore[arg-type]  # dicts are accepted
 
     await asyncio.to_thread(write)
 

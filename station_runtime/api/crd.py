@@ -37,16 +37,16 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         nullable = len(options) < len(node["anyOf"])
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         if len(options) == 1:
-            out = _structural({**options[0], **rest}, defs)
+            single: dict[str, Any] = _structural({**options[0], **rest}, defs)
             if nullable:
-                out["nullable"] = True
-                if out.get("default", 0) is None:
-                    del out["default"]
-            return out
+                single["nullable"] = True
+                if single.get("default", 0) is None:
+                    del single["default"]
+            return single
         # Several types (e.g. text or object): let the API server keep whatever it is; the operator validates.
-        out = {k: _structural(v, defs) for k, v in rest.items() if k not in _DROP and k != "default"}
-        out["x-kubernetes-preserve-unknown-fields"] = True
-        return out
+        mixed = {k: _structural(v, defs) for k, v in rest.items() if k not in _DROP and k != "default"}
+        mixed["x-kubernetes-preserve-unknown-fields"] = True
+        return mixed
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP:

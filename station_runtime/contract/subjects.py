@@ -7,6 +7,8 @@
     lattice.v1.{org}.station.{station}.work.cancel
     lattice.v1.{org}.auction.request                      broadcast; stations answer with bids
     lattice.v1.{org}.work.{work}.progress|complete|failed
+    lattice.v1.{org}.work.{work}.record                   every stored version of the record, republished by
+                                                          the server (Nats-Sequence header: its revision)
     lattice.v1.{org}.events.{station|agent|work}.{type}   CloudEvents 1.0, persisted in the org's stream
 
 Builders validate every id they splice in, so no caller can build a subject with a stray wildcard.
@@ -20,7 +22,7 @@ from .ids import validate_id
 
 PREFIX: Final = "lattice.v1"
 PresenceKind = Literal["announce", "heartbeat", "goodbye"]
-WorkUpdate = Literal["progress", "complete", "failed"]
+WorkUpdate = Literal["progress", "complete", "failed", "record"]
 EventCategory = Literal["station", "agent", "work"]
 Bucket = Literal["stations", "agents", "work"]
 
@@ -68,6 +70,12 @@ def work_update(org: str, work: str, kind: WorkUpdate) -> str:
 def work_updates_all(org: str, work: str | None = None) -> str:
     token = "*" if work is None else validate_id(work, "work id")
     return f"{org_root(org)}.work.{token}.*"
+
+
+def work_record_republish(org: str) -> tuple[str, str]:
+    """The work bucket's republish mapping (source, destination): once stored, every version of a record is also
+    published on ``work.{id}.record``, so a waiter gets the record pushed instead of reading it again."""
+    return f"$KV.{bucket(org, 'work')}.*", f"{org_root(org)}.work.{{{{wildcard(1)}}}}.record"
 
 
 def event(org: str, category: EventCategory, type_: str) -> str:

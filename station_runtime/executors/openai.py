@@ -29,6 +29,7 @@ PROGRESS_INTERVAL_S = 0.1
 
 def read_api_key(env_name: str | None, file: str | None) -> str | None:
     if file:
+        file = os.path.expandvars(file)  # e.g. ${LATTICE_MODEL_KEYS_DIR}/… set by the Kubernetes operator
         try:
             return Path(file).read_text().strip() or None
         except OSError as exc:

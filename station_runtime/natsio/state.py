@@ -16,7 +16,7 @@ from typing import Any, Final
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, RePublish, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
@@ -59,8 +59,9 @@ class OrgState:
                                  ttl=limits.presence_ttl_s, max_value_size=64 * 1024)
         agents = await _bucket(js, subjects.bucket(org, "agents"), create, history=5,
                                max_value_size=limits.max_value_bytes)
+        src, dest = subjects.work_record_republish(org)
         work = await _bucket(js, subjects.bucket(org, "work"), create, history=8,
-                             max_value_size=limits.max_value_bytes)
+                             max_value_size=limits.max_value_bytes, republish=RePublish(src=src, dest=dest))
         if create:
             await _stream(js, subjects.events_stream(org), [subjects.events_all(org)],
                           limits.events_max_age_s, limits.events_max_bytes)
@@ -69,35 +70,41 @@ class OrgState:
         return cls(js, org, stations, agents, work, presence_ttl_s=ttl)
 
 
-async def _bucket(js: JetStreamContext, name: str, create: bool, **config: Any) -> KeyValue:
+async def _bucket(js: JetStreamContext, name: str, create: bool, *, republish: RePublish | None = None,
+                  **config: Any) -> KeyValue:
     try:
         kv = await js.key_value(name)
     except BucketNotFoundError:
         if not create:
             raise
     else:
-        if create and not getattr(kv, "_direct", True):
-            kv = await _allow_direct(js, name, kv)
-        return kv
+        return await _upgrade(js, name, kv, republish) if create else kv
     try:
         # Direct get: a read is one plain request answered from the stream, instead of the JSON stream API
         # (base64 and an email-header parser in nats-py): a third of the CPU of every record read.
         return await js.create_key_value(KeyValueConfig(bucket=name, storage=StorageType.FILE, direct=True,
-                                                        **config))
+                                                        republish=republish, **config))
     except BadRequestError:
         # Another process created it between our lookup and our create, possibly with other settings.
         return await js.key_value(name)
 
 
-async def _allow_direct(js: JetStreamContext, name: str, kv: KeyValue) -> KeyValue:
-    """Turn on direct get for a bucket created before we asked for it (nats-py does not, unlike the Go client)."""
+async def _upgrade(js: JetStreamContext, name: str, kv: KeyValue, republish: RePublish | None) -> KeyValue:
+    """Give a bucket created by an older version direct get and its republish mapping (nats-py, unlike the Go
+    client, does not turn on direct get by itself)."""
     try:
         info = await js.stream_info(f"KV_{name}")
-        info.config.allow_direct = True
-        await js.update_stream(info.config)
+        cfg = info.config
+        wanted_republish = republish is not None and (cfg.republish is None or cfg.republish.dest != republish.dest)
+        if cfg.allow_direct and not wanted_republish:
+            return kv
+        cfg.allow_direct = True
+        if wanted_republish:
+            cfg.republish = republish
+        await js.update_stream(cfg)
         return await js.key_value(name)
-    except Exception as exc:  # no permission to update streams: keep the slower reads
-        log.info("bucket %s: could not enable direct get: %s", name, exc)
+    except Exception as exc:  # no permission to update streams: keep what the bucket has
+        log.info("bucket %s: could not enable direct get / republish: %s", name, exc)
         return kv
 
 

@@ -77,6 +77,17 @@ class WorkStore:
             return None
         return Versioned(decode(entry.value, WorkRecord), entry.revision or 0)
 
+    @staticmethod
+    def pushed(headers: dict[str, str] | None, data: bytes) -> Versioned | None:
+        """A record version the server republished on ``work.{id}.record`` once it was stored; None for a
+        delete or anything unreadable (the caller reads the record instead)."""
+        if not headers or headers.get("KV-Operation") in ("DEL", "PURGE") or not data:
+            return None
+        try:
+            return Versioned(decode(data, WorkRecord), int(headers.get("Nats-Sequence", "0")))
+        except (DecodeError, ValueError):
+            return None
+
     async def write(self, new: WorkRecord, revision: int) -> int:
         """CAS one record; raises KeyWrongLastSequenceError if ``revision`` is no longer the latest."""
         return await self.kv.update(new.work_id, encode(new), last=revision)

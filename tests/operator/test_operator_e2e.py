@@ -147,3 +147,134 @@ spec: {{org: someone-else}}
     accepted = next(c for c in station["status"]["conditions"] if c["type"] == "Accepted")
     assert accepted["reason"] == "OrgMismatch" and "someone-else" in accepted["message"]
     assert operator.proc is not None and operator.proc.poll() is None
+
+
+def _work_record(nats_url: str, org: str, work_id: str) -> Any:
+    import asyncio
+
+    from station_runtime.client import LatticeClient
+    from station_runtime.natsio.connect import NatsSettings
+
+    async def read() -> Any:
+        async with LatticeClient(NatsSettings(url=nats_url), org) as client:
+            return await client.get_work(work_id)
+
+    return asyncio.run(read())
+
+
+def _station_records(nats_url: str, org: str) -> Any:
+    import asyncio
+
+    from station_runtime.client import LatticeClient
+    from station_runtime.natsio.connect import NatsSettings
+
+    async def read() -> Any:
+        async with LatticeClient(NatsSettings(url=nats_url), org) as client:
+            return await client.stations()
+
+    return asyncio.run(read())
+
+
+SLOW = f"""\
+apiVersion: {GROUP}/{VERSION}
+kind: Station
+metadata: {{name: worker}}
+spec: {{replicas: 2}}
+---
+apiVersion: {GROUP}/{VERSION}
+kind: Agent
+metadata: {{name: slow}}
+spec: {{model: {{provider: echo, params: {{delaySeconds: 3, steps: 6}}}}}}
+"""
+
+
+def _phase(api: Any, namespace: str, name: str) -> str | None:
+    return (get(api, namespace, "workitems", name).get("status") or {}).get("phase")
+
+
+def test_killed_station_pod_deleted_work_item_and_restarted_operator(crds: Any, operator: Operator,
+                                                                     k8s_namespace: str, nats_url: str) -> None:
+    import os
+    import signal
+
+    apply(crds, k8s_namespace, SLOW)
+    wait_sync(lambda: condition(get(crds, k8s_namespace, "stations", "worker"), "Ready") == "True", timeout_s=60,
+              what="Station Ready")
+    apply(crds, k8s_namespace, "\n---\n".join(
+        f"apiVersion: {GROUP}/{VERSION}\nkind: WorkItem\nmetadata: {{name: job-{i}}}\n"
+        f"spec: {{agent: slow, input: j{i}}}" for i in range(4)))
+    wait_sync(lambda: _phase(crds, k8s_namespace, "job-0") == "Running", timeout_s=30, what="job-0 Running")
+    # Kill -9 the station process running job-0: the kubelet restarts the container, the station resumes its work
+    # (or the witness moves it); the WorkItem still succeeds.
+    status = get(crds, k8s_namespace, "workitems", "job-0")["status"]
+    victim = next(r for r in _station_records(nats_url, k8s_namespace) if r.station_id == status["station"])
+    assert victim.pid
+    os.kill(victim.pid, signal.SIGKILL)
+    # Delete a running WorkItem: its work is cancelled.
+    wait_sync(lambda: _phase(crds, k8s_namespace, "job-1") in ("Running", "Assigned"), timeout_s=30,
+              what="job-1 placed")
+    work_id = get(crds, k8s_namespace, "workitems", "job-1")["status"]["workId"]
+    client.CustomObjectsApi(crds).delete_namespaced_custom_object(GROUP, VERSION, k8s_namespace, "workitems", "job-1")
+    wait_sync(lambda: (r := _work_record(nats_url, k8s_namespace, work_id)) and r.phase.value == "Cancelled",
+              timeout_s=30, what="job-1's work to be cancelled")
+    # Restart the operator mid-run (kill -9): nothing is lost.
+    operator.stop(kill=True)
+    apply(crds, k8s_namespace, f"apiVersion: {GROUP}/{VERSION}\nkind: WorkItem\nmetadata: {{name: late}}\n"
+                               "spec: {agent: slow, input: late}\n")
+    operator.start()
+    for name, expected in (("job-0", "j0"), ("job-2", "j2"), ("job-3", "j3"), ("late", "late")):
+        item = wait_sync(lambda name=name: (w := get(crds, k8s_namespace, "workitems", name))
+                         and (w.get("status") or {}).get("phase") == "Succeeded" and w, timeout_s=60,
+                         what=f"{name} Succeeded (operator log: {operator.output()})")
+        assert item["status"]["result"] == expected
+
+
+def test_model_keys_come_from_secrets_and_stay_out_of_nats_and_status(crds: Any, operator: Operator,
+                                                                      k8s_namespace: str, nats_url: str) -> None:
+    import asyncio
+
+    from station_runtime.client import LatticeClient
+    from station_runtime.natsio.connect import NatsSettings
+    from tests.support.fake_openai import FakeOpenAI
+
+    fake = FakeOpenAI().start()
+    try:
+        client.CoreV1Api(crds).create_namespaced_secret(k8s_namespace, {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm"}, "stringData": {"api-key": "sk-test"}})
+        apply(crds, k8s_namespace, f"""\
+apiVersion: {GROUP}/{VERSION}
+kind: Agent
+metadata: {{name: assistant}}
+spec:
+  model: {{provider: openai, name: gpt-test, baseUrl: "{fake.base_url}", stream: false,
+           apiKeySecretRef: {{name: llm, key: api-key}}}}
+---
+apiVersion: {GROUP}/{VERSION}
+kind: Station
+metadata: {{name: llm-worker}}
+spec: {{replicas: 1}}
+---
+apiVersion: {GROUP}/{VERSION}
+kind: WorkItem
+metadata: {{name: ask}}
+spec: {{agent: assistant, input: what is a lattice}}
+""")
+        item = wait_sync(lambda: (w := get(crds, k8s_namespace, "workitems", "ask"))
+                         and (w.get("status") or {}).get("phase") in ("Succeeded", "Failed") and w, timeout_s=60,
+                         what=f"WorkItem ask finished (operator log: {operator.output()})")
+        assert item["status"]["phase"] == "Succeeded", item["status"]
+        assert item["status"]["result"] == "echo: what is a lattice"
+        assert fake.requests[0].headers["authorization"] == "Bearer sk-test"
+
+        async def everything_in_nats() -> str:
+            async with LatticeClient(NatsSettings(url=nats_url), k8s_namespace) as lc:
+                agents = await lc.agents()
+                events = [e.model_dump_json() async for e in lc.events()]
+            return " ".join([a.model_dump_json() for a in agents] + events)
+
+        in_nats = asyncio.run(everything_in_nats())
+        assert "assistant" in in_nats and "sk-test" not in in_nats
+        agent = get(crds, k8s_namespace, "agents", "assistant")
+        assert "sk-test" not in str(agent) and "sk-test" not in operator.output()
+    finally:
+        fake.stop()
