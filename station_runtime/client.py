@@ -188,8 +188,11 @@ class LatticeClient:
         if station:
             targets = [station]
         else:
-            found = candidates(records if records is not None else await self.stations(), agent=agent,
+            found = candidates(records if records is not None else await self.live_stations(), agent=agent,
                                capability=capability, extra_load=self._inflight)
+            if not found and records is None:  # the watch may lag a station that has just joined: read
+                found = candidates(await self.stations(), agent=agent, capability=capability,
+                                   extra_load=self._inflight)
             targets = [r.station_id for r in found]
         if not targets:
             what = f"agent {agent!r}" if agent else f"capability {capability!r}"
@@ -227,13 +230,23 @@ class LatticeClient:
             self._store = WorkStore(await self.state(), EventPublisher(self._nc(), self.org, "cli"))
         return self._store
 
+    async def directory(self) -> StationDirectory:
+        """The registry followed live by one KV watch for the life of this client, started on first use: a
+        client that invokes or submits often reads no bucket per call."""
+        if self._directory is None:
+            directory = StationDirectory((await self.state()).stations)
+            await directory.start()
+            self._directory = directory
+        return self._directory
+
+    async def live_stations(self) -> list[StationRecord]:
+        return list((await self.directory()).records.values())
+
     async def auctioneer(self) -> Auctioneer:
         """An auctioneer following the registry live (one watch for the life of this client)."""
         if self._auctioneer is None:
             store = await self.work_store()
-            self._directory = StationDirectory(store.state.stations)
-            await self._directory.start()
-            self._auctioneer = Auctioneer(self._nc(), store, directory=self._directory,
+            self._auctioneer = Auctioneer(self._nc(), store, directory=await self.directory(),
                                           config=self.auction_config)
             await self._auctioneer.start()
         return self._auctioneer

@@ -110,17 +110,17 @@ class OrgAccount:
 
 
 class OrgAuthority:
-    """Signs for one operator. The operator and system account JWTs are made once, at construction."""
+    """Signs for one operator. The operator and system account JWTs are made once, at construction.
 
-    def __init__(self, keys: OperatorKeys, *, strict_signing_key_usage: bool = False,
-                 now: int | None = None) -> None:
-        if strict_signing_key_usage and keys.signing_key is None:
-            raise ValueError("strict signing key usage needs an operator signing key")
+    Users are signed by their account's identity key, so the operator JWT never asks for strict signing-key
+    usage (under it the server accepts only users signed by account signing keys)."""
+
+    def __init__(self, keys: OperatorKeys, *, now: int | None = None) -> None:
         self.keys = keys
         signing_keys = [keys.signing_key.public_key] if keys.signing_key else []
         self.operator_jwt = jwt.issue(claims.operator_claims(
-            keys.operator.public_key, keys.name, keys.system_account.public_key, signing_keys=signing_keys,
-            strict_signing_key_usage=strict_signing_key_usage), keys.operator, now=now)
+            keys.operator.public_key, keys.name, keys.system_account.public_key, signing_keys=signing_keys),
+            keys.operator, now=now)
         self.system_account_jwt = jwt.issue(claims.account_claims(
             keys.system_account.public_key, SYSTEM_ACCOUNT_NAME, jetstream=False), self._account_signer, now=now)
 

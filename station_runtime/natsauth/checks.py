@@ -95,5 +95,8 @@ def _int(value: Any) -> int:
 def same_claims(a: jwt.DecodedJwt, b: jwt.DecodedJwt) -> bool:
     """Whether two tokens say the same thing (same issuer, subject, name, limits, revocations...), ignoring
     the ``jti`` and ``iat`` that differ with every signing: re-pushing would change nothing."""
-    strip = (lambda c: {k: v for k, v in c.items() if k not in _VOLATILE_CLAIMS})
-    return bool(strip(a.claims) == strip(b.claims))
+    return _stable(a.claims) == _stable(b.claims)
+
+
+def _stable(claims: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in claims.items() if k not in _VOLATILE_CLAIMS}

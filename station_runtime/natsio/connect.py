@@ -88,6 +88,8 @@ async def connect(
         "disconnected_cb": disconnected_cb,
         "reconnected_cb": reconnected_cb,
         "ping_interval": 10,
+        # A drain waits for every subscription to empty; one whose reader is gone would hold shutdown for 30 s.
+        "drain_timeout": 5,
         "max_outstanding_pings": 3,
     }
     if settings.token:

@@ -1,0 +1,119 @@
+"""Pure operator logic: org resolution, child objects, status and conditions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from station_operator import builders
+from station_operator.conditions import condition, merge
+from station_operator.orgs import ORG_LABEL, OrgError, resolve_org
+
+from station_runtime.api.models import (
+    Agent,
+    AgentSpec,
+    ModelSpec,
+    ObjectMeta,
+    SecretKeyRef,
+    Station,
+    StationSpec,
+    WorkItem,
+    WorkItemSpec,
+)
+from station_runtime.api.selectors import parse_selector
+from station_runtime.api.status import MAX_STATUS_RESULT_CHARS
+from station_runtime.contract.messages import ErrorCode, StationRecord, WorkError, WorkPhase, WorkRecord
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def test_the_org_comes_from_the_namespace_never_from_the_spec() -> None:
+    assert resolve_org("team-a", {}, None) == "team-a"
+    assert resolve_org("ns", {ORG_LABEL: "acme"}, None) == "acme"
+    assert resolve_org("ns", {ORG_LABEL: "acme"}, "acme") == "acme"
+    with pytest.raises(OrgError, match=r"spec\.org is 'evil' but namespace 'ns' belongs to org 'acme'"):
+        resolve_org("ns", {ORG_LABEL: "acme"}, "evil")
+    with pytest.raises(OrgError, match="set the namespace label"):
+        resolve_org("ns", {ORG_LABEL: "bad.org"}, None)
+
+
+def station(replicas: int = 2, **spec: object) -> Station:
+    return Station(metadata=ObjectMeta(name="worker", generation=3),
+                   spec=StationSpec(replicas=replicas, **spec))  # type: ignore[arg-type]
+
+
+def test_the_stateful_set_carries_the_station_configuration() -> None:
+    s = station(capabilities=["text"], labels={"zone": "a"}, max_concurrency=7,
+                agent_selector=parse_selector("team=docs"))
+    pod = builders.StationPodConfig(image="img:1", nats_url="nats://nats:4222", health_port=8080)
+    sts = builders.stateful_set(s, "acme", pod)
+    assert sts["spec"]["replicas"] == 2 and sts["kind"] == "StatefulSet"
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["LATTICE_ORG"] == "acme" and env["LATTICE_NATS_URL"] == "nats://nats:4222"
+    assert env["LATTICE_STATION_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["LATTICE_CAPABILITIES"] == "text" and env["LATTICE_LABELS"] == "zone=a"
+    assert env["LATTICE_MAX_CONCURRENCY"] == "7" and "team" in env["LATTICE_AGENT_SELECTOR_JSON"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    assert "LATTICE_NATS_CREDS" not in env
+    jwt = builders.stateful_set(s, "acme", builders.StationPodConfig(image="i", nats_url="n", jwt=True,
+                                                                      health_port=None))
+    jwt_c = jwt["spec"]["template"]["spec"]["containers"][0]
+    jwt_env = {e["name"]: e.get("value") for e in jwt_c["env"]}
+    assert jwt_env["LATTICE_NATS_CREDS"] == "/etc/lattice/nats/$(LATTICE_STATION_ID).creds"
+    assert jwt_env["LATTICE_NATS_INBOX_PREFIX"] == "_INBOX_$(LATTICE_STATION_ID)"
+    assert "readinessProbe" not in jwt_c
+    assert builders.station_ids(s) == ["worker-0", "worker-1"]
+
+
+def record(sid: str, *, age_s: float = 0.0, load: int = 1, agents: tuple[str, ...] = ("echo",)) -> StationRecord:
+    return StationRecord(org="acme", station_id=sid, capacity=4, load=load, agents=list(agents),
+                         heartbeat_interval_s=1.0, started_at=NOW, last_heartbeat=NOW - timedelta(seconds=age_s))
+
+
+def test_station_status_counts_only_its_own_live_stations() -> None:
+    records = [record("worker-0"), record("worker-1", age_s=10), record("worker-extra"), record("other-0")]
+    status = builders.station_status(station(), "acme", records, ready_pods=2, now=NOW)
+    assert status["readyReplicas"] == 1 and status["stations"] == ["worker-0"] and status["loadSummary"] == "1/4"
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Ready"]["status"] == "False" and conds["Degraded"]["status"] == "True"
+    assert conds["Ready"]["observedGeneration"] == 3
+    ok = builders.station_status(station(), "acme", [record("worker-0"), record("worker-1")], 2, NOW)
+    assert {c["type"]: c["status"] for c in ok["conditions"]} == {"Accepted": "True", "Ready": "True",
+                                                                  "Degraded": "False"}
+
+
+def test_agent_secrets_become_key_files_and_never_values() -> None:
+    agent = Agent(metadata=ObjectMeta(name="assistant", labels={"team": "docs"}), spec=AgentSpec(
+        model=ModelSpec(provider="openai", name="m", api_key_secret_ref=SecretKeyRef(name="llm", key="api-key"))))
+    definition = builders.agent_definition(agent, "acme")
+    assert definition.spec.model.api_key_secret_ref is None
+    assert definition.spec.model.api_key_file == "${LATTICE_MODEL_KEYS_DIR}/llm.api-key"
+    assert definition.org == "acme" and definition.spec.org == "acme" and definition.labels == {"team": "docs"}
+    status = builders.agent_status(agent, "acme", [record("s1", agents=("assistant",)), record("s2", agents=())],
+                                   7, NOW)
+    assert status["stations"] == 1 and status["ready"] is True and status["revision"] == 7
+
+
+def test_work_item_status_mirrors_the_record_with_a_bounded_result() -> None:
+    item = WorkItem(metadata=ObjectMeta(name="job", uid="abc-123", generation=1), spec=WorkItemSpec(agent="echo"))
+    assert builders.work_id_for(item) == "wi-abc-123"
+    rec = WorkRecord(org="acme", work_id="wi-abc-123", spec=item.spec, phase=WorkPhase.SUCCEEDED, attempt=2,
+                     station_id="s1", result="y" * (MAX_STATUS_RESULT_CHARS + 10), finished_at=NOW)
+    status = builders.work_item_status(item, "acme", rec)
+    assert status["phase"] == "Succeeded" and status["attempts"] == 2 and status["station"] == "s1"
+    assert len(status["result"]) == MAX_STATUS_RESULT_CHARS and status["resultTruncated"] is True
+    failed = rec.model_copy(update={"phase": WorkPhase.FAILED, "result": None,
+                                    "error": WorkError(code=ErrorCode.AGENT_ERROR, message="boom")})
+    status = builders.work_item_status(item, "acme", failed)
+    assert status["error"] == "boom" and status["errorCode"] == "agent_error"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "False"
+
+
+def test_conditions_keep_their_transition_time_until_they_change() -> None:
+    first = merge(None, [condition("Ready", False, "Missing")], now=NOW)
+    later = merge(first, [condition("Ready", False, "Missing", "still")], now=NOW + timedelta(minutes=5))
+    assert later[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    flipped = merge(later, [condition("Ready", True, "Live")], now=NOW + timedelta(minutes=9))
+    assert flipped[0]["lastTransitionTime"] != first[0]["lastTransitionTime"]
