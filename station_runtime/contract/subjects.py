@@ -5,6 +5,7 @@
     lattice.v1.{org}.station.{station}.workflow.run
     lattice.v1.{org}.station.{station}.work.assign
     lattice.v1.{org}.station.{station}.work.cancel
+    lattice.v1.{org}.station.{station}.auction.request   an auction for a chosen few (large lattices)
     lattice.v1.{org}.auction.request                      broadcast; stations answer with bids
     lattice.v1.{org}.work.{work}.progress|complete|failed
     lattice.v1.{org}.work.{work}.record                   every stored version of the record, republished by
@@ -57,6 +58,11 @@ def work_assign(org: str, station: str) -> str:
 
 def work_cancel(org: str, station: str) -> str:
     return f"{_station(org, station)}.work.cancel"
+
+
+def station_auction(org: str, station: str) -> str:
+    """An auction request for one station: the auctioneer asks a load-aware sample instead of everyone."""
+    return f"{_station(org, station)}.auction.request"
 
 
 def auction_request(org: str) -> str:

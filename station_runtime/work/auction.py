@@ -14,11 +14,14 @@ auction and assigns to the eligible station with the most free capacity in the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import os
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -61,6 +64,9 @@ class AuctionConfig:
     #: How long the winner has to accept the assignment before the next bid is tried.
     assign_timeout_s: float = 2.0
     policy: Literal["auction", "first_available"] = "auction"
+    #: Ask at most this many eligible stations: the least loaded by the registry (plus what this auctioneer
+    #: assigned since their last heartbeat). Bounds an auction's cost however large the lattice; None: all.
+    max_bidders: int | None = 3
 
 
 def requirements(spec: WorkItemSpec) -> scoring.Requirements:
@@ -75,8 +81,13 @@ def new_traceparent() -> str:
 @dataclass
 class _Collecting:
     expected: set[str]
+    #: A bid this good cannot be beaten (but by a tie-break): the auction closes at once when one arrives.
+    perfect: float = float("inf")
     bids: list[AuctionBid] = field(default_factory=list)
+    #: Set when the auction may close: a perfect bid came, or every expected station answered.
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when every expected station answered.
+    all_in: asyncio.Event = field(default_factory=asyncio.Event)
     opened: float = field(default_factory=time.perf_counter)
 
 
@@ -94,24 +105,32 @@ class BidCollector:
     def reply_to(self, auction_id: str) -> str:
         return f"{self._prefix}.{auction_id}"
 
-    def open(self, auction_id: str, expected: set[str]) -> _Collecting:
-        collecting = _Collecting(expected)
+    def open(self, auction_id: str, expected: set[str], perfect: float = float("inf")) -> _Collecting:
+        collecting = _Collecting(expected, perfect)
         self._pending[auction_id] = collecting
         if not expected:
             collecting.done.set()
+            collecting.all_in.set()
         return collecting
 
     def cancel(self, auction_id: str) -> None:
         self._pending.pop(auction_id, None)
 
     async def close(self, auction_id: str, collecting: _Collecting, deadline_s: float) -> list[AuctionBid]:
+        """The bids so far, once the auction may close (or at the deadline, counted from the broadcast). Bids
+        still expected keep being collected until :meth:`rest` or :meth:`cancel`, in case the winner refuses."""
+        await _wait(collecting.done, deadline_s - (time.perf_counter() - collecting.opened))
+        if collecting.all_in.is_set() or time.perf_counter() - collecting.opened >= deadline_s:
+            self._pending.pop(auction_id, None)
+        return list(collecting.bids)
+
+    async def rest(self, auction_id: str, collecting: _Collecting, deadline_s: float) -> list[AuctionBid]:
+        """Every bid, once all expected stations answered or the deadline passed; then stop collecting."""
         try:
-            await asyncio.wait_for(collecting.done.wait(), deadline_s)
-        except TimeoutError:
-            pass
+            await _wait(collecting.all_in, deadline_s - (time.perf_counter() - collecting.opened))
         finally:
             self._pending.pop(auction_id, None)
-        return collecting.bids
+        return list(collecting.bids)
 
     async def _on_bid(self, msg: Msg) -> None:
         try:
@@ -124,7 +143,23 @@ class BidCollector:
             return  # late, or a duplicate
         collecting.bids.append(bid)
         if collecting.expected <= {b.station_id for b in collecting.bids}:
+            collecting.all_in.set()
             collecting.done.set()
+        elif not bid.declined and bid.score >= collecting.perfect:
+            collecting.done.set()
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    if event.is_set() or timeout_s <= 0:
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)
+
+
+def perfect_score(req: scoring.Requirements) -> float:
+    """The best score any station can bid for ``req`` (idle, every preferred label, exactly the capabilities)."""
+    return round(scoring.W_FREE + (scoring.W_PREFER if req.prefer_labels else 0.0)
+                 + (scoring.W_FIT if req.capabilities else 0.0), 6)
 
 
 class Auctioneer:
@@ -141,6 +176,9 @@ class Auctioneer:
         #: Recent auctions: bids received, and seconds from broadcast to close (for benchmarks and metrics).
         self.last_bid_counts: deque[int] = deque(maxlen=10_000)
         self.close_times_s: deque[float] = deque(maxlen=10_000)
+        #: Assignments made per station since its last heartbeat (keyed by that heartbeat): the registry's load
+        #: is as old as the beat, and this keeps a burst of submissions from all picking the same few bidders.
+        self._assigned: dict[str, tuple[object, int]] = {}
 
     async def start(self) -> None:
         await self.bids.start()
@@ -208,34 +246,74 @@ class Auctioneer:
                             stations: list[StationRecord]) -> tuple[AuctionRequest, object]:
         req = requirements(record.spec)
         now = utcnow()
-        expected = {s.station_id for s in stations if scoring.eligible(s, req, now)}
+        eligible = [s for s in stations if scoring.eligible(s, req, now)]
         request = AuctionRequest(auction_id=uuid.uuid4().hex, work_id=record.work_id, agent=req.agent,
                                  capabilities=list(req.capabilities), labels=dict(req.labels),
                                  prefer_labels=dict(req.prefer_labels),
                                  deadline_ms=max(int(self.config.deadline_s * 1000), 1))
         if self.config.policy == "first_available":
-            return request, [s for s in stations if s.station_id in expected]
-        collecting = self.bids.open(request.auction_id, expected)
-        if expected:
-            # Buffered, not awaited on the wire: the caller creates the record while stations bid.
-            await self.nc.publish(subjects.auction_request(self.org), encode(request),
-                                  reply=self.bids.reply_to(request.auction_id))
+            return request, eligible
+        bidders = self._sample(eligible, record.work_id)
+        collecting = self.bids.open(request.auction_id, {s.station_id for s in bidders}, perfect_score(req))
+        if not bidders:
+            return request, collecting
+        # Buffered, not awaited on the wire: the caller creates the record while stations bid.
+        data, reply = encode(request), self.bids.reply_to(request.auction_id)
+        if len(bidders) < len(stations):
+            for station in bidders:
+                await self.nc.publish(subjects.station_auction(self.org, station.station_id), data, reply=reply)
+        else:
+            await self.nc.publish(subjects.auction_request(self.org), data, reply=reply)
         return request, collecting
+
+    def _sample(self, eligible: list[StationRecord], work_id: str) -> list[StationRecord]:
+        """The ``max_bidders`` least loaded eligible stations; equal ones in an order that differs per work item,
+        so that a large idle lattice shares the work."""
+        k = self.config.max_bidders
+        if k is None or len(eligible) <= k:
+            return eligible
+
+        def key(s: StationRecord) -> tuple[float, str]:
+            beat, count = self._assigned.get(s.station_id, (None, 0))
+            load = s.load + (count if beat == s.last_heartbeat else 0)
+            tiebreak = hashlib.blake2b(f"{work_id}/{s.station_id}".encode(), digest_size=8).hexdigest()
+            return load / max(s.capacity, 1), tiebreak
+
+        return sorted(eligible, key=key)[:k]
+
+    def _count_assignment(self, station_id: str) -> None:
+        record = self.directory.records.get(station_id) if self.directory is not None else None
+        if record is None:
+            return
+        beat, count = self._assigned.get(station_id, (None, 0))
+        self._assigned[station_id] = (record.last_heartbeat, count + 1 if beat == record.last_heartbeat else 1)
 
     async def _conclude(self, versioned: Versioned, auction: tuple[AuctionRequest, object]) -> Versioned:
         request, handle = auction
         self.auctions += 1
         if isinstance(handle, list):  # first available: rank by free capacity from the registry
             ranked = sorted(handle, key=lambda s: (-(s.capacity - s.load) / max(s.capacity, 1), s.station_id))
-            candidates = [s.station_id for s in ranked]
-        else:
-            bids = await self.bids.close(request.auction_id, handle, self.config.deadline_s)  # type: ignore[arg-type]
-            self.close_times_s.append(time.perf_counter() - handle.opened)  # type: ignore[attr-defined]
+            return await self._assign(versioned, [s.station_id for s in ranked]) if ranked else \
+                await self._unschedulable(versioned)
+        collecting: _Collecting = handle  # type: ignore[assignment]
+        work_id = versioned.record.work_id
+        try:
+            bids = await self.bids.close(request.auction_id, collecting, self.config.deadline_s)
+            self.close_times_s.append(time.perf_counter() - collecting.opened)
             self.last_bid_counts.append(len(bids))
-            candidates = [b.station_id for b in scoring.rank(bids, versioned.record.work_id)]
-        if not candidates:
-            return await self._unschedulable(versioned)
-        return await self._assign(versioned, candidates)
+
+            async def late_bids() -> list[str]:
+                return [b.station_id for b in scoring.rank(
+                    await self.bids.rest(request.auction_id, collecting, self.config.deadline_s), work_id)]
+
+            candidates = [b.station_id for b in scoring.rank(bids, work_id)]
+            if not candidates:
+                candidates = await late_bids()
+            if not candidates:
+                return await self._unschedulable(versioned)
+            return await self._assign(versioned, candidates, late_bids)
+        finally:
+            self.bids.cancel(request.auction_id)
 
     async def _unschedulable(self, versioned: Versioned) -> Versioned:
         req = requirements(versioned.record.spec)
@@ -254,10 +332,22 @@ class Auctioneer:
         await self.store.emit("work", "unschedulable", result.record)
         return result
 
-    async def _assign(self, versioned: Versioned, candidates: list[str]) -> Versioned:
+    async def _assign(self, versioned: Versioned, candidates: list[str],
+                      more: Callable[[], Awaitable[list[str]]] | None = None) -> Versioned:
+        """Assign to the best candidate that accepts. If all refuse and the auction closed early (a perfect
+        bid), the bids that came later are tried too."""
         current = versioned
         first = True
-        for station_id in candidates:
+        queue = deque(candidates)
+        tried: set[str] = set()
+        while queue or more is not None:
+            if not queue:
+                assert more is not None
+                queue.extend(s for s in await more() if s not in tried)
+                more = None
+                continue
+            station_id = queue.popleft()
+            tried.add(station_id)
             attempt_id = uuid.uuid4().hex[:16]
             bump = first
 
@@ -277,10 +367,13 @@ class Auctioneer:
                 return latest or current
             first = False
             current = assigned
+            self._count_assignment(station_id)
             await self.store.emit("work", "assigned", assigned.record)
             if await self._hand_over(assigned):
                 return current
             log.info("work %s: station %s did not accept; trying the next bid", current.record.work_id, station_id)
+        if first:  # nobody was assigned (every late bid declined)
+            return await self._unschedulable(current)
         return await self._back_to_pending(current, "no bidder accepted the assignment")
 
     async def _hand_over(self, assigned: Versioned) -> bool:

@@ -47,7 +47,9 @@ class Operator:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+                raise AssertionError(f"the operator did not stop within 20s of SIGTERM: {self.output()}") from None
+            finally:
+                self.log.close()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]

@@ -1,0 +1,202 @@
+"""Stations on a real nats-server in operator mode, each org in its own account:
+
+* a station with nothing but its least-privilege creds runs the real runtime end to end (presence, agents,
+  invoke, auction, async work with progress, events, a large result in the object store, drain) and the server
+  refuses it nothing;
+* it cannot see another org's subjects or state;
+* it cannot speak or write as another station of its own org, nor read that station's requests or replies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats.errors
+import pytest
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+
+from station_runtime.api.models import WorkItemSpec
+from station_runtime.client import LatticeClient
+from station_runtime.contract import subjects
+from station_runtime.contract.messages import WorkPhase, WorkProgress, WorkRecord
+from station_runtime.natsauth import OrgAccount, Permissions, Tenancy, prepare_org_state, station_inbox_prefix
+from station_runtime.natsio.connect import NatsSettings
+from station_runtime.natsio.embedded import EmbeddedNats
+from station_runtime.natsio.state import StateLimits
+from station_runtime.station.runtime import Station
+from station_runtime.station.settings import StationSettings
+from station_runtime.work.auction import AuctionConfig
+from station_runtime.work.controller import WorkController
+from tests.natsauth.conftest import connected, server_log_since, write_creds
+from tests.support.lattice import echo_agent
+from tests.support.work import FAST, event_types
+
+pytestmark = pytest.mark.timeout(90)
+
+LIMITS = StateLimits(presence_ttl_s=1.5)
+ORG_A, ORG_B = "orga", "orgb"
+
+
+@pytest.fixture
+async def org_a(tenancy: Tenancy, server: EmbeddedNats) -> AsyncIterator[OrgAccount]:
+    account = await tenancy.ensure_org(ORG_A)
+    async with connected(server.url, tenancy.issue_admin_creds(account)) as (nc, _):
+        await prepare_org_state(nc, ORG_A, LIMITS)
+    yield account
+
+
+@pytest.fixture
+async def org_b(tenancy: Tenancy, server: EmbeddedNats) -> AsyncIterator[OrgAccount]:
+    account = await tenancy.ensure_org(ORG_B)
+    async with connected(server.url, tenancy.issue_admin_creds(account)) as (nc, _):
+        state = await prepare_org_state(nc, ORG_B, LIMITS)
+        await state.work.put("secret-work", b"org b only")
+    yield account
+
+
+async def test_a_least_privilege_station_runs_the_whole_runtime(
+        server: EmbeddedNats, tenancy: Tenancy, org_a: OrgAccount, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    log_offset = server.log_path.stat().st_size
+    admin = NatsSettings(url=server.url, creds_file=write_creds(tmp_path / "admin.creds",
+                                                                tenancy.issue_admin_creds(org_a)))
+    station_nats = NatsSettings(url=server.url,
+                                creds_file=write_creds(tmp_path / "s1.creds", tenancy.issue_station_creds(org_a, "s1")),
+                                inbox_prefix=station_inbox_prefix("s1"))
+    big = "x" * 200_000
+    progress: list[WorkProgress] = []
+
+    async def on_progress(update: WorkProgress | WorkRecord) -> None:
+        if isinstance(update, WorkProgress):
+            progress.append(update)
+
+    async with LatticeClient(admin, ORG_A, create_state=True, limits=LIMITS) as client, \
+            WorkController(admin, ORG_A, policy=FAST, interval_s=0.2, limits=LIMITS,
+                           auction=AuctionConfig(deadline_s=0.5, assign_timeout_s=2.0)):
+        await client.put_agent(echo_agent("echo", prefix="done: "))
+        await client.put_agent(echo_agent("slow", delaySeconds=0.6, steps=3))
+        station = Station(StationSettings(org=ORG_A, station_id="s1", nats=station_nats, heartbeat_interval_s=0.5,
+                                          drain_timeout_s=5.0))
+        await station.start()
+        try:
+            await client.wait_for_stations(1, agent="slow", timeout_s=10)
+            # Synchronous invoke: request on its own subject, reply through allow_responses.
+            assert (await client.invoke("hi", agent="echo", timeout_s=5)).output == "done: hi"
+            # Async work: auction bid (reply), assignment (reply), CAS on the record, progress, events.
+            slow = await client.submit(WorkItemSpec(agent="slow", input="x"))
+            slow_final = await client.wait_work(slow.work_id, timeout_s=15, on_progress=on_progress)
+            # A large result goes to the object store.
+            large = await client.submit(WorkItemSpec(agent="echo", input=big))
+            large_final = await client.wait_work(large.work_id, timeout_s=15)
+            assert large_final.phase == WorkPhase.SUCCEEDED and large_final.result_ref
+            assert await client.result(large_final) == "done: " + big
+        finally:
+            await station.stop("test over")
+        assert slow_final.phase == WorkPhase.SUCCEEDED and slow_final.result == "x"
+        assert [p.percent for p in progress][-1] == 100.0
+        events = await event_types(client, slow.work_id)
+        assert {"work.started", "work.progress", "work.succeeded"} <= set(events)
+        assert [e.short_type async for e in client.events(category="station")] == ["station.joined", "station.left"]
+        assert await client.stations() == []  # goodbye deleted its own presence record
+    assert station.events is not None and station.events.failures == 0
+    assert station.work is not None and station.work.completed == 2 and station.work.rejected == 0
+    # The server refused it nothing, and no client saw an error.
+    assert "Violation" not in server_log_since(server, log_offset)
+    assert not [r for r in caplog.records if "violation" in r.getMessage().lower()]
+
+
+async def test_a_station_cannot_see_another_orgs_subjects_or_state(
+        server: EmbeddedNats, tenancy: Tenancy, org_a: OrgAccount, org_b: OrgAccount) -> None:
+    station_creds = tenancy.issue_station_creds(org_a, "s1")
+    async with connected(server.url, station_creds, inbox_prefix="_INBOX_s1") as (station, observed), \
+            connected(server.url, tenancy.issue_admin_creds(org_b)) as (admin_b, _):
+        # Its permissions do not name org B's subjects or buckets: refused by the server.
+        await station.subscribe(subjects.org_root(ORG_B) + ".>")
+        await observed.wait_for('subscription to "lattice.v1.orgb.>"')
+        with pytest.raises(nats.errors.TimeoutError):
+            await station.jetstream(timeout=0.5).key_value(subjects.bucket(ORG_B, "work"))
+        await observed.wait_for("publish to \"$js.api.stream.info.kv_lattice-orgb-work\"")
+    # Even a user of org A with every permission sees nothing of org B: they are separate accounts.
+    unrestricted = tenancy.authority.issue_user_creds(org_a, "probe", Permissions.unrestricted())
+    async with connected(server.url, unrestricted) as (probe, _), \
+            connected(server.url, tenancy.issue_admin_creds(org_b)) as (admin_b, _):
+        seen = await probe.subscribe(">")
+        await admin_b.publish(subjects.auction_request(ORG_B), b"org b auction")
+        await admin_b.publish(subjects.presence(ORG_B, "heartbeat"), b"org b beat")
+        # Fence: once B's flush returns, the server has routed B's messages; A's flush then returns after anything
+        # routed to A.
+        await admin_b.flush()
+        await probe.flush()
+        assert seen.pending_msgs == 0
+        with pytest.raises(BucketNotFoundError):
+            await probe.jetstream(timeout=1).key_value(subjects.bucket(ORG_B, "work"))
+        names = [s.config.name for s in await probe.jetstream().streams_info()]
+        assert names and all(ORG_A in name for name in names) and not any(ORG_B in name for name in names)
+
+
+async def test_a_station_cannot_speak_or_write_as_another_station(
+        server: EmbeddedNats, tenancy: Tenancy, org_a: OrgAccount) -> None:
+    async with connected(server.url, tenancy.issue_station_creds(org_a, "s1"), inbox_prefix="_INBOX_s1") as (
+            s1, observed), connected(server.url, tenancy.issue_admin_creds(org_a)) as (admin, _):
+        to_s2 = await admin.subscribe(subjects.agent_invoke(ORG_A, "s2").replace(".agent.invoke", ".>"))
+        beats = await admin.subscribe(subjects.presence_all(ORG_A))
+        await admin.flush()
+        # Publishing on s2's subjects is refused and nothing is delivered; its own broadcasts still flow.
+        await s1.publish(subjects.work_assign(ORG_A, "s2"), b"forged assignment")
+        await s1.publish(subjects.agent_invoke(ORG_A, "s2"), b"forged invoke")
+        await s1.publish(subjects.presence(ORG_A, "heartbeat"), b"s1 beat")
+        assert (await beats.next_msg(timeout=5)).data == b"s1 beat"  # after the forgeries on the same connection
+        assert to_s2.pending_msgs == 0
+        await observed.wait_for('publish to "lattice.v1.orga.station.s2.work.assign"')
+        await observed.wait_for('publish to "lattice.v1.orga.station.s2.agent.invoke"')
+
+        # Presence records: s1 writes its own key, not s2's.
+        admin_kv = await admin.jetstream().key_value(subjects.bucket(ORG_A, "stations"))
+        await admin_kv.put("s2", b"the real s2")
+        s1_kv = await s1.jetstream(timeout=0.5).key_value(subjects.bucket(ORG_A, "stations"))
+        assert await s1_kv.put("s1", b"me") > 0
+        with pytest.raises(nats.errors.TimeoutError):
+            await s1_kv.put("s2", b"forged s2")
+        with pytest.raises(nats.errors.TimeoutError):
+            await s1_kv.delete("s2")
+        await observed.wait_for('publish to "$kv.lattice-orga-stations.s2"')
+        assert (await admin_kv.get("s2")).value == b"the real s2"
+        # Nor can it read s2's record through the direct-get API (its own key only).
+        with pytest.raises(nats.errors.TimeoutError):
+            await s1_kv.get("s2")
+        # Agent definitions are read-only for stations.
+        agents = await s1.jetstream(timeout=0.5).key_value(subjects.bucket(ORG_A, "agents"))
+        with pytest.raises(nats.errors.TimeoutError):
+            await agents.put("evil", b"{}")
+        # No stream may be created, changed or deleted.
+        with pytest.raises(nats.errors.TimeoutError):
+            await s1.jetstream(timeout=0.5).delete_stream(f"KV_{subjects.bucket(ORG_A, 'work')}")
+        assert "$js.api.stream.delete" in await observed.wait_for("stream.delete")
+
+
+async def test_a_station_cannot_listen_to_another_station_or_its_replies(
+        server: EmbeddedNats, tenancy: Tenancy, org_a: OrgAccount) -> None:
+    async with connected(server.url, tenancy.issue_station_creds(org_a, "s1"), inbox_prefix="_INBOX_s1") as (
+            s1, observed), \
+            connected(server.url, tenancy.issue_station_creds(org_a, "s2"), inbox_prefix="_INBOX_s2") as (s2, _), \
+            connected(server.url, tenancy.issue_admin_creds(org_a)) as (admin, _):
+        snooped = ("lattice.v1.orga.station.s2.>", "_INBOX_s2.>", "_INBOX.>", "lattice.v1.orga.>", ">")
+        snoops = [await s1.subscribe(subject) for subject in snooped]
+        for subject in snooped:
+            await observed.wait_for(f'subscription to "{subject}"')
+        # Traffic that a snoop would catch: a request to s2, s2's JetStream replies, the admin's replies.
+        s2_requests = await s2.subscribe(subjects.work_assign(ORG_A, "s2"))
+        await s2.flush()
+        await admin.publish(subjects.work_assign(ORG_A, "s2"), b"assignment for s2")
+        await s2.jetstream().key_value(subjects.bucket(ORG_A, "work"))
+        await admin.jetstream().key_value(subjects.bucket(ORG_A, "work"))
+        assert (await s2_requests.next_msg(timeout=5)).data == b"assignment for s2"
+        await admin.flush()
+        await s1.flush()
+        assert all(sub.pending_msgs == 0 for sub in snoops)
+        # A request to s2 from s1 is refused as well (a timeout, not "no responders").
+        with pytest.raises(nats.errors.TimeoutError):
+            await s1.request(subjects.agent_invoke(ORG_A, "s2"), b"{}", timeout=0.5)
