@@ -54,6 +54,10 @@ from .work.store import Versioned, WorkStore
 log = logging.getLogger(__name__)
 
 
+#: How long a waiter that got the outcome pushed waits for the writer's completion notification.
+NOTIFICATION_GRACE_S = 0.25
+
+
 class LatticeError(Exception):
     """A lattice operation failed in a way the user should be told about."""
 
@@ -313,9 +317,9 @@ class LatticeClient:
                         on_progress: Callable[[WorkProgress | WorkRecord], Awaitable[None]] | None = None,
                         poll_s: float = 2.0) -> WorkRecord:
         """Wait until the work is finished. The server pushes every stored version of the record
-        (``work.{id}.record``), so the outcome arrives without another read; progress and completion
-        notifications count too. The record is re-read every ``poll_s`` as well, so a missed message (NATS
-        restarted) costs a delay, never a hang."""
+        (``work.{id}.record``), so the outcome needs no read of its own; the writer's completion notification
+        (sent once its events are out) confirms it. The record is re-read every ``poll_s`` as well, so a missed
+        message (NATS restarted) costs a delay, never a hang."""
         store = await self.work_store()
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
@@ -324,6 +328,8 @@ class LatticeClient:
         latest: Versioned | None = None
         reported: WorkRecord | None = None
         read = True
+        #: Whether a terminal record may be returned: it was read, or its writer's notification came.
+        confirmed = False
         try:
             while True:
                 if read:
@@ -331,33 +337,38 @@ class LatticeClient:
                     if found is None:
                         raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
                     latest = _newer(latest, found)
-                    read = False
+                    read, confirmed = False, True
                 assert latest is not None
                 record = latest.record
                 if on_progress is not None and (reported is None or record.updated_at != reported.updated_at):
                     await on_progress(record)
                 reported = record
-                if record.phase.terminal:
+                if record.phase.terminal and confirmed:
                     return record
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     raise LatticeError(f"work {work_id} still {record.phase} after {timeout_s}s")
+                # A pushed outcome waits briefly for its notification: the writer's events are stored by then.
+                wait_s = NOTIFICATION_GRACE_S if record.phase.terminal else poll_s
                 try:
-                    msg = await asyncio.wait_for(queue.get(), min(poll_s, remaining or poll_s))
+                    msg = await asyncio.wait_for(queue.get(), min(wait_s, remaining or wait_s))
                 except TimeoutError:
-                    read = True
+                    read = not record.phase.terminal
+                    confirmed = True
                     continue
                 kind = msg.subject.rsplit(".", 1)[-1]
                 if kind == "record":
                     pushed = store.pushed(msg.headers, msg.data)
-                    latest = _newer(latest, pushed) if pushed is not None else latest
+                    if pushed is not None and pushed.revision > latest.revision:
+                        latest, confirmed = pushed, False
                     read = pushed is None
                 elif kind == "progress":
                     if on_progress is not None:
                         with contextlib.suppress(DecodeError):
                             await on_progress(decode(msg.data, WorkProgress))
                 else:  # complete or failed: the pushed record normally came first; read if it did not
-                    read = True
+                    confirmed = True
+                    read = not record.phase.terminal
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

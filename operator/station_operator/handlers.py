@@ -18,7 +18,7 @@ from station_runtime.contract.codec import encode
 from . import builders, kube
 from .conditions import condition, merge
 from .config import OperatorSettings
-from .lattice import Lattice, NoAuth, OrgRuntime
+from .lattice import Auth, Lattice, NoAuth, OrgRuntime
 from .orgs import OrgError, resolve_org
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     settings.background.instant_exit_timeout = 1.0
     settings.process.ultimate_exiting_timeout = 60
     cfg = OperatorSettings.from_env()
+    auth: Auth
     if cfg.auth == "jwt":
         from .auth import JwtAuth
 
@@ -134,7 +135,8 @@ async def station_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_
     cfg = _lattice(memo).settings
     namespace = body["metadata"]["namespace"]
     children: list[dict[str, Any]] = [builders.service_account(station, runtime.org)]
-    creds = await _lattice(memo).auth.station_creds(runtime.org, builders.station_ids(station))
+    existing = await kube.read_secret(namespace, builders.creds_secret_name(station))
+    creds = await _lattice(memo).auth.station_creds(runtime.org, builders.station_ids(station), existing)
     if creds is not None:
         children.append(builders.creds_secret(station, runtime.org, creds))
     pod = builders.StationPodConfig(image=cfg.station_image, nats_url=cfg.station_nats_url,

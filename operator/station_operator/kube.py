@@ -148,3 +148,19 @@ async def delete_custom(plural: str, namespace: str, name: str) -> None:
                 raise
 
     await asyncio.to_thread(delete)
+
+
+async def apply_config_map(namespace: str, name: str, data: dict[str, str]) -> None:
+    def write() -> None:
+        core = client.CoreV1Api(api())
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "ConfigMap",
+                                "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "station-lattice"}},
+                                "data": data}
+        try:
+            core.create_namespaced_config_map(namespace, body)  # type: ignore[arg-type]
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            core.patch_namespaced_config_map(name, namespace, body)
+
+    await asyncio.to_thread(write)

@@ -17,6 +17,7 @@ from station_runtime.client import LatticeClient
 from station_runtime.contract.codec import decode
 from station_runtime.contract.errors import DecodeError
 from station_runtime.contract.messages import StationRecord, WorkRecord
+from station_runtime.natsauth import prepare_org_state
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.state import StateLimits
 from station_runtime.work.controller import WorkController
@@ -33,7 +34,10 @@ class Auth(Protocol):
 
     async def admin_settings(self, org: str) -> NatsSettings: ...
 
-    async def station_creds(self, org: str, station_ids: list[str]) -> dict[str, str] | None: ...
+    async def station_creds(self, org: str, station_ids: list[str],
+                            existing: dict[str, str] | None = None) -> dict[str, str] | None: ...
+
+    async def close(self) -> None: ...
 
 
 class NoAuth:
@@ -45,7 +49,11 @@ class NoAuth:
     async def admin_settings(self, org: str) -> NatsSettings:
         return self.base
 
-    async def station_creds(self, org: str, station_ids: list[str]) -> dict[str, str] | None:
+    async def station_creds(self, org: str, station_ids: list[str],
+                            existing: dict[str, str] | None = None) -> dict[str, str] | None:
+        return None
+
+    async def close(self) -> None:
         return None
 
 
@@ -173,6 +181,9 @@ class Lattice:
             client = LatticeClient(nats_settings, org, create_state=True, limits=limits)
             await client.connect()
             await client.state()
+            assert client.nc is not None
+            # The admin creates every stream the org's stations use (station users may not create streams).
+            await prepare_org_state(client.nc, org, limits)
             controller = WorkController(nats_settings, org, policy=WitnessPolicy(),
                                         interval_s=self.settings.witness_interval_s, limits=limits, name="operator")
             await controller.start()
@@ -189,3 +200,4 @@ class Lattice:
             await runtime.controller.stop()
             await runtime.client.close()
         self.orgs.clear()
+        await self.auth.close()

@@ -680,6 +680,26 @@ def operator_run(
              liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None)
 
 
+auth_app = typer.Typer(help="NATS decentralized auth (JWT mode) for Kubernetes.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
+
+
+@auth_app.command("bootstrap")
+def auth_bootstrap(
+    namespace: Annotated[str, typer.Option("--namespace", "-n", envvar="LATTICE_OPERATOR_NAMESPACE",
+                                           help="The operator's namespace.")],
+    resolver_dir: Annotated[str, typer.Option("--resolver-dir", help="The resolver's directory in the NATS "
+                                              "pod.")] = "/data/jwt",
+) -> None:
+    """Create, once, the operator and system-account keys (Secret lattice-nats-operator) and write the NATS
+    resolver config (ConfigMap lattice-nats-resolver). Idempotent; never prints a key."""
+    from station_operator.auth import OPERATOR_SECRET, RESOLVER_CONFIGMAP, bootstrap
+
+    created, operator = asyncio.run(bootstrap(namespace, resolver_dir=resolver_dir))
+    console.print(f"{'created' if created else 'kept'} Secret {namespace}/{OPERATOR_SECRET} (operator {operator}); "
+                  f"wrote ConfigMap {namespace}/{RESOLVER_CONFIGMAP}", highlight=False)
+
+
 @app.command()
 def demo(
     invocations: Annotated[int, typer.Option("--invocations", "-n", min=1, max=10_000)] = 20,

@@ -15,6 +15,7 @@ User keys are made fresh for every set of credentials and leave only inside the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ class OperatorKeys:
     system_account: KeyPair
     signing_key: KeyPair | None = None
     name: str = DEFAULT_OPERATOR_NAME
+    #: ``iat`` of the operator and system account JWTs (unix seconds). Fixed when the keys are made, so that the
+    #: server config rendered from the same keys is the same text on every operator start (no needless reload).
+    issued_at: int | None = None
 
     def __post_init__(self) -> None:
         for key, role in ((self.operator, KeyRole.OPERATOR), (self.system_account, KeyRole.ACCOUNT),
@@ -66,7 +70,8 @@ class OperatorKeys:
     @classmethod
     def generate(cls, name: str = DEFAULT_OPERATOR_NAME, *, with_signing_key: bool = False) -> OperatorKeys:
         return cls(operator=KeyPair.generate(KeyRole.OPERATOR), system_account=KeyPair.generate(KeyRole.ACCOUNT),
-                   signing_key=KeyPair.generate(KeyRole.OPERATOR) if with_signing_key else None, name=name)
+                   signing_key=KeyPair.generate(KeyRole.OPERATOR) if with_signing_key else None, name=name,
+                   issued_at=int(time.time()))
 
     def to_secret_data(self) -> dict[str, str]:
         """String data for a Kubernetes Secret: seeds (secret) and public keys (for humans and consistency)."""
@@ -74,15 +79,21 @@ class OperatorKeys:
                 **_key_to_data("system-account", self.system_account)}
         if self.signing_key is not None:
             data.update(_key_to_data("operator-signing-key", self.signing_key))
+        if self.issued_at is not None:
+            data["issued-at"] = str(self.issued_at)
         return data
 
     @classmethod
     def from_secret_data(cls, data: Mapping[str, str]) -> OperatorKeys:
         signing = (_key_from_data(data, "operator-signing-key", KeyRole.OPERATOR)
                    if "operator-signing-key-seed" in data else None)
+        issued_at = data.get("issued-at")
+        if issued_at is not None and not issued_at.isdigit():
+            raise ValueError("secret data issued-at must be unix seconds")
         return cls(operator=_key_from_data(data, "operator", KeyRole.OPERATOR),
                    system_account=_key_from_data(data, "system-account", KeyRole.ACCOUNT),
-                   signing_key=signing, name=data.get("operator-name", DEFAULT_OPERATOR_NAME))
+                   signing_key=signing, name=data.get("operator-name", DEFAULT_OPERATOR_NAME),
+                   issued_at=int(issued_at) if issued_at is not None else None)
 
 
 @dataclass(frozen=True)
@@ -110,13 +121,15 @@ class OrgAccount:
 
 
 class OrgAuthority:
-    """Signs for one operator. The operator and system account JWTs are made once, at construction.
+    """Signs for one operator. The operator and system account JWTs are made once, at construction, with
+    ``iat = keys.issued_at`` (or ``now``); org accounts and users get the current time.
 
     Users are signed by their account's identity key, so the operator JWT never asks for strict signing-key
     usage (under it the server accepts only users signed by account signing keys)."""
 
     def __init__(self, keys: OperatorKeys, *, now: int | None = None) -> None:
         self.keys = keys
+        now = keys.issued_at if now is None else now
         signing_keys = [keys.signing_key.public_key] if keys.signing_key else []
         self.operator_jwt = jwt.issue(claims.operator_claims(
             keys.operator.public_key, keys.name, keys.system_account.public_key, signing_keys=signing_keys),

@@ -194,20 +194,17 @@ def station_permissions(org: str, station_id: str) -> Permissions:
         # Presence bucket: bind + status (reads the TTL); direct get of its own key after a CAS conflict.
         f"{api}.STREAM.INFO.{kv_stream(stations)}",
         f"{api}.DIRECT.GET.{kv_stream(stations)}.$KV.{stations}.{me}",
-        # Agents bucket: bind; the live watch (ordered push consumer: create, info, flow control); direct get
-        # (reveals nothing the watch does not).
+        # Agents bucket: bind; the live watch, an ordered push consumer: create (nats-py 2.16 uses the form
+        # without consumer name), read its pending count, answer flow control when a watch moves a lot of data.
         f"{api}.STREAM.INFO.{kv_stream(agents)}",
         f"{api}.CONSUMER.CREATE.{kv_stream(agents)}",
-        f"{api}.CONSUMER.CREATE.{kv_stream(agents)}.>",
         f"{api}.CONSUMER.INFO.{kv_stream(agents)}.*",
-        f"{api}.DIRECT.GET.{kv_stream(agents)}.>",
         f"$JS.FC.{kv_stream(agents)}.>",
-        # Work bucket: bind; direct get of a record; listing all records on start (propulsion: an ordered
-        # consumer); flow control of that consumer.
+        # Work bucket: bind; direct get of a record (re-read after a CAS conflict or an outage); listing all
+        # records on start (propulsion: an ordered consumer, as for agents).
         f"{api}.STREAM.INFO.{kv_stream(work)}",
         f"{api}.DIRECT.GET.{kv_stream(work)}.>",
         f"{api}.CONSUMER.CREATE.{kv_stream(work)}",
-        f"{api}.CONSUMER.CREATE.{kv_stream(work)}.>",
         f"{api}.CONSUMER.INFO.{kv_stream(work)}.*",
         f"$JS.FC.{kv_stream(work)}.>",
         # Events stream: the existence check when it opens the org's state (publishing is the subject above).

@@ -170,8 +170,11 @@ def test_operator_keys_round_trip_through_secret_data() -> None:
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in data.items())
     assert set(data) == {"operator-name", "operator-seed", "operator-public-key", "system-account-seed",
                          "system-account-public-key", "operator-signing-key-seed",
-                         "operator-signing-key-public-key"}
+                         "operator-signing-key-public-key", "issued-at"}
     assert OperatorKeys.from_secret_data(data) == keys
+    # The same keys render the same server config on every start.
+    restored = OrgAuthority(OperatorKeys.from_secret_data(data))
+    assert restored.server_config("/d") == OrgAuthority(keys).server_config("/d")
     assert keys.operator.seed not in repr(keys) and keys.system_account.seed not in repr(keys)
     with pytest.raises(ValueError, match="does not belong"):
         OperatorKeys.from_secret_data({**data, "operator-public-key": KeyPair.generate(KeyRole.OPERATOR).public_key})

@@ -15,20 +15,28 @@ from pathlib import Path
 
 import nats.errors
 import pytest
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import BucketNotFoundError
 
 from station_runtime.api.models import WorkItemSpec
 from station_runtime.client import LatticeClient
 from station_runtime.contract import subjects
 from station_runtime.contract.messages import WorkPhase, WorkProgress, WorkRecord
-from station_runtime.natsauth import OrgAccount, Permissions, Tenancy, prepare_org_state, station_inbox_prefix
+from station_runtime.natsauth import (
+    OrgAccount,
+    Permissions,
+    Tenancy,
+    prepare_org_state,
+    results_bucket,
+    station_inbox_prefix,
+)
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.embedded import EmbeddedNats
-from station_runtime.natsio.state import StateLimits
+from station_runtime.natsio.state import OrgState, StateLimits, read_all
 from station_runtime.station.runtime import Station
 from station_runtime.station.settings import StationSettings
 from station_runtime.work.auction import AuctionConfig
 from station_runtime.work.controller import WorkController
+from station_runtime.work.store import WorkStore, encode_payload
 from tests.natsauth.conftest import connected, server_log_since, write_creds
 from tests.support.lattice import echo_agent
 from tests.support.work import FAST, event_types
@@ -200,3 +208,32 @@ async def test_a_station_cannot_listen_to_another_station_or_its_replies(
         # A request to s2 from s1 is refused as well (a timeout, not "no responders").
         with pytest.raises(nats.errors.TimeoutError):
             await s1.request(subjects.agent_invoke(ORG_A, "s2"), b"{}", timeout=0.5)
+
+
+async def test_the_recovery_paths_of_a_station_are_allowed_too(
+        server: EmbeddedNats, tenancy: Tenancy, org_a: OrgAccount) -> None:
+    """What a station does off the happy path: re-read its presence record and a work record after a CAS
+    conflict, replace a large result (a re-run attempt purges the old chunks), report a failure, and list many
+    large records on start."""
+    log_offset = server.log_path.stat().st_size
+    async with connected(server.url, tenancy.issue_station_creds(org_a, "s1"), inbox_prefix="_INBOX_s1") as (
+            s1, observed), connected(server.url, tenancy.issue_admin_creds(org_a)) as (admin, _):
+        admin_state = await OrgState.open(admin, ORG_A, LIMITS, create=False)
+        chunk = b"r" * 60_000
+        for i in range(200):
+            await admin_state.work.put(f"w{i}", chunk)
+        state = await OrgState.open(s1, ORG_A, LIMITS)  # as the station opens it (create=True)
+        await state.stations.create("s1", b"me")
+        assert (await state.stations.get("s1")).value == b"me"
+        assert (await state.work.get("w1")).value == chunk
+        assert len(await read_all(state.work)) == 200
+        store = WorkStore(state)
+        for attempt in ("first", "second"):
+            _, ref = await store.store_result("w1", attempt * 40_000)
+            assert ref
+        stored = await (await admin.jetstream().object_store(results_bucket(ORG_A))).get("w1")
+        assert stored.data == encode_payload("second" * 40_000)
+        await s1.publish(subjects.work_update(ORG_A, "w1", "failed"), b"{}")
+        await s1.flush()
+    assert observed.violations() == []
+    assert "Violation" not in server_log_since(server, log_offset)

@@ -1,0 +1,120 @@
+"""JWT mode end to end: one NATS account per org pushed by the operator, one least-privilege user per station;
+two orgs work side by side and a station of one cannot see the other's work."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from kubernetes import client
+
+from station_runtime.api.models import GROUP, VERSION
+from station_runtime.natsio.embedded import EmbeddedNats
+from tests.support.kube_fixtures import KubeCluster
+from tests.support.waiting import wait_sync
+
+from .test_operator_e2e import MANIFESTS, Operator, apply, condition, crds, get  # noqa: F401
+
+pytestmark = [pytest.mark.k8s, pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def jwt_lattice(kube_cluster: KubeCluster, crds: Any, tmp_path: Path) -> Iterator[tuple[str, str, list[str]]]:  # noqa: F811
+    """An operator namespace bootstrapped with keys, a nats-server in operator mode trusting them, two org
+    namespaces; yields (nats url, operator namespace, org namespaces)."""
+    with kube_cluster.namespace("lattice-system") as system, kube_cluster.namespace("org-a") as a, \
+            kube_cluster.namespace("org-b") as b:
+        env = {**os.environ, "KUBECONFIG": str(kube_cluster.kubeconfig)}
+        resolver = tmp_path / "jwt"
+        out = subprocess.run([sys.executable, "-m", "station_runtime", "auth", "bootstrap", "-n", system,
+                              "--resolver-dir", str(resolver)], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "created Secret" in out.stdout and "SEED" not in out.stdout.upper()
+        again = subprocess.run([sys.executable, "-m", "station_runtime", "auth", "bootstrap", "-n", system,
+                                "--resolver-dir", str(resolver)], env=env, capture_output=True, text=True, timeout=60)
+        assert "kept Secret" in again.stdout  # idempotent: keys are never replaced
+        config = client.CoreV1Api(crds).read_namespaced_config_map("lattice-nats-resolver", system)
+        server = EmbeddedNats(tmp_path / "nats", sync_always=False, extra_config=config.data["resolver.conf"])
+        asyncio.run(server.start())
+        try:
+            yield server.url, system, [a, b]
+        finally:
+            asyncio.run(server.stop())
+
+
+def test_two_orgs_run_isolated_in_their_own_accounts(crds: Any, kube_cluster: KubeCluster,  # noqa: F811
+                                                     jwt_lattice: tuple[str, str, list[str]], tmp_path: Path) -> None:
+    url, system, orgs = jwt_lattice
+    op = Operator(kube_cluster.kubeconfig, url, orgs[0], tmp_path / "operator.log")
+    op.argv += ["-n", orgs[1]]
+    op.env.update({"LATTICE_AUTH": "jwt", "LATTICE_OPERATOR_NAMESPACE": system})
+    op.start()
+    try:
+        for org in orgs:
+            apply(crds, org, MANIFESTS)
+            apply(crds, org, f"apiVersion: {GROUP}/{VERSION}\nkind: WorkItem\nmetadata: {{name: job}}\n"
+                             f"spec: {{agent: echo, input: 'for {org}'}}\n")
+        for org in orgs:
+            item = wait_sync(lambda org=org: (w := get(crds, org, "workitems", "job"))
+                             and (w.get("status") or {}).get("phase") == "Succeeded" and w, timeout_s=90,
+                             what=f"the WorkItem of {org} (operator log: {op.output()})")
+            assert item["status"]["result"] == f"done: for {org}"
+        secrets = client.CoreV1Api(crds)
+        account_keys = {org: secrets.read_namespaced_secret(f"lattice-org-{org}", system).data["account-public-key"]
+                        for org in orgs}
+        assert account_keys[orgs[0]] != account_keys[orgs[1]]
+        creds_secret = secrets.read_namespaced_secret("worker-nats", orgs[0])
+        creds = base64.b64decode(creds_secret.data["worker-0.creds"]).decode()
+        asyncio.run(_station_of_a_cannot_see_b(url, creds, orgs[0], orgs[1], tmp_path))
+    finally:
+        op.stop()
+    assert "SEED" not in op.output().upper() and "BEGIN NATS USER JWT" not in op.output()
+
+
+async def _station_of_a_cannot_see_b(url: str, creds: str, org_a: str, org_b: str, tmp: Path) -> None:
+    from station_runtime.contract import subjects
+
+    path = tmp / "a.creds"
+    path.write_text(creds)
+    errors: list[Exception] = []
+    two_violations = asyncio.Event()
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+        if sum("permissions violation" in str(e) for e in errors) >= 2:
+            two_violations.set()
+
+    nc = await nats.connect(url, user_credentials=str(path), inbox_prefix="_INBOX_worker-0", error_cb=on_error)
+    try:
+        js = nc.jetstream()
+        # Its own org's work bucket is readable...
+        await js.key_value(subjects.bucket(org_a, "work"))
+        # ...the other org's does not exist in this account at all.
+        with pytest.raises(Exception) as exc:
+            await js.key_value(subjects.bucket(org_b, "work"))
+        assert "not found" in str(exc.value).lower() or isinstance(exc.value, nats.errors.Error)
+        got: list[object] = []
+
+        async def collect(msg: object) -> None:
+            got.append(msg)
+
+        await nc.subscribe(subjects.events_all(org_b), cb=collect)
+        await nc.flush()
+        # Publishing as another station of its own org is refused too.
+        await nc.publish(subjects.work_assign(org_a, "worker-1"), b"{}")
+        await nc.flush()
+        await asyncio.wait_for(two_violations.wait(), 5)  # the server reports violations asynchronously
+    finally:
+        await nc.close()
+    text = " ".join(str(e).lower() for e in errors)
+    assert f"permissions violation for subscription to \"lattice.v1.{org_b.lower()}.events.>\"" in text, text
+    assert f"permissions violation for publish to \"lattice.v1.{org_a.lower()}.station.worker-1" in text, text
+    assert not got
