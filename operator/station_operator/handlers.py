@@ -48,6 +48,9 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     settings.watching.client_timeout = 150
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 30
+    # kopf waits this long for more events of the same object before handling; 0.1 s by default, which is most
+    # of a WorkItem's apply-to-Succeeded time.
+    settings.batching.batch_window = 0.01
     # Timers are resyncs: on SIGTERM cancel them at once instead of waiting for them (kopf's default is to wait).
     settings.background.instant_exit_timeout = 1.0
     settings.process.ultimate_exiting_timeout = 60

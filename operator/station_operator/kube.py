@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from typing import Any
 
 from kubernetes import client, config
@@ -69,12 +70,24 @@ async def ready_replicas(name: str, namespace: str) -> int:
     return await asyncio.to_thread(read)
 
 
+_NAMESPACE_TTL_S = 10.0
+_namespaces: dict[str, tuple[float, dict[str, str]]] = {}
+
+
 async def namespace_labels(namespace: str) -> dict[str, str]:
+    """A namespace's labels (which decide its org), cached for a few seconds: every handler asks."""
+    cached = _namespaces.get(namespace)
+    now = time.monotonic()
+    if cached is not None and now - cached[0] < _NAMESPACE_TTL_S:
+        return cached[1]
+
     def read() -> dict[str, str]:
         ns = client.CoreV1Api(api()).read_namespace(namespace)
         return dict((ns.metadata.labels if ns.metadata else None) or {})
 
-    return await asyncio.to_thread(read)
+    labels = await asyncio.to_thread(read)
+    _namespaces[namespace] = (now, labels)
+    return labels
 
 
 async def read_secret_key(namespace: str, name: str, key: str) -> str | None:
