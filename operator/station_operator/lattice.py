@@ -74,6 +74,8 @@ class WorkItemMirror:
         self.tracked: dict[str, Tracked] = {}
         self._pending: dict[str, WorkRecord] = {}
         self._wake = asyncio.Event()
+        #: A finished record skips the rate limit: users wait for exactly that one.
+        self._urgent = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.patches = 0
 
@@ -99,6 +101,8 @@ class WorkItemMirror:
         if record.work_id in self.tracked:
             self._pending[record.work_id] = record
             self._wake.set()
+            if record.phase.terminal:
+                self._urgent.set()
 
     async def _watch(self) -> None:
         while True:
@@ -129,8 +133,11 @@ class WorkItemMirror:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, {}
+            self._urgent.clear()
             await asyncio.gather(*(self._patch(r) for r in batch.values()), return_exceptions=True)
-            await asyncio.sleep(0.1)  # bounded rate: bursts of progress collapse into one patch
+            # Bounded rate: bursts of progress within 0.1 s collapse into one patch, unless something finished.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent.wait(), 0.1)
 
     async def _patch(self, record: WorkRecord) -> None:
         tracked = self.tracked.get(record.work_id)

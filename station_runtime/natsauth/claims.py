@@ -77,7 +77,7 @@ class AccountLimits:
     payload: int = UNLIMITED
     #: Bytes of message data (the NATS ``data`` limit).
     data: int = UNLIMITED
-    #: Bytes of memory-backed JetStream storage (the lattice's streams are on file; consumers do not count).
+    #: Bytes of memory-backed JetStream storage (the lattice's own streams are all on file).
     mem_storage: int = UNLIMITED
     #: Bytes of file-backed JetStream storage: KV records, events, large results.
     disk_storage: int = UNLIMITED

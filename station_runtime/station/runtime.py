@@ -17,6 +17,7 @@ import signal
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.subscription import Subscription
+from nats.js.errors import BucketNotFoundError
 
 from ..contract import subjects
 from ..contract.messages import StationStatus
@@ -72,7 +73,13 @@ class Station:
             await self._health.start()
         self.nc = await connect(dataclasses.replace(s.nats, name=f"station-{s.org}-{s.station_id}"),
                                 on_reconnect=self._on_reconnect)
-        self.state = await OrgState.open(self.nc, s.org, StateLimits(presence_ttl_s=s.presence_ttl_s))
+        # With creds (JWT mode) a station may not create streams: the operator prepares the org's state first.
+        try:
+            self.state = await OrgState.open(self.nc, s.org, StateLimits(presence_ttl_s=s.presence_ttl_s),
+                                             create=s.nats.creds_file is None)
+        except BucketNotFoundError as exc:
+            raise RuntimeError(f"org {s.org!r} has no lattice state yet: the operator (or `lattice up`) prepares "
+                               "it before stations start; check that it runs for this org") from exc
         self.events = EventPublisher(self.nc, s.org, f"station/{s.station_id}")
         self.presence = Presence(self.nc, self.state.stations, s, self._snapshot)
         if self.state.presence_ttl_s < s.heartbeat_interval_s * 2:

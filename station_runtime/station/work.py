@@ -54,7 +54,9 @@ P = WorkPhase
 PROGRESS_PUBLISH_INTERVAL_S = 0.1
 PROGRESS_RECORD_INTERVAL_S = 1.0
 #: Work that finishes within this long goes Assigned -> Succeeded in one write; longer work records Running.
-QUIET_START_S = 0.05
+#: Zero: only work that finishes without ever waiting (no I/O: a no-op, a cached answer) skips the Running
+#: write; anything that awaits records Running at once, as before.
+QUIET_START_S = 0.0
 
 
 class Superseded(Exception):
@@ -224,7 +226,7 @@ class WorkService:
                                                                last_progress_at=utcnow()))
             run.running_recorded = True
         # Short work never writes Running: Assigned -> Succeeded is one write instead of two. Work still going
-        # after QUIET_START_S records Running (in the background), long before the witness's accept timeout.
+        # after QUIET_START_S records Running (in the background, while the executor runs).
         started = run.current.record if resumed else phases.transition(record, P.RUNNING, last_progress_at=utcnow())
         run.started_at = started.started_at
         await self.store.emit("work", "started", started, resumed=resumed)
@@ -271,7 +273,10 @@ class WorkService:
         await self._finish(run, P.SUCCEEDED, result=result, result_ref=ref, progress_percent=100.0)
 
     async def _record_running_later(self, run: Run) -> None:
-        await asyncio.sleep(QUIET_START_S)
+        # This task first runs once the executor has had to wait: an executor that never waits is done by then
+        # and cancels it, so no Running write.
+        if QUIET_START_S > 0:
+            await asyncio.sleep(QUIET_START_S)
         await self._record_running(run)
 
     async def _record_running(self, run: Run) -> None:

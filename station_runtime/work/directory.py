@@ -78,12 +78,18 @@ class StationDirectory:
         watcher = await self._kv.watchall()
         seen: set[str] = set()
         initial = True
+        task = asyncio.current_task()
         try:
             while True:
                 try:
                     entry = await watcher.updates(timeout=60)
                 except nats.errors.TimeoutError:
                     continue
+                finally:
+                    # Python 3.11's wait_for drops a cancellation that lands as an update arrives: without this
+                    # check, stop() would wait for the next update, or forever on a quiet lattice.
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError
                 if entry is None:
                     if initial:
                         initial = False
