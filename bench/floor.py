@@ -63,8 +63,8 @@ async def run(ctx: RunContext) -> None:
     uv = await _measure(ctx, "uvloop")
     ctx.record("floor", uv)
     ctx.results.update(floor_p50_us=uv["p50_us"], floor_p99_us=uv["p99_us"])
-    plain = await _measure(ctx, "asyncio")
-    ctx.record("floor_asyncio_responder", plain)
+    if ctx.mode.floor_asyncio:
+        ctx.record("floor_asyncio_responder", await _measure(ctx, "asyncio"))
 
 
 def main() -> None:

@@ -105,6 +105,11 @@ async def run_work(ctx: RunContext) -> None:
     biggest = max(m.station_counts)
     for count in m.station_counts:
         async with Lattice(ctx, count, tag=f"w{count}") as lat:
+            if count == 1:  # the idle station, before any work: agents loaded, first heartbeats written
+                await asyncio.sleep(1.0)
+                rss = round(lat.children[0].rss_mb(), 1)
+                ctx.record("station_idle_rss", {"rss_mb": rss})
+                ctx.results["station_idle_rss_mb"] = rss
             n = m.big_lattice_n if count == biggest and count > 10 else m.latency_n
             await lat.work_once()  # the auctioneer and the directory start on first use
             since = len((await lat.client.auctioneer()).close_times_s)
@@ -124,14 +129,6 @@ async def run_work(ctx: RunContext) -> None:
                 ctx.results[f"auction_close_p99_us_{count}_stations"] = stats.get("auction_close_p99_us")
     if biggest != 50:
         ctx.skipped["auction_close_p99_us_50_stations"] = f"mode {m.name} runs at most {biggest} stations"
-
-
-async def run_idle_rss(ctx: RunContext) -> None:
-    async with Lattice(ctx, 1, tag="rss") as lat:
-        await asyncio.sleep(2.0)  # settle: agents loaded, first heartbeats written
-        rss = round(lat.children[0].rss_mb(), 1)
-    ctx.record("station_idle_rss", {"rss_mb": rss})
-    ctx.results["station_idle_rss_mb"] = rss
 
 
 async def run_throughput(ctx: RunContext) -> None:

@@ -49,13 +49,16 @@ async def _profile(n: int, out: Path) -> None:
                     await once()
                 profiler.stop()
                 per = (time.perf_counter() - t0) / n * 1e6
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.html").write_text(profiler.output_html())
-    text = profiler.output_text(unicode=True, color=False, show_all=False)
-    (out / "profile.txt").write_text(text)
-    print(text)
+    _write(out, profiler.output_html(), profiler.output_text(unicode=True, color=False, show_all=False))
     print(f"{n} items, {per:.0f} us each (client and 3 stations on one loop, profiler on); "
           f"{out / 'profile.html'}")
+
+
+def _write(out: Path, html: str, text: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.html").write_text(html)
+    (out / "profile.txt").write_text(text)
+    print(text)
 
 
 def main(n: int, out: Path) -> int:

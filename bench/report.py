@@ -13,6 +13,7 @@ from bench.context import RunContext, log
 
 TABLE_START = "<!-- bench:table:start -->"
 TABLE_END = "<!-- bench:table:end -->"
+NONE = "-"
 
 
 def _num(results: dict[str, Any], key: str) -> float | None:
@@ -121,7 +122,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
 def _fmt(value: Any, unit: str = "") -> str:
     if value is None:
-        return "–"
+        return NONE
     if isinstance(value, float) and value >= 100:
         value = round(value)
     return f"{value:,}{unit}" if isinstance(value, (int, float)) else str(value)
@@ -132,13 +133,14 @@ def table(doc: dict[str, Any]) -> str:
 
     def lat(key: str) -> tuple[str, str]:
         row = d.get(key)
-        return (_fmt(row["p50_us"] / 1000), _fmt(row["p99_us"] / 1000)) if row else ("–", "–")
+        return (_fmt(row["p50_us"] / 1000), _fmt(row["p99_us"] / 1000)) if row else (NONE, NONE)
 
     def ms(value: float | None) -> str:
-        return "–" if value is None else f"{value / 1000:.2f}"
+        return NONE if value is None else f"{value / 1000:.2f}"
 
     floor = doc.get("floor_p50_us")
-    lines = ["| scenario | p50 ms | p99 ms | × floor p50 | throughput /s (4 workers) |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| scenario | p50 ms | p99 ms | x floor p50 | throughput /s (4 workers) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     rows = [("NATS request/reply (floor)", "floor", None), ("lattice invoke (sync, 3 stations)",
                                                             "lattice_invoke_3_stations", None)]
     rows += [(f"lattice work, {c} station{'s' if c > 1 else ''}", f"lattice_work_{c}_stations",
@@ -149,7 +151,7 @@ def table(doc: dict[str, Any]) -> str:
         row = d.get(key)
         if row is None:
             continue
-        ratio = f"{row['p50_us'] / floor:.1f}" if floor else "–"
+        ratio = f"{row['p50_us'] / floor:.1f}" if floor else NONE
         lines.append(f"| {label} | {ms(row['p50_us'])} | {ms(row['p99_us'])} | {ratio} | "
                      f"{_fmt(doc.get(tp)) if tp else ''} |")
     lines.append("")
@@ -169,17 +171,17 @@ def table(doc: dict[str, Any]) -> str:
     lines.append("| target | value | limit | met |")
     lines.append("| --- | ---: | ---: | :---: |")
     for t in doc.get("targets", []):
-        met = {True: "yes", False: "**no**", None: "–"}[t["met"]]
+        met = {True: "yes", False: "**no**", None: NONE}[t["met"]]
         lines.append(f"| {t['text']} | {_fmt(t['value'])} | {_fmt(t['limit'])} | {met} |")
     m = doc.get("machine", {})
     runs = doc.get("runs")
     what = f"median of {runs} `--{doc.get('mode')}` runs" if runs else f"one `--{doc.get('mode')}` run"
     lines.append("")
-    lines.append(f"*{what}, {doc.get('started_at')}, commit `{m.get('git_commit')}`: {m.get('cores')} × "
-                 f"{m.get('cpu_model')}, {m.get('memory_gib')} GiB, Python {m.get('python')}, {m.get('nats_server')}, "
-                 f"nats-py {m.get('nats_py')}, uvloop {m.get('uvloop')}, Celery {m.get('celery')}, "
-                 f"taskiq {m.get('taskiq')} (taskiq-nats {m.get('taskiq_nats')}, taskiq-redis {m.get('taskiq_redis')}), "
-                 f"{m.get('redis_server')}.*")
+    lines.append(f"*{what}, {doc.get('started_at')}, commit `{m.get('git_commit')}`: {m.get('cores')} x "
+                 f"{m.get('cpu_model')}, {m.get('memory_gib')} GiB, Python {m.get('python')}, "
+                 f"{m.get('nats_server')}, nats-py {m.get('nats_py')}, uvloop {m.get('uvloop')}, "
+                 f"Celery {m.get('celery')}, taskiq {m.get('taskiq')} (taskiq-nats {m.get('taskiq_nats')}, "
+                 f"taskiq-redis {m.get('taskiq_redis')}), {m.get('redis_server')}.*")
     return "\n".join(lines)
 
 

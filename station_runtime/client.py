@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import BucketNotFoundError
@@ -56,6 +59,17 @@ log = logging.getLogger(__name__)
 
 #: How long a waiter that got the outcome pushed waits for the writer's completion notification.
 NOTIFICATION_GRACE_S = 0.25
+#: submit() keeps each item's update subscription this long (at most this many) for a wait_work() to take over.
+WATCH_TTL_S = 60.0
+MAX_WATCHES = 10_000
+
+
+@dataclass
+class _Watch:
+    sub: Subscription
+    queue: asyncio.Queue[Msg]
+    latest: Versioned | None
+    since: float
 
 
 class LatticeError(Exception):
@@ -84,6 +98,8 @@ class LatticeClient:
         self._directory: StationDirectory | None = None
         self._auctioneer: Auctioneer | None = None
         self.auction_config: AuctionConfig | None = None
+        #: Update subscriptions opened by submit() for wait_work() to take over (oldest first).
+        self._watches: dict[str, _Watch] = {}
 
     async def __aenter__(self) -> LatticeClient:
         await self.connect()
@@ -104,6 +120,7 @@ class LatticeClient:
             ) from exc
 
     async def close(self) -> None:
+        self._watches.clear()  # the drain below ends their subscriptions
         if self._directory is not None:
             await self._directory.stop()
         if self.nc is not None:
@@ -266,8 +283,31 @@ class LatticeClient:
         if spec.org is not None and spec.org != self.org:
             raise LatticeError(f"work is for org {spec.org!r} but this client is connected to org {self.org!r}")
         auctioneer = await self.auctioneer()
-        versioned, _ = await auctioneer.submit(spec, work_id=work_id)
+        work_id = work_id or uuid.uuid4().hex
+        # Subscribed before the auction: a wait_work() that follows needs no read, whatever happens meanwhile.
+        watch = await self._watch(work_id)
+        try:
+            versioned, _ = await auctioneer.submit(spec, work_id=work_id)
+        except BaseException:
+            self._watches.pop(work_id, None)
+            with contextlib.suppress(Exception):
+                await watch.sub.unsubscribe()
+            raise
+        watch.latest = versioned
         return versioned.record
+
+    async def _watch(self, work_id: str) -> _Watch:
+        now = time.monotonic()
+        stale = [k for k, w in self._watches.items() if now - w.since > WATCH_TTL_S]
+        stale += list(self._watches)[:max(len(self._watches) - MAX_WATCHES + 1, 0)]
+        for key in stale:
+            if (old := self._watches.pop(key, None)) is not None:
+                with contextlib.suppress(Exception):
+                    await old.sub.unsubscribe()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
+        watch = self._watches[work_id] = _Watch(sub, queue, None, now)
+        return watch
 
     async def get_work(self, work_id: str) -> WorkRecord | None:
         found = await (await self.work_store()).get(work_id)
@@ -321,15 +361,22 @@ class LatticeClient:
         (sent once its events are out) confirms it. The record is re-read every ``poll_s`` as well, so a missed
         message (NATS restarted) costs a delay, never a hang."""
         store = await self.work_store()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
+        watch = self._watches.pop(work_id, None)
+        if watch is None or watch.latest is None:
+            queue: asyncio.Queue[Msg] = asyncio.Queue()
+            sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
+            if watch is not None:
+                with contextlib.suppress(Exception):
+                    await watch.sub.unsubscribe()
+            latest: Versioned | None = None
+        else:  # submitted here: subscribed since before the auction, and the record as we last wrote it
+            queue, sub, latest = watch.queue, watch.sub, watch.latest
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
-        latest: Versioned | None = None
         reported: WorkRecord | None = None
-        read = True
+        read = latest is None
         #: Whether a terminal record may be returned: it was read, or its writer's notification came.
-        confirmed = False
+        confirmed = True
         try:
             while True:
                 if read:

@@ -114,6 +114,18 @@ async def _resource(model: type[M], plural: str, body: kopf.Body) -> M:
         raise  # unreachable: _refuse raises
 
 
+async def _quietly(model: type[M], body: kopf.Body, memo: Any) -> tuple[M, OrgRuntime] | None:
+    """The resource and its org's runtime, or None when the resource is invalid or in the wrong org: timers and
+    delete handlers stay silent then, the create/update handler has already said what is wrong."""
+    try:
+        resource = _parse(model, body)
+        namespace = body["metadata"]["namespace"]
+        org = resolve_org(namespace, await kube.namespace_labels(namespace), resource.spec.org)  # type: ignore[attr-defined]
+    except (ValidationError, OrgError):
+        return None
+    return resource, await _lattice(memo).org(org)
+
+
 def _status_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     current = current or {}
     return any(current.get(k) != v for k, v in new.items() if k != "conditions") or [
@@ -160,18 +172,13 @@ async def station_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 async def station_status(body: kopf.Body, memo: Any) -> None:
-    try:
-        station = _parse(Station, body)
-    except ValidationError:
+    found = await _quietly(Station, body, memo)
+    if found is None:
         return
+    station, runtime = found
     namespace = body["metadata"]["namespace"]
-    try:
-        org = resolve_org(namespace, await kube.namespace_labels(namespace), station.spec.org)
-    except OrgError:
-        return
-    runtime = await _lattice(memo).org(org)
     ready = await kube.ready_replicas(station.name, namespace)
-    new = builders.station_status(station, org, runtime.records(), ready, datetime.now(UTC))
+    new = builders.station_status(station, runtime.org, runtime.records(), ready, datetime.now(UTC))
     current = body.get("status")
     if _status_changed(current, new):
         await kube.patch_status("stations", namespace, station.name, _with_conditions(current, new))
@@ -213,16 +220,14 @@ async def agent_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 async def agent_status(body: kopf.Body, memo: Any, revision: int | None = None) -> None:
-    try:
-        agent = _parse(Agent, body)
-        namespace = body["metadata"]["namespace"]
-        org = resolve_org(namespace, await kube.namespace_labels(namespace), agent.spec.org)
-    except (ValidationError, OrgError):
+    found = await _quietly(Agent, body, memo)
+    if found is None:
         return
-    runtime = await _lattice(memo).org(org)
+    agent, runtime = found
+    namespace = body["metadata"]["namespace"]
     current = body.get("status") or {}
     revision = revision if revision is not None else current.get("revision")
-    new = builders.agent_status(agent, org, runtime.records(), revision, datetime.now(UTC))
+    new = builders.agent_status(agent, runtime.org, runtime.records(), revision, datetime.now(UTC))
     if _status_changed(current, new):
         await kube.patch_status("agents", namespace, agent.name, _with_conditions(current, new))
 
@@ -231,12 +236,11 @@ async def agent_status(body: kopf.Body, memo: Any, revision: int | None = None) 
 async def agent_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Remove the agent from its org: stations drop it live."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    try:
-        agent = _parse(Agent, body)
-        org = resolve_org(namespace, await kube.namespace_labels(namespace), agent.spec.org)
-    except (ValidationError, OrgError):
+    found = await _quietly(Agent, body, memo)
+    if found is None:
         return  # it never made it into the lattice
-    runtime = await _lattice(memo).org(org)
+    agent, runtime = found
+    org = runtime.org
     state = await runtime.client.state()
     try:
         await state.agents.delete(name)
@@ -279,13 +283,11 @@ async def workitem_submit(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
 @kopf.timer(GROUP, VERSION, "workitems", interval=WORK_RESYNC_S, initial_delay=WORK_RESYNC_S)
 async def workitem_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Level-based safety net for the event-driven mirror, and the TTL of finished WorkItems."""
-    try:
-        work_item = _parse(WorkItem, body)
-        namespace = body["metadata"]["namespace"]
-        org = resolve_org(namespace, await kube.namespace_labels(namespace), work_item.spec.org)
-    except (ValidationError, OrgError):
+    found = await _quietly(WorkItem, body, memo)
+    if found is None:
         return
-    runtime = await _lattice(memo).org(org)
+    work_item, runtime = found
+    namespace = body["metadata"]["namespace"]
     work_id = builders.work_id_for(work_item)
     record = await runtime.client.get_work(work_id)
     if record is None:
@@ -304,13 +306,11 @@ async def workitem_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
 @kopf.on.delete(GROUP, VERSION, "workitems")
 async def workitem_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Deleting a WorkItem whose work is still queued or running cancels the work."""
-    try:
-        work_item = _parse(WorkItem, body)
-        namespace = body["metadata"]["namespace"]
-        org = resolve_org(namespace, await kube.namespace_labels(namespace), work_item.spec.org)
-    except (ValidationError, OrgError):
+    found = await _quietly(WorkItem, body, memo)
+    if found is None:
         return
-    runtime = await _lattice(memo).org(org)
+    work_item, runtime = found
+    namespace = body["metadata"]["namespace"]
     work_id = builders.work_id_for(work_item)
     runtime.mirror.untrack(work_id)
     record = await runtime.client.get_work(work_id)

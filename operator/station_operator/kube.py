@@ -92,17 +92,8 @@ async def namespace_labels(namespace: str) -> dict[str, str]:
 
 async def read_secret_key(namespace: str, name: str, key: str) -> str | None:
     """The value of one key of a Secret, or None if the Secret or key does not exist."""
-    def read() -> str | None:
-        try:
-            secret = client.CoreV1Api(api()).read_namespaced_secret(name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        raw = (secret.data or {}).get(key)
-        return base64.b64decode(raw).decode() if raw is not None else None
-
-    return await asyncio.to_thread(read)
+    data = await read_secret(namespace, name)
+    return None if data is None else data.get(key)
 
 
 async def read_secret(namespace: str, name: str) -> dict[str, str] | None:

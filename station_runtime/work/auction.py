@@ -65,8 +65,10 @@ class AuctionConfig:
     assign_timeout_s: float = 2.0
     policy: Literal["auction", "first_available"] = "auction"
     #: Ask at most this many eligible stations: the least loaded by the registry (plus what this auctioneer
-    #: assigned since their last heartbeat). Bounds an auction's cost however large the lattice; None: all.
-    max_bidders: int | None = 3
+    #: assigned since their last heartbeat), equal ones in an order that differs per item. Bounds an auction's
+    #: cost however large the lattice. Two is the "power of two choices": nearly all the balance of asking
+    #: everyone, at the price of two bids. None: ask all.
+    max_bidders: int | None = 2
 
 
 def requirements(spec: WorkItemSpec) -> scoring.Requirements:

@@ -119,6 +119,11 @@ class Helm:
             args.append("--create-namespace")
         return self.run(*args, timeout_s=timeout_s + 30).stdout
 
+    def upgrade(self, release: str, chart: Path, namespace: str, *, timeout_s: float = 120.0) -> str:
+        """`helm upgrade --reuse-values`: the same release again, which re-runs its pre-upgrade hooks."""
+        return self.run("upgrade", release, str(chart), "--namespace", namespace, "--reuse-values", "--wait",
+                        "--timeout", f"{int(timeout_s)}s", timeout_s=timeout_s + 30).stdout
+
     def uninstall(self, release: str, namespace: str, *, wait: bool = True, timeout_s: float = 60.0) -> None:
         args = ["uninstall", release, "--namespace", namespace, "--ignore-not-found"]
         if wait:
