@@ -136,7 +136,8 @@ class Station:
         s = self.settings
         self.draining = True
         log.info("station %s draining (%s): %d run(s) in flight", s.station_id, reason, self.slots.load)
-        if self.presence is not None and self._started:
+        online = self.nc is not None and self.nc.is_connected
+        if self.presence is not None and self._started and online:
             with contextlib.suppress(Exception):
                 await self.presence.heartbeat()  # tell the lattice at once that we take nothing new
         if self.work is not None:
@@ -149,10 +150,12 @@ class Station:
                 log.warning("abandoned %d run(s) after the %.0fs drain timeout", len(pending), s.drain_timeout_s)
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
-        if self.presence is not None and self._started:
+        # Without NATS there is nobody to say goodbye to: the registry forgets us by itself.
+        online = self.nc is not None and self.nc.is_connected
+        if self.presence is not None and self._started and online:
             with contextlib.suppress(Exception):
                 await self.presence.goodbye(reason)
-        if self.events is not None and self._started:
+        if self.events is not None and self._started and online:
             await self.events.emit("station", "left", subject=s.station_id, data={"reason": reason})
         for sub in self._subs:
             with contextlib.suppress(Exception):

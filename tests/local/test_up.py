@@ -140,3 +140,14 @@ async def test_up_refuses_bad_manifests_with_the_location(tmp_path: Path) -> Non
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert "bad.yaml[0] spec.replicas" in err.decode()
+
+
+@pytest.mark.timeout(90)
+async def test_up_tells_the_user_when_nats_dies_and_cleans_up(up: Up) -> None:
+    url = up.url()
+    children = [r.pid for r in await live_stations(url, 2) if r.pid]
+    os.kill(nats_pid(up), signal.SIGKILL)
+    code = await asyncio.to_thread(up.proc.wait, 60)
+    assert code == 1
+    assert "nats-server died unexpectedly" in up.output() and "its log" in up.output()
+    await eventually(lambda: _none_alive(children), timeout_s=10, what="the stations to be stopped")
