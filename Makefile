@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck unit k8s-bin cluster bench bench-quick clean
+.PHONY: install demo test lint typecheck unit k8s-bin helm-bin cluster bench bench-quick e2e-kind clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,20 @@ k8s-bin:
 		echo "k8s-bin: no Go toolchain and no KUBEBUILDER_ASSETS; Kubernetes tests will skip"; \
 	fi
 
-test: install lint typecheck k8s-bin
+# Builds (once, cached under ~/.cache/station-lattice) helm v3 for the chart tests where Go exists.
+helm-bin:
+	@if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then \
+		bash scripts/helm-bin.sh >/dev/null; \
+	else \
+		echo "helm-bin: no Go toolchain; Helm tests use helm v3 from PATH or LATTICE_HELM, else skip"; \
+	fi
+
+test: install lint typecheck k8s-bin helm-bin
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# For users with Docker and kind: cluster from kind-config.yaml, image, charts (platform + two orgs), e2e, teardown.
+e2e-kind: install
+	bash scripts/e2e-kind.sh
 
 unit: install
 	$(BIN)/pytest -m "not k8s and not e2e and not fault and not helm" $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
 """``python -m bench run --full|--quick|--smoke``: every scenario, one run, one machine; then the JSON, the plot
 and the table in docs/benchmarks.md.  ``python -m bench median``: the median of the last three runs.
 ``python -m bench profile``: pyinstrument over the async-work hot path (client and station in one process).
+``python -m bench docs [FILE]``: the table in docs/benchmarks.md from a results file (default latest.json).
 
     --full    ~5-8 minutes: 2000 round trips per latency scenario, 1/3/10/50 stations, 3 recovery trials
     --quick   under a minute: the same scenarios with fewer iterations
@@ -82,7 +83,7 @@ async def run_all(mode: Mode, workdir: Path, only: set[str] | None) -> RunContex
 
     # No fsync: Redis runs without persistence too, and a benchmark of fsync measures the disk.
     async with EmbeddedNats(workdir / "nats", sync_always=False) as server:
-        ctx = RunContext(mode=mode, workdir=workdir, nats_url=server.url)
+        ctx = RunContext(mode=mode, workdir=workdir, nats_url=server.url, nats_pid=server.pid)
         try:
             for scenario in SCENARIOS:
                 if only and scenario.name not in only:
@@ -97,6 +98,9 @@ async def run_all(mode: Mode, workdir: Path, only: set[str] | None) -> RunContex
                         continue
                     except Skipped as exc:
                         reason = str(exc)
+                    except Exception as exc:  # one broken scenario must not cost the others
+                        log.exception("%s failed", scenario.name)
+                        reason = f"failed: {type(exc).__name__}: {exc}"
                 ctx.skipped[scenario.name] = reason
                 for key in scenario.keys:
                     ctx.results.setdefault(key, None)
@@ -124,12 +128,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
     started = datetime.now(UTC)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lattice-bench-") as tmp:
         import uvloop
 
         ctx = uvloop.run(run_all(mode, Path(tmp), only))
-    doc = report.document(ctx, RESULT_KEYS, machine_info(), started, time.monotonic() - t0)
+    doc = report.document(ctx, RESULT_KEYS, {**machine_info(), "loadavg_at_start": load_at_start}, started,
+                          time.monotonic() - t0)
     report.write(doc, out)
     if out.resolve() == RESULTS.resolve() and mode.name != "smoke" and not only:
         report.update_docs(doc, DOCS)
@@ -144,6 +150,15 @@ def cmd_median(args: argparse.Namespace) -> int:
     report.write(doc, RESULTS, name="median")
     report.update_docs(doc, DOCS)
     report.print_summary(doc)
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    import json
+
+    from bench import report
+
+    report.update_docs(json.loads(Path(args.file).read_text()), DOCS)
     return 0
 
 
@@ -172,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     med.add_argument("--mode", default="full")
     med.add_argument("--count", type=int, default=3)
     med.set_defaults(fn=cmd_median)
+    docs = sub.add_parser("docs", help="regenerate the table in docs/benchmarks.md from a results file")
+    docs.add_argument("file", nargs="?", default=str(RESULTS / "latest.json"))
+    docs.set_defaults(fn=cmd_docs)
     prof = sub.add_parser("profile", help="pyinstrument the async-work hot path")
     prof.add_argument("-n", type=int, default=2000)
     prof.add_argument("--out")

@@ -51,8 +51,8 @@ MODES: dict[str, Mode] = {
                  throughput_max_s=30.0, station_counts=(1, 3, 10, 50), big_lattice_n=500, competitors=True,
                  recovery_trials=3, floor_asyncio=True),
     # Under a minute: 50 station processes alone take ~20 s to start on 2 cores, so no 10-station step.
-    "quick": Mode("quick", latency_n=200, warmup=30, latency_max_s=5.0, throughput_n=600, concurrency=50,
-                  throughput_max_s=4.0, station_counts=(1, 3, 50), big_lattice_n=100, competitors=True,
+    "quick": Mode("quick", latency_n=200, warmup=20, latency_max_s=4.0, throughput_n=500, concurrency=50,
+                  throughput_max_s=3.0, station_counts=(1, 3, 50), big_lattice_n=100, competitors=True,
                   recovery_trials=1),
     # The test suite's smoke run: proves the runner and the JSON, measures nothing worth reading.
     "smoke": Mode("smoke", latency_n=20, warmup=5, latency_max_s=5.0, throughput_n=40, concurrency=8,
@@ -175,6 +175,12 @@ def stop_all(children: list[Child]) -> None:
         child.stop()
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -230,6 +236,8 @@ def machine_info() -> dict[str, Any]:
 
     return {
         "cpu_model": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "os": platform.platform(),
+        # Other work on the machine skews everything: recorded so that a noisy run can be recognised.
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(), "nats_server": nats_server, "redis_server": redis_server_version(),
         "nats_py": _version("nats-py"), "uvloop": _version("uvloop"), "pydantic": _version("pydantic"),
         "celery": _version("celery"), "kombu": _version("kombu"), "redis_py": _version("redis"),

@@ -18,6 +18,7 @@ class RunContext:
     mode: Mode
     workdir: Path
     nats_url: str
+    nats_pid: int | None = None
     #: The flat keys of ``latest.json`` (the issue's list), filled in by the scenarios.
     results: dict[str, Any] = field(default_factory=dict)
     #: Every measurement in detail, by scenario name.

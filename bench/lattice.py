@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from bench.common import PAYLOAD, Child, closed_loop, percentile, python, sample, stop_all, summary
+from bench.common import PAYLOAD, Child, closed_loop, cpu_s, percentile, python, sample, stop_all, summary
 from bench.context import RunContext, log
 from station_runtime.api.models import Agent, AgentSpec, ModelSpec, ObjectMeta, WorkItemSpec
 from station_runtime.client import LatticeClient
@@ -73,6 +74,8 @@ class Lattice:
             detail = f"\n{dead[0].tail()}" if dead else ""
             raise RuntimeError(f"{self.count} stations did not come up{detail}") from None
         log.info("%d station process(es) up in %.1fs", self.count, time.monotonic() - t0)
+        # The last ones to register are still finishing their start (2 cores for 50 processes): let them settle.
+        await asyncio.sleep(min(0.05 * self.count, 3.0))
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -93,7 +96,8 @@ def _auction_stats(client: LatticeClient, since: int) -> dict[str, Any]:
     auctioneer = client._auctioneer
     if auctioneer is None:
         return {}
-    closes = list(auctioneer.close_times_s)[since:]
+    # getattr: the runner also measures older commits (before/after comparisons), which lack the close times.
+    closes = list(getattr(auctioneer, "close_times_s", []))[since:]
     bids = list(auctioneer.last_bid_counts)[since:]
     return {"auction_close_p50_us": round(percentile(closes, 50), 1),
             "auction_close_p99_us": round(percentile(closes, 99), 1),
@@ -112,11 +116,16 @@ async def run_work(ctx: RunContext) -> None:
                 ctx.results["station_idle_rss_mb"] = rss
             n = m.big_lattice_n if count == biggest and count > 10 else m.latency_n
             await lat.work_once()  # the auctioneer and the directory start on first use
-            since = len((await lat.client.auctioneer()).close_times_s)
+            since = len((await lat.client.auctioneer()).last_bid_counts)
+            pids = {"client": os.getpid(), "nats_server": ctx.nats_pid,
+                    **{f"station{i}": c.pid for i, c in enumerate(lat.children)}}
+            cpu_before = {k: cpu_s(p) for k, p in pids.items() if p}
             samples = await sample(lat.work_once, n, warmup=m.warmup if n == m.latency_n else 10,
                                    max_s=m.latency_max_s)
             stats = {**summary(samples), **_auction_stats(lat.client, since + (m.warmup if n == m.latency_n
                                                                                   else 10))}
+            stats["cpu_us_per_item"] = _cpu_per_item(pids, cpu_before, len(samples) + (m.warmup if n == m.latency_n
+                                                                                         else 10))
             if count == 1:
                 stats["station_rss_mb_after"] = round(lat.children[0].rss_mb(), 1)
             ctx.record(f"lattice_work_{count}_stations", stats)
@@ -129,6 +138,15 @@ async def run_work(ctx: RunContext) -> None:
                 ctx.results[f"auction_close_p99_us_{count}_stations"] = stats.get("auction_close_p99_us")
     if biggest != 50:
         ctx.skipped["auction_close_p99_us_50_stations"] = f"mode {m.name} runs at most {biggest} stations"
+
+
+def _cpu_per_item(pids: dict[str, int | None], before: dict[str, float], items: int) -> dict[str, float]:
+    """CPU microseconds per work item by process (stations summed): where the time goes when the machine is
+    the bottleneck, as it is with 2 cores."""
+    used = {k: cpu_s(pids[k] or 0) - v for k, v in before.items()}
+    out = {"client": used.pop("client", 0.0), "nats_server": used.pop("nats_server", 0.0),
+           "stations": sum(used.values())}
+    return {k: round(v / max(items, 1) * 1e6) for k, v in out.items()}
 
 
 async def run_throughput(ctx: RunContext) -> None:

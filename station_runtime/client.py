@@ -284,16 +284,21 @@ class LatticeClient:
             raise LatticeError(f"work is for org {spec.org!r} but this client is connected to org {self.org!r}")
         auctioneer = await self.auctioneer()
         work_id = work_id or uuid.uuid4().hex
-        # Subscribed before the auction: a wait_work() that follows needs no read, whatever happens meanwhile.
-        watch = await self._watch(work_id)
+
+        async def watch(created: Versioned) -> None:
+            # Subscribed once the record exists and before a station can have it: a wait_work() that follows
+            # needs no read, and gets no copy of the creation it already knows.
+            (await self._watch(work_id)).latest = created
+
         try:
-            versioned, _ = await auctioneer.submit(spec, work_id=work_id)
+            versioned, _ = await auctioneer.submit(spec, work_id=work_id, on_created=watch)
         except BaseException:
-            self._watches.pop(work_id, None)
-            with contextlib.suppress(Exception):
-                await watch.sub.unsubscribe()
+            if (opened := self._watches.pop(work_id, None)) is not None:
+                with contextlib.suppress(Exception):
+                    await opened.sub.unsubscribe()
             raise
-        watch.latest = versioned
+        if (opened := self._watches.get(work_id)) is not None:
+            opened.latest = versioned
         return versioned.record
 
     async def _watch(self, work_id: str) -> _Watch:
@@ -405,8 +410,10 @@ class LatticeClient:
                     continue
                 kind = msg.subject.rsplit(".", 1)[-1]
                 if kind == "record":
+                    if _revision(msg) <= latest.revision:
+                        continue  # a version we know (or older): no need to decode it
                     pushed = store.pushed(msg.headers, msg.data)
-                    if pushed is not None and pushed.revision > latest.revision:
+                    if pushed is not None:
                         latest, confirmed = pushed, False
                     read = pushed is None
                 elif kind == "progress":
@@ -431,8 +438,17 @@ class LatticeClient:
                 yield event
 
 
-def _newer(current: Versioned | None, other: Versioned) -> Versioned:
-    return other if current is None or other.revision > current.revision else current
+def _revision(msg: Msg) -> int:
+    try:
+        return int((msg.headers or {}).get("Nats-Sequence", "0"))
+    except ValueError:
+        return 0
+
+
+def _newer(current: Versioned | None, read: Versioned) -> Versioned:
+    """The record just read, unless we know a later one. At the same revision the stored one wins: submit()'s
+    copy may be an assignment its winner has not claimed yet."""
+    return read if current is None or read.revision >= current.revision else current
 
 
 class InvokeFailed(LatticeError):

@@ -87,8 +87,10 @@ def stateful_set(station: Station, org: str, pod: StationPodConfig) -> dict[str,
     if spec.agent_selector is not None:
         env.append(_env("LATTICE_AGENT_SELECTOR_JSON", spec.agent_selector.model_dump_json(by_alias=True)))
     volumes: list[dict[str, Any]] = [
-        {"name": "model-keys", "secret": {"secretName": MODEL_KEYS_SECRET, "optional": True}}]
-    mounts: list[dict[str, Any]] = [{"name": "model-keys", "mountPath": MODEL_KEYS_DIR, "readOnly": True}]
+        {"name": "model-keys", "secret": {"secretName": MODEL_KEYS_SECRET, "optional": True}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]  # the root filesystem is read-only
+    mounts: list[dict[str, Any]] = [{"name": "model-keys", "mountPath": MODEL_KEYS_DIR, "readOnly": True},
+                                    {"name": "tmp", "mountPath": "/tmp"}]
     if pod.jwt:
         env += [_env("LATTICE_NATS_CREDS", f"{CREDS_DIR}/$(LATTICE_STATION_ID).creds"),
                 _env("LATTICE_NATS_INBOX_PREFIX", "_INBOX_$(LATTICE_STATION_ID)")]
@@ -120,7 +122,9 @@ def stateful_set(station: Station, org: str, pod: StationPodConfig) -> dict[str,
                     "serviceAccountName": f"{station.name}-station", "automountServiceAccountToken": False,
                     # Enough to drain: running work finishes or is handed back before the kill.
                     "terminationGracePeriodSeconds": int(pod.drain_timeout_s) + 10,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+                    # Pod Security "restricted".
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container], "volumes": volumes,
                 },
             },

@@ -676,6 +676,8 @@ def operator_run(
         logging.getLogger().setLevel(logging.INFO)
     import station_operator.handlers  # noqa: F401  (registers the handlers)
 
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per liveness probe otherwise
+
     kopf.run(standalone=True, clusterwide=not namespace, namespaces=namespace or (),
              liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None)
 

@@ -130,7 +130,9 @@ class KeyPair:
 
     @classmethod
     def from_seed(cls, seed: str, role: KeyRole | None = None) -> KeyPair:
-        """The key pair of an encoded seed (``SO…``, ``SA…``, ``SU…``); ``role`` if given must match."""
+        """The key pair of an encoded seed (``SO…``, ``SA…``, ``SU…``); ``role`` if given must match.
+        Surrounding whitespace (the newline at the end of a seed file) is ignored."""
+        seed = seed.strip()
         found, raw_seed = _decode_seed(seed)
         if role is not None and found is not role:
             raise InvalidKeyError(f"seed has role {found.name.lower()}, expected {role.name.lower()}")

@@ -69,6 +69,11 @@ class AuctionConfig:
     #: cost however large the lattice. Two is the "power of two choices": nearly all the balance of asking
     #: everyone, at the price of two bids. None: ask all.
     max_bidders: int | None = 2
+    #: The winner claims the work with its first record write (a CAS on the revision the auction started from),
+    #: instead of the auctioneer writing Assigned before handing it over: one record write less per item. The
+    #: assignment (attempt id, station) travels in WorkAssign; a second winner after a refusal is fenced by the
+    #: same CAS. False: the auctioneer writes Assigned first (the record shows the assignment at once).
+    winner_claims: bool = True
 
 
 def requirements(spec: WorkItemSpec) -> scoring.Requirements:
@@ -91,6 +96,8 @@ class _Collecting:
     #: Set when every expected station answered.
     all_in: asyncio.Event = field(default_factory=asyncio.Event)
     opened: float = field(default_factory=time.perf_counter)
+    #: Eligible stations not asked (the sample left them out): asked in a second round if no one bids.
+    unasked: int = 0
 
 
 class BidCollector:
@@ -199,9 +206,11 @@ class Auctioneer:
     # --- entry points ---------------------------------------------------------------------------------------
 
     async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None, parent_id: str | None = None,
-                     schedule: bool = True) -> tuple[Versioned, bool]:
+                     schedule: bool = True,
+                     on_created: Callable[[Versioned], Awaitable[None]] | None = None) -> tuple[Versioned, bool]:
         """Create the work (idempotent on ``work_id``) and, unless it already existed, auction it at once.
-        The record is created in Scheduling while the auction runs: one round trip saved."""
+        The record is created in Scheduling while the auction runs: one round trip saved. ``on_created`` runs
+        once the record exists and before any station can have it (a waiter subscribes there)."""
         work_id = work_id or uuid.uuid4().hex
         phase = P.SCHEDULING if schedule and not spec.steps else P.PENDING
         now = utcnow()
@@ -218,6 +227,8 @@ class Auctioneer:
         if not created:
             self.bids.cancel(auction[0].auction_id)
             return versioned, False
+        if on_created is not None:
+            await on_created(versioned)
         await self.store.emit("work", "submitted", record)
         return await self._conclude(versioned, auction), True
 
@@ -231,10 +242,13 @@ class Auctioneer:
         def claim(r: WorkRecord) -> WorkRecord | None:
             if r.phase not in (P.PENDING, P.UNSCHEDULABLE, P.SCHEDULING) or r.is_workflow or r.cancel_requested:
                 return None
-            if r.phase == P.SCHEDULING and (utcnow() - r.updated_at).total_seconds() < \
-                    self.policy.scheduling_timeout_s:
-                return None  # someone else is auctioning it right now
-            return phases.transition(r, P.SCHEDULING, scheduled_at=utcnow())
+            now = utcnow()
+            if r.phase == P.SCHEDULING:
+                if (now - r.updated_at).total_seconds() < self.policy.scheduling_timeout_s:
+                    return None  # someone else is auctioning it right now
+                # Abandoned (its auctioneer died, or a winner that was to claim it never did): ours now.
+                return r.model_copy(update={"scheduled_at": now, "updated_at": now})
+            return phases.transition(r, P.SCHEDULING, scheduled_at=now)
 
         claimed = await self.store.mutate(current.record.work_id, claim, current=current)
         if claimed is None:
@@ -244,8 +258,8 @@ class Auctioneer:
 
     # --- the auction ----------------------------------------------------------------------------------------
 
-    async def _open_auction(self, record: WorkRecord,
-                            stations: list[StationRecord]) -> tuple[AuctionRequest, object]:
+    async def _open_auction(self, record: WorkRecord, stations: list[StationRecord],
+                            *, everyone: bool = False) -> tuple[AuctionRequest, object]:
         req = requirements(record.spec)
         now = utcnow()
         eligible = [s for s in stations if scoring.eligible(s, req, now)]
@@ -255,8 +269,9 @@ class Auctioneer:
                                  deadline_ms=max(int(self.config.deadline_s * 1000), 1))
         if self.config.policy == "first_available":
             return request, eligible
-        bidders = self._sample(eligible, record.work_id)
+        bidders = eligible if everyone else self._sample(eligible, record.work_id)
         collecting = self.bids.open(request.auction_id, {s.station_id for s in bidders}, perfect_score(req))
+        collecting.unasked = len(eligible) - len(bidders)
         if not bidders:
             return request, collecting
         # Buffered, not awaited on the wire: the caller creates the record while stations bid.
@@ -311,6 +326,11 @@ class Auctioneer:
             candidates = [b.station_id for b in scoring.rank(bids, work_id)]
             if not candidates:
                 candidates = await late_bids()
+            if not candidates and collecting.unasked:
+                # The sample was busy or slow: ask every eligible station before calling it unschedulable.
+                log.info("work %s: no bid from the %d asked; asking all", work_id, len(collecting.expected))
+                second = await self._open_auction(versioned.record, await self.stations(), everyone=True)
+                return await self._conclude(versioned, second)
             if not candidates:
                 return await self._unschedulable(versioned)
             return await self._assign(versioned, candidates, late_bids)
@@ -351,7 +371,8 @@ class Auctioneer:
             station_id = queue.popleft()
             tried.add(station_id)
             attempt_id = uuid.uuid4().hex[:16]
-            bump = first
+            claims = self.config.winner_claims and current.record.phase == P.SCHEDULING
+            bump = first or claims  # every claim starts from the stored record: each is the next attempt
 
             def assign(r: WorkRecord, station_id: str = station_id, attempt_id: str = attempt_id,
                        bump: bool = bump, previous: str | None = current.record.attempt_id) -> WorkRecord | None:
@@ -363,16 +384,22 @@ class Auctioneer:
                                          attempt=r.attempt + 1 if bump else r.attempt, reason="",
                                          schedule_attempts=0, retry_at=None, assigned_at=utcnow())
 
-            assigned = await self.store.mutate(current.record.work_id, assign, current=current)
+            if claims:
+                # Not written: the station's first write claims it, with a CAS on the stored revision.
+                claim = assign(current.record)
+                assigned = None if claim is None else Versioned(claim, current.revision)
+            else:
+                assigned = await self.store.mutate(current.record.work_id, assign, current=current)
             if assigned is None:
                 latest = await self.store.get(current.record.work_id)
                 return latest or current
             first = False
-            current = assigned
+            if assigned.revision != current.revision:
+                current = assigned
             self._count_assignment(station_id)
             await self.store.emit("work", "assigned", assigned.record)
             if await self._hand_over(assigned):
-                return current
+                return assigned
             log.info("work %s: station %s did not accept; trying the next bid", current.record.work_id, station_id)
         if first:  # nobody was assigned (every late bid declined)
             return await self._unschedulable(current)
@@ -394,12 +421,14 @@ class Auctioneer:
 
     async def _back_to_pending(self, current: Versioned, reason: str) -> Versioned:
         def requeue(r: WorkRecord) -> WorkRecord | None:
-            if r.phase != P.ASSIGNED or r.attempt_id != current.record.attempt_id:
+            if r.phase not in (P.ASSIGNED, P.SCHEDULING) or r.attempt_id != current.record.attempt_id:
                 return None
-            if r.attempt > r.spec.max_retries:
-                return phases.transition(r, P.ESCALATED, reason=reason,
+            # Assignments the winners were to claim were never written: the attempt still counts.
+            attempt = r.attempt + 1 if r.phase == P.SCHEDULING else r.attempt
+            if attempt > r.spec.max_retries:
+                return phases.transition(r, P.ESCALATED, reason=reason, attempt=attempt,
                                          error=WorkError(code=ErrorCode.INTERNAL, message=reason))
-            return phases.transition(r, P.PENDING, reason=reason,
+            return phases.transition(r, P.PENDING, reason=reason, attempt=attempt,
                                      retry_at=utcnow() + timedelta(seconds=self.policy.unschedulable_base_s))
 
         result = await self.store.mutate(current.record.work_id, requeue, current=current)

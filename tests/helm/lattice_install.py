@@ -39,6 +39,11 @@ REPLICAS = (2, 1)
 STATION, AGENT = "worker", "echo"
 
 
+def unique(name: str) -> str:
+    """Resource names unique per run, so the tests can run again against the same (kind) cluster."""
+    return f"{name}-{uuid.uuid4().hex[:5]}"
+
+
 def result_prefix(org: str) -> str:
     """The echo agent of each org answers with its own prefix: a result shows which org's agent ran."""
     return f"done-{org}: "
@@ -112,6 +117,12 @@ class Lattice:
 
         return self.wait(finished, timeout_s=timeout_s, what=f"WorkItem {namespace}/{name} to finish")
 
+    def operator_service_account(self) -> str:
+        deployments = client.AppsV1Api(self.api).list_namespaced_deployment(
+            self.platform_namespace, label_selector="app.kubernetes.io/component=operator").items
+        assert len(deployments) == 1, [d.metadata.name for d in deployments]
+        return str(deployments[0].spec.template.spec.service_account_name)
+
     # --- diagnostics -----------------------------------------------------------------------------------------
 
     def diagnostics(self) -> str:
@@ -150,18 +161,41 @@ def _wait_all_stations_ready(lattice: Lattice, timeout_s: float) -> None:
                      what=f"Station {namespace}/{STATION} Ready")
 
 
+def _uninstall_orgs(lattice: Lattice, helm: Helm, releases: list[str]) -> None:
+    """Uninstalls the org releases together, and waits for their namespaces to go while the operator still runs
+    (it removes the finalizers of Agents and WorkItems)."""
+    for release in releases:
+        helm.uninstall(release, lattice.platform_namespace, wait=False)
+    core = client.CoreV1Api(lattice.api)
+    remaining = {lattice.orgs[release] for release in releases}
+
+    def gone() -> bool:
+        remaining.difference_update({n for n in remaining if not core.list_namespace(
+            field_selector=f"metadata.name={n}").items})
+        return not remaining
+
+    try:
+        wait_sync(gone, timeout_s=60, what="the org namespaces to be deleted", interval_s=0.2)
+    except AssertionError as error:  # a leftover namespace must not fail the tests that passed
+        print(f"warning: {error}")
+
+
 @contextlib.contextmanager
-def preinstalled(kube: KubeCluster) -> Iterator[Lattice]:
+def preinstalled(kube: KubeCluster, auth: str) -> Iterator[Lattice]:
     """The releases scripts/e2e-kind.sh installed on the existing cluster."""
+    import pytest
+
     namespace = os.environ.get("LATTICE_E2E_PLATFORM_NAMESPACE")
     orgs = dict(pair.split("=", 1) for pair in os.environ.get("LATTICE_E2E_ORGS", "").split(",") if "=" in pair)
     if not namespace or len(orgs) < 2:
-        import pytest
-
         pytest.skip("USE_EXISTING_CLUSTER=1: set LATTICE_E2E_PLATFORM_NAMESPACE and LATTICE_E2E_ORGS "
                     "(org=namespace,org=namespace) to the releases installed there (scripts/e2e-kind.sh does)")
+    # The auth-none tests hold in both modes; the jwt ones need jwt.
+    if auth == "jwt" and os.environ.get("LATTICE_E2E_AUTH", "none") != "jwt":
+        pytest.skip("the platform on the existing cluster runs auth none, these tests need auth jwt "
+                    "(LATTICE_AUTH_MODE=jwt bash scripts/e2e-kind.sh)")
     with kube.api_client() as api:
-        lattice = Lattice(api, namespace, None, orgs, kube=kube)
+        lattice = Lattice(api, namespace, os.environ.get("LATTICE_E2E_RELEASE") or None, orgs, kube=kube)
         _wait_all_stations_ready(lattice, timeout_s=180)
         yield lattice
 
@@ -172,7 +206,7 @@ def installed(kube: KubeCluster, helm: Helm, auth: str) -> Iterator[Lattice]:
     Station of each org is Ready, and uninstalls everything afterwards (orgs first: the operator removes its
     finalizers)."""
     if use_existing_cluster():
-        with preinstalled(kube) as lattice:
+        with preinstalled(kube, auth) as lattice:
             yield lattice
         return
     helm = helm.with_kubeconfig(kube.kubeconfig)
@@ -199,8 +233,7 @@ def installed(kube: KubeCluster, helm: Helm, auth: str) -> Iterator[Lattice]:
             print(lattice.diagnostics())
             raise
         finally:
-            for org in reversed(installed_orgs):
-                helm.uninstall(org, platform_ns, wait=True, timeout_s=60)
+            _uninstall_orgs(lattice, helm, installed_orgs)
             helm.uninstall(release, platform_ns, wait=True, timeout_s=60)
         t = lattice.timings
         if "ready" in t:

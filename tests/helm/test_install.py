@@ -10,8 +10,18 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client
 
+from station_runtime.api.models import GROUP, VERSION
 from tests.helm.helmtool import Helm
-from tests.helm.lattice_install import AGENT, REPLICAS, STATION, Lattice, condition, installed, result_prefix
+from tests.helm.lattice_install import (
+    AGENT,
+    REPLICAS,
+    STATION,
+    Lattice,
+    condition,
+    installed,
+    result_prefix,
+    unique,
+)
 from tests.support.kube_fixtures import KubeCluster
 
 pytestmark = [pytest.mark.k8s, pytest.mark.helm, pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -25,9 +35,9 @@ def lattice(kube_cluster: KubeCluster, helm: Helm) -> Iterator[Lattice]:
 
 def test_work_item_succeeds_after_helm_install(lattice: Lattice) -> None:
     org, namespace = next(iter(lattice.orgs.items()))
-    started = time.monotonic()
-    lattice.create(namespace, "WorkItem", "hello", {"agent": AGENT, "input": "hello"})
-    item = lattice.wait_finished(namespace, "hello")
+    started, name = time.monotonic(), unique("hello")
+    lattice.create(namespace, "WorkItem", name, {"agent": AGENT, "input": "hello"})
+    item = lattice.wait_finished(namespace, name)
     lattice.timings["work"] = time.monotonic() - started
     assert item["status"]["phase"] == "Succeeded", item["status"]
     assert item["status"]["result"] == f"{result_prefix(org)}hello"
@@ -42,10 +52,11 @@ def test_work_item_succeeds_after_helm_install(lattice: Lattice) -> None:
 def test_second_org_reconciles_independently(lattice: Lattice) -> None:
     """Same Station and Agent names in both orgs, different replicas and agent prefixes: each org's status counts
     only its own stations, and each org's work runs its own agent."""
+    name = unique("both")
     for namespace in lattice.orgs.values():
-        lattice.create(namespace, "WorkItem", "both", {"agent": AGENT, "input": f"in {namespace}"})
+        lattice.create(namespace, "WorkItem", name, {"agent": AGENT, "input": f"in {namespace}"})
     for (org, namespace), replicas in zip(lattice.orgs.items(), REPLICAS, strict=True):
-        item = lattice.wait_finished(namespace, "both")
+        item = lattice.wait_finished(namespace, name)
         assert item["status"]["phase"] == "Succeeded", item["status"]
         assert item["status"]["result"] == f"{result_prefix(org)}in {namespace}"
         status = lattice.wait(lambda namespace=namespace, replicas=replicas: (
@@ -57,14 +68,19 @@ def test_second_org_reconciles_independently(lattice: Lattice) -> None:
 
 def test_a_tenant_cannot_choose_another_org(lattice: Lattice) -> None:
     (org_a, namespace_a), (org_b, _) = lattice.orgs.items()
-    lattice.create(namespace_a, "Station", "intruder", {"org": org_b, "replicas": 1})
-    station = lattice.wait(lambda: (s := lattice.get(namespace_a, "stations", "intruder"))
-                           and condition(s, "Accepted") and s, timeout_s=30, what="the intruder's Accepted condition")
-    assert condition(station, "Accepted") == ("False", "OrgMismatch")
-    message = next(c["message"] for c in station["status"]["conditions"] if c["type"] == "Accepted")
-    assert org_a in message and org_b in message
-    apps = client.AppsV1Api(lattice.api)
-    assert not [s for s in apps.list_namespaced_stateful_set(namespace_a).items if s.metadata.name == "intruder"]
+    name = unique("intruder")
+    lattice.create(namespace_a, "Station", name, {"org": org_b, "replicas": 1})
+    try:
+        station = lattice.wait(lambda: (s := lattice.get(namespace_a, "stations", name)) and condition(s, "Accepted")
+                               and s, timeout_s=30, what="the intruder's Accepted condition")
+        assert condition(station, "Accepted") == ("False", "OrgMismatch")
+        message = next(c["message"] for c in station["status"]["conditions"] if c["type"] == "Accepted")
+        assert org_a in message and org_b in message
+        apps = client.AppsV1Api(lattice.api)
+        assert not [s for s in apps.list_namespaced_stateful_set(namespace_a).items if s.metadata.name == name]
+    finally:
+        client.CustomObjectsApi(lattice.api).delete_namespaced_custom_object(GROUP, VERSION, namespace_a, "stations",
+                                                                             name)
 
 
 @pytest.mark.parametrize(("verb", "resource", "group", "allowed"), [
@@ -80,11 +96,9 @@ def test_a_tenant_cannot_choose_another_org(lattice: Lattice) -> None:
 ])
 def test_the_operator_service_account_has_only_what_it_needs(lattice: Lattice, verb: str, resource: str,
                                                              group: str, allowed: bool) -> None:
-    if lattice.release is None:
-        pytest.skip("the platform release was installed by scripts/e2e-kind.sh; its name is not known here")
     resource, _, subresource = resource.partition("/")
     review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-        user=f"system:serviceaccount:{lattice.platform_namespace}:{lattice.release}-station-lattice-operator",
+        user=f"system:serviceaccount:{lattice.platform_namespace}:{lattice.operator_service_account()}",
         resource_attributes=client.V1ResourceAttributes(verb=verb, resource=resource, subresource=subresource,
                                                         group=group, namespace=next(iter(lattice.orgs.values())))))
     result = client.AuthorizationV1Api(lattice.api).create_subject_access_review(review)
