@@ -93,3 +93,33 @@ async def test_apply_publishes_agents(client: LatticeClient, nats_url: str, org:
                     "spec: {model: {provider: python}}\n")
     result = await lattice("--nats", nats_url, "--org", org, "apply", "-f", str(path))
     assert result.code == 1 and "spec.model" in result.stderr and "agent.yaml[0]" in result.stderr
+
+
+async def test_async_work_from_other_processes(client: LatticeClient, nats_url: str, org: str) -> None:
+    """submit, work get/list/cancel and events, each a separate process reading KV and streams."""
+    from station_runtime.api.models import WorkItemSpec
+
+    await client.put_agent(echo_agent("echo", prefix="ok: "))
+    await client.put_agent(echo_agent("slow", delaySeconds=30, steps=30))
+    base = ("--nats", nats_url, "--org", org)
+    async with running_station(nats_url, org, "s1"):
+        await client.wait_for_stations(1, agent="echo", timeout_s=5)
+        result = await lattice(*base, "submit", "echo", "hello", "--wait", "--id", "cli-job")
+        assert result.code == 0, result.stderr
+        assert result.stdout.strip() == "ok: hello"
+        got = json.loads((await lattice(*base, "work", "get", "cli-job", "-o", "json")).stdout)
+        assert got["phase"] == "Succeeded" and got["station_id"] == "s1" and got["result"] == "ok: hello"
+        listed = await lattice(*base, "work", "list")
+        assert "cli-job" in listed.stdout and "Succeeded" in listed.stdout
+        slow = await client.submit(WorkItemSpec(agent="slow"), work_id="cli-slow")
+        assert slow.station_id == "s1"
+        cancelled = await lattice(*base, "work", "cancel", "cli-slow")
+        assert cancelled.code == 0 and "cancelled" in cancelled.stdout
+        events = await lattice(*base, "events", "--work", "cli-job", "-o", "json")
+        types = [json.loads(line)["type"] for line in events.stdout.splitlines()]
+        assert types == ["dev.lattice.work.submitted", "dev.lattice.work.assigned", "dev.lattice.work.started",
+                         "dev.lattice.work.succeeded"]
+        filtered = await lattice(*base, "events", "--type", "work.cancelled")
+        assert "cli-slow" in filtered.stdout and "cli-job" not in filtered.stdout
+    missing = await lattice(*base, "work", "get", "nope")
+    assert missing.code == 1 and "no work 'nope'" in missing.stderr

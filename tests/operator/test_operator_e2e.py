@@ -283,3 +283,38 @@ spec: {{agent: assistant, input: what is a lattice}}
         assert "sk-test" not in str(agent) and "sk-test" not in operator.output()
     finally:
         fake.stop()
+
+
+def test_scaling_and_deleting_a_station_and_the_ttl_of_finished_work_items(
+        crds: Any, kube_cluster: KubeCluster, nats_url: str, k8s_namespace: str, tmp_path: Path) -> None:
+    op = Operator(kube_cluster.kubeconfig, nats_url, k8s_namespace, tmp_path / "operator.log")
+    op.env["LATTICE_WORKITEM_TTL"] = "1"
+    op.env["LATTICE_WORK_RESYNC"] = "1"
+    op.start()
+    try:
+        apply(crds, k8s_namespace, MANIFESTS)
+        wait_sync(lambda: condition(get(crds, k8s_namespace, "stations", "worker"), "Ready") == "True",
+                  timeout_s=60, what="Station Ready")
+        client.CustomObjectsApi(crds).patch_namespaced_custom_object(
+            GROUP, VERSION, k8s_namespace, "stations", "worker", {"spec": {"replicas": 3}})
+        scaled = wait_sync(lambda: (s := get(crds, k8s_namespace, "stations", "worker"))
+                           and (s.get("status") or {}).get("readyReplicas") == 3 and s, timeout_s=60,
+                           what=f"3 stations after scaling up (operator log: {op.output()})")
+        assert sorted(scaled["status"]["stations"]) == ["worker-0", "worker-1", "worker-2"]
+        apply(crds, k8s_namespace, f"apiVersion: {GROUP}/{VERSION}\nkind: WorkItem\nmetadata: {{name: brief}}\n"
+                                   "spec: {agent: echo, input: x}\n")
+
+        def gone() -> bool:
+            names = [w["metadata"]["name"] for w in client.CustomObjectsApi(crds).list_namespaced_custom_object(
+                GROUP, VERSION, k8s_namespace, "workitems")["items"]]
+            return "brief" not in names
+
+        wait_sync(gone, timeout_s=30, what="the finished WorkItem to be deleted after its TTL")
+        client.CustomObjectsApi(crds).delete_namespaced_custom_object(GROUP, VERSION, k8s_namespace, "stations",
+                                                                      "worker")
+        # Garbage collection removes the StatefulSet, its pods get SIGTERM and drain: they leave the lattice.
+        wait_sync(lambda: not [r for r in _station_records(nats_url, k8s_namespace)
+                               if r.station_id.startswith("worker-")], timeout_s=60,
+                  what="the deleted Station's stations to leave the lattice")
+    finally:
+        op.stop()

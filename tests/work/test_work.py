@@ -247,3 +247,30 @@ def _short_assign_timeout(client: LatticeClient) -> None:
     from station_runtime.work.auction import AuctionConfig
 
     client.auction_config = AuctionConfig(deadline_s=0.2, assign_timeout_s=1.0)
+
+
+async def test_a_workflow_resumes_from_its_last_finished_step_after_a_controller_crash(
+        client: LatticeClient, nats_url: str, org: str) -> None:
+    await client.put_agent(echo_agent("step", delaySeconds=0.6, steps=1, prefix="+"))
+    inputs = ["{{input}}", "{{steps.s0.output}}", "{{steps.s1.output}}"]
+    spec = WorkItemSpec(input="x", steps=[WorkflowStep(name=f"s{i}", agent="step", input=text)
+                                          for i, text in enumerate(inputs)])
+    async with running_station(nats_url, org, "s1"):
+        await client.wait_for_stations(1, agent="step", timeout_s=5)
+        async with controller(nats_url, org, name="first"):
+            record = await client.submit(spec)
+            await eventually(lambda: _step_done(client, record.work_id, 1), timeout_s=10, what="step 1 done")
+        # The controller died after step 1; a new one carries on from step 2, without re-running step 1.
+        async with controller(nats_url, org, name="second"):
+            final = await client.wait_work(record.work_id, timeout_s=15)
+    assert final.phase == P.SUCCEEDED and final.result == "+++x"
+    from station_runtime.work.workflow import child_id
+
+    first_step = await client.get_work(child_id(record.work_id, 0))
+    assert first_step is not None and first_step.attempt == 1
+    assert (await event_types(client, child_id(record.work_id, 0))).count("work.submitted") == 1
+
+
+async def _step_done(client: LatticeClient, work_id: str, steps: int) -> bool:
+    record = await client.get_work(work_id)
+    return record is not None and record.step_index >= steps
