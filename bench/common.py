@@ -51,8 +51,8 @@ MODES: dict[str, Mode] = {
                  throughput_max_s=30.0, station_counts=(1, 3, 10, 50), big_lattice_n=500, competitors=True,
                  recovery_trials=3, floor_asyncio=True),
     # Under a minute: 50 station processes alone take ~20 s to start on 2 cores, so no 10-station step.
-    "quick": Mode("quick", latency_n=200, warmup=20, latency_max_s=4.0, throughput_n=500, concurrency=50,
-                  throughput_max_s=3.0, station_counts=(1, 3, 50), big_lattice_n=100, competitors=True,
+    "quick": Mode("quick", latency_n=150, warmup=20, latency_max_s=3.0, throughput_n=400, concurrency=50,
+                  throughput_max_s=3.0, station_counts=(1, 3, 50), big_lattice_n=60, competitors=True,
                   recovery_trials=1),
     # The test suite's smoke run: proves the runner and the JSON, measures nothing worth reading.
     "smoke": Mode("smoke", latency_n=20, warmup=5, latency_max_s=5.0, throughput_n=40, concurrency=8,

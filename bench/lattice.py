@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.common import PAYLOAD, Child, closed_loop, cpu_s, percentile, python, sample, stop_all, summary
 from bench.context import RunContext, log
+from bench.trace import trace
 from station_runtime.api.models import Agent, AgentSpec, ModelSpec, ObjectMeta, WorkItemSpec
 from station_runtime.client import LatticeClient
 from station_runtime.contract.messages import WorkPhase
@@ -83,7 +84,7 @@ class Lattice:
         await asyncio.to_thread(stop_all, self.children)
 
     async def work_once(self) -> None:
-        record = await self.client.submit(WorkItemSpec(agent="echo", input=PAYLOAD))
+        record = await self.client.submit(WorkItemSpec(agent="echo", input=PAYLOAD), watch=True)
         final = await self.client.wait_work(record.work_id, timeout_s=30)
         if final.phase != WorkPhase.SUCCEEDED:
             raise RuntimeError(f"work {final.work_id} ended {final.phase}: {final.reason}")
@@ -131,6 +132,7 @@ async def run_work(ctx: RunContext) -> None:
             ctx.record(f"lattice_work_{count}_stations", stats)
             if count == 3:
                 ctx.results.update(lattice_work_p50_us=stats["p50_us"], lattice_work_p99_us=stats["p99_us"])
+                stats["timeline_us"] = await trace(lat.work_once, min(m.latency_n, 500))
                 invoke = summary(await sample(lat.invoke_once, m.latency_n, warmup=m.warmup, max_s=m.latency_max_s))
                 ctx.record("lattice_invoke_3_stations", invoke)
                 ctx.results["lattice_invoke_p50_us"] = invoke["p50_us"]

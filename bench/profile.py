@@ -37,7 +37,7 @@ async def _profile(n: int, out: Path) -> None:
                 await client.wait_for_stations(3, agent="echo")
 
                 async def once() -> None:
-                    record = await client.submit(WorkItemSpec(agent="echo", input=PAYLOAD))
+                    record = await client.submit(WorkItemSpec(agent="echo", input=PAYLOAD), watch=True)
                     await client.wait_work(record.work_id, timeout_s=30)
 
                 for _ in range(50):

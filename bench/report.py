@@ -62,7 +62,7 @@ def document(ctx: RunContext, keys: tuple[str, ...], machine: dict[str, Any], st
 def write(doc: dict[str, Any], out: Path, name: str = "latest") -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    if name == "latest" and doc.get("mode") in ("full", "quick"):
+    if name == "latest" and doc.get("mode") in ("full", "quick") and not doc.get("only"):  # complete runs only
         history = out / "history"
         history.mkdir(exist_ok=True)
         stamp = doc["started_at"].replace(":", "").replace("-", "")
@@ -113,7 +113,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         auc_ax.set_title("Async work vs lattice size")
         auc_ax.legend()
     machine = doc.get("machine", {})
-    fig.suptitle(f"Station Lattice benchmarks ({doc.get('mode')}, {machine.get('cores')} cores "
+    what = f"median of {doc['runs']} {doc.get('mode')} runs" if doc.get("runs") else doc.get("mode")
+    fig.suptitle(f"Station Lattice benchmarks ({what}, {machine.get('cores')} cores "
                  f"{machine.get('cpu_model')}, {doc.get('started_at')})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -162,6 +163,10 @@ def table(doc: dict[str, Any]) -> str:
         if row and row.get("auction_close_p99_us") is not None:
             lines.append(f"| auction close p50 / p99, {c} stations (ms) | {ms(row['auction_close_p50_us'])} / "
                          f"{ms(row['auction_close_p99_us'])} (bids per auction {row.get('bids_per_auction')}) |")
+    timeline = (d.get("lattice_work_3_stations") or {}).get("timeline_us")
+    if timeline:
+        steps = ", ".join(f"{k.replace('_', ' ')} {v / 1000:.2f}" for k, v in timeline.items())
+        lines.append(f"| one item on 3 stations, ms since submit (median) | {steps} |")
     if doc.get("recovery_s") is not None:
         lines.append(f"| recovery after SIGKILL (s; heartbeat {doc.get('recovery_heartbeat_s')} s) | "
                      f"{doc['recovery_s']:.2f} |")

@@ -276,22 +276,26 @@ class LatticeClient:
         assert self.nc is not None, "connect() first"
         return self.nc
 
-    async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None) -> WorkRecord:
+    async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None, watch: bool = False) -> WorkRecord:
         """Create the work and auction it at once; idempotent on ``work_id``. Returns the record as it stands
         after the auction (Assigned, Unschedulable, ...). The witness of a running controller takes over if this
-        process dies before the work is placed."""
+        process dies before the work is placed.
+
+        ``watch``: the caller will ``wait_work`` for it. Its updates are then followed from the moment the record
+        exists (kept up to a minute for that wait), so the wait reads nothing; without a wait they would only
+        cost traffic, hence off by default."""
         if spec.org is not None and spec.org != self.org:
             raise LatticeError(f"work is for org {spec.org!r} but this client is connected to org {self.org!r}")
         auctioneer = await self.auctioneer()
         work_id = work_id or uuid.uuid4().hex
 
-        async def watch(created: Versioned) -> None:
+        async def follow(created: Versioned) -> None:
             # Subscribed once the record exists and before a station can have it: a wait_work() that follows
             # needs no read, and gets no copy of the creation it already knows.
             (await self._watch(work_id)).latest = created
 
         try:
-            versioned, _ = await auctioneer.submit(spec, work_id=work_id, on_created=watch)
+            versioned, _ = await auctioneer.submit(spec, work_id=work_id, on_created=follow if watch else None)
         except BaseException:
             if (opened := self._watches.pop(work_id, None)) is not None:
                 with contextlib.suppress(Exception):

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -80,6 +80,8 @@ class Run:
     #: Whether the record says Running (short work skips that write), and when the executor started.
     running_recorded: bool = False
     started_at: datetime | None = None
+    #: Sends the acceptance of the assignment (when the run starts).
+    accept: Callable[[], Awaitable[None]] | None = None
 
 
 class WorkService:
@@ -145,12 +147,20 @@ class WorkService:
         record = assign.record
         reason = self._refusal(record)
         accepted = not reason and record.attempt_id is not None
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(encode(WorkAccept(work_id=record.work_id, attempt_id=record.attempt_id or "",
-                                                    station_id=self.station_id, accepted=accepted, reason=reason)))
+
+        async def reply() -> None:
+            if msg.reply:
+                with contextlib.suppress(Exception):
+                    await msg.respond(encode(WorkAccept(work_id=record.work_id, attempt_id=record.attempt_id or "",
+                                                        station_id=self.station_id, accepted=accepted,
+                                                        reason=reason)))
+
         if accepted:
-            self._start(Versioned(record, assign.revision))
+            # The run answers first thing, before it waits for a slot: the answer then leaves in the same socket
+            # write as the run's first messages (one write and one wake-up less per item), never later than that.
+            self._start(Versioned(record, assign.revision), accept=reply)
+        else:
+            await reply()
 
     def _refusal(self, record: WorkRecord) -> str:
         if self.is_draining():
@@ -167,10 +177,10 @@ class WorkService:
             return "full"
         return ""
 
-    def _start(self, versioned: Versioned) -> None:
+    def _start(self, versioned: Versioned, accept: Callable[[], Awaitable[None]] | None = None) -> None:
         record = versioned.record
         assert record.attempt_id is not None
-        run = Run(record.work_id, record.attempt_id, versioned)
+        run = Run(record.work_id, record.attempt_id, versioned, accept=accept)
         self.runs[record.work_id] = run
         self.slots.waiting += 1
         run.task = asyncio.create_task(self._execute(run), name=f"work-{record.work_id}")
@@ -202,6 +212,8 @@ class WorkService:
 
     async def _execute(self, run: Run) -> None:
         self.slots.waiting -= 1
+        if run.accept is not None:
+            await run.accept()
         try:
             async with self.slots:
                 await self._run_attempt(run)

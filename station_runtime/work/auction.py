@@ -74,6 +74,10 @@ class AuctionConfig:
     #: assignment (attempt id, station) travels in WorkAssign; a second winner after a refusal is fenced by the
     #: same CAS. False: the auctioneer writes Assigned first (the record shows the assignment at once).
     winner_claims: bool = True
+    #: Close at the first bid no station can beat (idle, every preferred label, exact capabilities) instead of
+    #: waiting for every bidder asked. Off by default: equal bids then go to whoever answers first rather than
+    #: to the deterministic tie-break, and a bid above the honest maximum could be passed over.
+    close_on_perfect_bid: bool = False
 
 
 def requirements(spec: WorkItemSpec) -> scoring.Requirements:
@@ -270,7 +274,8 @@ class Auctioneer:
         if self.config.policy == "first_available":
             return request, eligible
         bidders = eligible if everyone else self._sample(eligible, record.work_id)
-        collecting = self.bids.open(request.auction_id, {s.station_id for s in bidders}, perfect_score(req))
+        collecting = self.bids.open(request.auction_id, {s.station_id for s in bidders},
+                                    perfect_score(req) if self.config.close_on_perfect_bid else float("inf"))
         collecting.unasked = len(eligible) - len(bidders)
         if not bidders:
             return request, collecting

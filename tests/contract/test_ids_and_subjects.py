@@ -48,6 +48,10 @@ def test_subjects_follow_the_contract() -> None:
     assert subjects.workflow_run("acme", "s1") == "lattice.v1.acme.station.s1.workflow.run"
     assert subjects.work_assign("acme", "s1") == "lattice.v1.acme.station.s1.work.assign"
     assert subjects.auction_request("acme") == "lattice.v1.acme.auction.request"
+    assert subjects.station_auction("acme", "s1") == "lattice.v1.acme.station.s1.auction.request"
+    assert subjects.work_update("acme", "w1", "record") == "lattice.v1.acme.work.w1.record"
+    assert subjects.work_record_republish("acme") == ("$KV.lattice-acme-work.*",
+                                                      "lattice.v1.acme.work.{{wildcard(1)}}.record")
     assert subjects.work_update("acme", "w1", "progress") == "lattice.v1.acme.work.w1.progress"
     assert subjects.work_updates_all("acme") == "lattice.v1.acme.work.*.*"
     assert subjects.event("acme", "work", "succeeded") == "lattice.v1.acme.events.work.succeeded"

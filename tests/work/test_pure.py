@@ -181,3 +181,14 @@ def test_child_ids_are_deterministic_and_bounded() -> None:
     assert workflow.child_id(long_id, 3) == workflow.child_id(long_id, 3)
     assert len(workflow.child_id(long_id, 12)) <= 64
     assert workflow.child_id("a", 0) != workflow.child_id("b", 0)
+
+
+def test_a_perfect_score_is_the_best_any_station_can_bid() -> None:
+    from station_runtime.work.auction import perfect_score
+
+    for req in (scoring.Requirements(agent="echo"), scoring.Requirements(capabilities=("a",)),
+                scoring.Requirements(prefer_labels={"gpu": "yes"}),
+                scoring.Requirements(capabilities=("a",), prefer_labels={"gpu": "yes"})):
+        best = scoring.score(req, capacity=4, load=0, capabilities=req.capabilities, labels=dict(req.prefer_labels))
+        assert best == perfect_score(req)
+        assert scoring.score(req, capacity=4, load=1, capabilities=[*req.capabilities, "b"], labels={}) < best

@@ -232,6 +232,31 @@ async def test_a_workflow_runs_its_steps_in_order_with_templated_inputs(client: 
     assert final.step_outputs == {"draft": "draft of lattices", "shout": "DRAFT OF LATTICES!"}
 
 
+async def test_a_large_lattice_asks_a_few_least_loaded_stations_and_everyone_if_they_are_silent(
+        client: LatticeClient, nats_url: str, org: str) -> None:
+    """Auction cost must not grow with the lattice: only ``max_bidders`` stations are asked. Silent registered
+    stations (they never bid) may be sampled; then every eligible station is asked before giving up."""
+    from station_runtime.work.auction import AuctionConfig
+
+    await client.put_agent(echo_agent("echo"))
+    client.auction_config = AuctionConfig(deadline_s=0.2, assign_timeout_s=1.0, max_bidders=1)
+    now = utcnow()
+    state = await client.state()
+    for name in ("silent-a", "silent-b", "silent-c"):
+        await state.stations.put(name, encode(StationRecord(
+            org=org, station_id=name, capacity=4, agents=["echo"], heartbeat_interval_s=30, started_at=now,
+            last_heartbeat=now)))
+    async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"):
+        await client.wait_for_stations(5, agent="echo", timeout_s=5)
+        # Half of them followed from submit (watch=True: the wait reads nothing), half read by the wait.
+        records = [await client.submit(WorkItemSpec(agent="echo", input=str(i)), watch=i % 2 == 0) for i in range(8)]
+        finals = [await client.wait_work(r.work_id, timeout_s=10) for r in records]
+        assert [f.result for f in finals] == [str(i) for i in range(8)]
+        auctioneer = await client.auctioneer()
+    assert [f.phase for f in finals] == [P.SUCCEEDED] * 8 and {f.station_id for f in finals} <= {"s1", "s2"}
+    assert max(auctioneer.last_bid_counts) <= 2  # one asked; all five only when that one was silent
+
+
 async def _phase(client: LatticeClient, work_id: str, phase: WorkPhase) -> bool:
     record = await client.get_work(work_id)
     return record is not None and record.phase == phase
