@@ -32,7 +32,7 @@ def test_smoke_run_writes_every_key(tmp_path: Path) -> None:
     for key in ("celery_p50_us", "taskiq_p50_us", "recovery_s", "auction_close_p99_us_50_stations"):
         assert doc[key] is None
     assert {"celery", "taskiq", "recovery", "operator", "auction_close_p99_us_50_stations"} <= set(doc["skipped"])
-    assert doc["skipped"]["operator"] == "the operator does not exist yet"
+    assert doc["skipped"]["operator"] == "not part of --smoke"
     for key in ("cpu_model", "cores", "python", "nats_server", "nats_py", "celery", "taskiq", "git_commit"):
         assert key in doc["machine"]
     assert doc["mode"] == "smoke" and {t["target"] for t in doc["targets"]} >= {"work_p50_vs_floor", "recovery"}

@@ -445,7 +445,7 @@ def submit(
 
     async def main() -> int:
         async with LatticeClient(g.nats, g.org) as client:
-            records = [await client.submit(spec, work_id=wid) for wid, spec in specs]
+            records = [await client.submit(spec, work_id=wid, watch=wait or follow) for wid, spec in specs]
             if not (wait or follow):
                 for record in records:
                     if output in ("json", "yaml"):

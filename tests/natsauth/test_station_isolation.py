@@ -156,6 +156,7 @@ async def test_a_station_cannot_speak_or_write_as_another_station(
         await s1.publish(subjects.work_assign(ORG_A, "s2"), b"forged assignment")
         await s1.publish(subjects.agent_invoke(ORG_A, "s2"), b"forged invoke")
         await s1.publish(subjects.presence(ORG_A, "heartbeat"), b"s1 beat")
+        await s1.flush()
         assert (await beats.next_msg(timeout=5)).data == b"s1 beat"  # after the forgeries on the same connection
         assert to_s2.pending_msgs == 0
         await observed.wait_for('publish to "lattice.v1.orga.station.s2.work.assign"')
