@@ -8,9 +8,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import nats.errors
+from typing import Any, Protocol
 
 from station_runtime.api.models import WorkItem
 from station_runtime.client import LatticeClient
@@ -19,7 +17,7 @@ from station_runtime.contract.errors import DecodeError
 from station_runtime.contract.messages import StationRecord, WorkRecord
 from station_runtime.natsauth import prepare_org_state
 from station_runtime.natsio.connect import NatsSettings
-from station_runtime.natsio.state import StateLimits
+from station_runtime.natsio.state import StateLimits, follow
 from station_runtime.work.controller import WorkController
 from station_runtime.work.policy import WitnessPolicy
 
@@ -76,6 +74,7 @@ class WorkItemMirror:
         self._wake = asyncio.Event()
         #: A finished record skips the rate limit: users wait for exactly that one.
         self._urgent = asyncio.Event()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.patches = 0
 
@@ -84,6 +83,8 @@ class WorkItemMirror:
                        asyncio.create_task(self._flush(), name=f"mirror-flush-{self.org}")]
 
     async def stop(self) -> None:
+        self._stopping = True  # wait_for may swallow a cancel (Python 3.11): the flush loop checks this too
+        self._wake.set()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -105,31 +106,16 @@ class WorkItemMirror:
                 self._urgent.set()
 
     async def _watch(self) -> None:
-        while True:
-            try:
-                state = await self.client.state()
-                watcher = await state.work.watchall()
-                try:
-                    while True:
-                        try:
-                            entry = await watcher.updates(timeout=60)
-                        except nats.errors.TimeoutError:
-                            continue
-                        if entry is None or not entry.value or not entry.key.startswith("wi-"):
-                            continue
-                        with contextlib.suppress(DecodeError):
-                            self.offer(decode(entry.value, WorkRecord))
-                finally:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("work mirror for org %s: watch failed (%s); retrying", self.org, exc)
-                await asyncio.sleep(1.0)
+        state = await self.client.state()
+        await follow(state.work, self._on_entry, what=f"work mirror for org {self.org}")
+
+    async def _on_entry(self, entry: Any, initial: bool) -> None:
+        if entry.value and entry.key.startswith("wi-"):
+            with contextlib.suppress(DecodeError):
+                self.offer(decode(entry.value, WorkRecord))
 
     async def _flush(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, {}

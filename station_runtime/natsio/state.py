@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -160,3 +160,54 @@ async def watch(kv: KeyValue, keys: str = ">") -> AsyncIterator[tuple[str, bytes
     finally:
         with contextlib.suppress(Exception):
             await asyncio.shield(watcher.stop())
+
+
+EntryHandler = Callable[[Any, bool], Awaitable[None]]
+
+
+async def follow(kv: KeyValue, on_entry: EntryHandler, *, what: str,
+                 on_snapshot: Callable[[set[str]], Awaitable[None]] | None = None,
+                 on_failure: Callable[[], None] | None = None) -> None:
+    """Follow every key of a bucket, forever: ``on_entry(entry, initial)`` for the current values (initial=True)
+    and then every change; ``on_snapshot(keys seen)`` once the current values are delivered. Any failure rebuilds
+    the watch with backoff (nats-py's ordered consumers do not reliably survive a server restart), and a fresh
+    watch re-delivers every current value, so handlers must be idempotent. Cancel the task to stop."""
+    delay = 0.2
+    task = asyncio.current_task()
+    while True:
+        try:
+            watcher = await kv.watchall()
+            seen: set[str] = set()
+            initial = True
+            try:
+                while True:
+                    try:
+                        entry = await watcher.updates(timeout=60)
+                    except nats.errors.TimeoutError:
+                        continue
+                    finally:
+                        # Python 3.11's wait_for drops a cancellation that lands as an update arrives: without
+                        # this check a stop would wait for the next update, or forever on a quiet bucket.
+                        if task is not None and task.cancelling():
+                            raise asyncio.CancelledError
+                    if entry is None:
+                        if initial:
+                            initial = False
+                            delay = 0.2
+                            if on_snapshot is not None:
+                                await on_snapshot(seen)
+                        continue
+                    if initial:
+                        seen.add(entry.key)
+                    await on_entry(entry, initial)
+            finally:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if on_failure is not None:
+                on_failure()
+            log.warning("%s: watch failed (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

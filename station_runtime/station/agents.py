@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-import nats.errors
 from nats.js.kv import KeyValue
 
 from ..api.selectors import LabelSelector, selector_matches
@@ -22,6 +21,7 @@ from ..contract.codec import decode
 from ..contract.errors import DecodeError
 from ..contract.messages import AgentDefinition
 from ..executors import AgentFailure, Executor, build_executor
+from ..natsio.state import follow
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class AgentHost:
         self.load_errors: dict[str, str] = {}
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._changed_initially = False
 
     def get(self, name: str) -> HostedAgent | None:
         return self.agents.get(name)
@@ -114,50 +115,27 @@ class AgentHost:
         self.agents.clear()
 
     async def _run(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await self._watch_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("agent watch failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        self._changed_initially = False
+        await follow(self._kv, self._on_entry, what="agent watch", on_snapshot=self._on_snapshot)
 
-    async def _watch_once(self) -> None:
-        watcher = await self._kv.watchall()
-        seen: set[str] = set()
-        initial = True
-        changed_initially = False
-        try:
-            while True:
-                try:
-                    entry = await watcher.updates(timeout=60)
-                except nats.errors.TimeoutError:
-                    continue
-                if entry is None:
-                    if initial:
-                        initial = False
-                        for name in [n for n in self.agents if n not in seen]:
-                            changed_initially |= await self._remove(name, "gone while disconnected")
-                        self._ready.set()
-                        if changed_initially:
-                            await self._on_change()
-                    continue
-                seen.add(entry.key)
-                deleted = entry.operation in ("DEL", "PURGE") or not entry.value
-                changed = (
-                    await self._remove(entry.key, "deleted")
-                    if deleted
-                    else await self._apply(entry.key, entry.value, entry.revision or 0)
-                )
-                if changed and not initial:
-                    await self._on_change()
-                changed_initially |= changed
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+    async def _on_snapshot(self, seen: set[str]) -> None:
+        changed, self._changed_initially = self._changed_initially, False
+        for name in [n for n in self.agents if n not in seen]:
+            changed |= await self._remove(name, "gone while disconnected")
+        self._ready.set()
+        if changed:
+            await self._on_change()
+
+    async def _on_entry(self, entry: Any, initial: bool) -> None:
+        deleted = entry.operation in ("DEL", "PURGE") or not entry.value
+        changed = (await self._remove(entry.key, "deleted") if deleted
+                   else await self._apply(entry.key, entry.value, entry.revision or 0))
+        if not changed:
+            return
+        if initial:
+            self._changed_initially = True  # announced once, after the whole snapshot
+        else:
+            await self._on_change()
 
     async def _apply(self, key: str, value: bytes, revision: int) -> bool:
         current = self.agents.get(key)

@@ -13,13 +13,14 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
-import nats.errors
 from nats.js.kv import KeyValue
 
 from ..contract.codec import decode
 from ..contract.errors import DecodeError
 from ..contract.messages import StationRecord, utcnow
+from ..natsio.state import follow
 from ..routing import is_live
 
 log = logging.getLogger(__name__)
@@ -62,57 +63,27 @@ class StationDirectory:
         return {r.station_id for r in self.live(now)}
 
     async def _run(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await self._watch_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.healthy = False
-                log.warning("station watch failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await follow(self._kv, self._on_entry, what="station directory", on_snapshot=self._on_snapshot,
+                     on_failure=self.disconnected)
 
-    async def _watch_once(self) -> None:
-        watcher = await self._kv.watchall()
-        seen: set[str] = set()
-        initial = True
-        task = asyncio.current_task()
+    async def _on_snapshot(self, seen: set[str]) -> None:
+        for gone in set(self.records) - seen:
+            self.records.pop(gone, None)
+        self.healthy = True
+        self._ready.set()
+
+    async def _on_entry(self, entry: Any, initial: bool) -> None:
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self.records.pop(entry.key, None)
+            return
         try:
-            while True:
-                try:
-                    entry = await watcher.updates(timeout=60)
-                except nats.errors.TimeoutError:
-                    continue
-                finally:
-                    # Python 3.11's wait_for drops a cancellation that lands as an update arrives: without this
-                    # check, stop() would wait for the next update, or forever on a quiet lattice.
-                    if task is not None and task.cancelling():
-                        raise asyncio.CancelledError
-                if entry is None:
-                    if initial:
-                        initial = False
-                        for gone in set(self.records) - seen:
-                            self.records.pop(gone, None)
-                        self.healthy = True
-                        self._ready.set()
-                    continue
-                seen.add(entry.key)
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    self.records.pop(entry.key, None)
-                    continue
-                try:
-                    record = decode(entry.value, StationRecord)
-                except DecodeError as exc:
-                    log.warning("ignoring malformed station record %r: %s", entry.key, exc)
-                    continue
-                previous = self.records.get(entry.key)
-                self.records[entry.key] = record
-                if previous is None or previous.started_at != record.started_at:
-                    self.last_join = utcnow()
-                    if not initial and self._on_join is not None:
-                        await self._on_join(record)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+            record = decode(entry.value, StationRecord)
+        except DecodeError as exc:
+            log.warning("ignoring malformed station record %r: %s", entry.key, exc)
+            return
+        previous = self.records.get(entry.key)
+        self.records[entry.key] = record
+        if previous is None or previous.started_at != record.started_at:
+            self.last_join = utcnow()
+            if not initial and self._on_join is not None:
+                await self._on_join(record)

@@ -52,6 +52,7 @@ class Witness:
         self.actions: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="witness")
@@ -64,13 +65,17 @@ class Witness:
         self.wake()
 
     async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _loop(self) -> None:
-        while True:
+        # Python 3.11's wait_for can swallow a cancellation that lands as the awaited thing completes (and the
+        # sweep awaits many), so the loop also checks a flag: stop() must never wait forever.
+        while not self._stopping:
             try:
                 await self.sweep()
             except asyncio.CancelledError:
