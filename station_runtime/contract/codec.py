@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Final, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -36,6 +37,16 @@ def decode(data: bytes, model: type[M], *, max_bytes: int = MAX_MESSAGE_BYTES) -
         return model.model_validate_json(data)
     except ValidationError as exc:
         raise DecodeError(f"invalid {model.__name__}: {_summary(exc)}", data[:1024]) from exc
+
+
+def decode_or_log(data: bytes, model: type[M], *, what: str, logger: logging.Logger) -> M | None:
+    """For subscription callbacks: the message, or None after a warning that says what was wrong. A malformed
+    message from the network must cost a log line, never the subscriber."""
+    try:
+        return decode(data, model)
+    except DecodeError as exc:
+        logger.warning("ignoring malformed %s: %s", what, exc)
+        return None
 
 
 _INVOKE_REPLY: Final = TypeAdapter(InvokeResult | InvokeError)

@@ -20,8 +20,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from ..contract import subjects
-from ..contract.codec import decode, encode
-from ..contract.errors import DecodeError
+from ..contract.codec import decode_or_log, encode
 from ..contract.messages import (
     AuctionBid,
     AuctionRequest,
@@ -109,15 +108,16 @@ class WorkService:
 
     # --- bidding and accepting ------------------------------------------------------------------------------
 
+    def _capabilities(self) -> set[str]:
+        return set(self.settings.capabilities) | self.agents.capabilities()
+
     def _fits(self, req: scoring.Requirements) -> bool:
-        caps = set(self.settings.capabilities) | self.agents.capabilities()
-        return scoring.fits(req, agents=self.agents.agents, capabilities=caps, labels=self.settings.labels)
+        return scoring.fits(req, agents=self.agents.agents, capabilities=self._capabilities(),
+                            labels=self.settings.labels)
 
     async def on_auction(self, msg: Msg) -> None:
-        try:
-            request = decode(msg.data, AuctionRequest)
-        except DecodeError as exc:
-            log.warning("ignoring malformed auction request: %s", exc)
+        request = decode_or_log(msg.data, AuctionRequest, what="auction request", logger=log)
+        if request is None:
             return
         req = scoring.Requirements(agent=request.agent, capabilities=tuple(request.capabilities),
                                    labels=request.labels, prefer_labels=request.prefer_labels)
@@ -130,19 +130,17 @@ class WorkService:
         elif self.slots.full():
             bid = bid.model_copy(update={"declined": True, "reason": "full"})
         else:
-            caps = set(self.settings.capabilities) | self.agents.capabilities()
             bid = bid.model_copy(update={"score": scoring.score(req, capacity=self.slots.capacity,
-                                                                 load=self.slots.load, capabilities=caps,
+                                                                 load=self.slots.load,
+                                                                 capabilities=self._capabilities(),
                                                                  labels=self.settings.labels)})
         if msg.reply:
             with contextlib.suppress(Exception):
                 await msg.respond(encode(bid))
 
     async def on_assign(self, msg: Msg) -> None:
-        try:
-            assign = decode(msg.data, WorkAssign)
-        except DecodeError as exc:
-            log.warning("ignoring malformed assignment: %s", exc)
+        assign = decode_or_log(msg.data, WorkAssign, what="assignment", logger=log)
+        if assign is None:
             return
         record = assign.record
         reason = self._refusal(record)
@@ -391,10 +389,8 @@ class WorkService:
     # --- cancellation, drain, propulsion ----------------------------------------------------------------------
 
     async def on_cancel(self, msg: Msg) -> None:
-        try:
-            cancel = decode(msg.data, WorkCancel)
-        except DecodeError as exc:
-            log.warning("ignoring malformed cancel: %s", exc)
+        cancel = decode_or_log(msg.data, WorkCancel, what="cancel", logger=log)
+        if cancel is None:
             return
         run = self.runs.get(cancel.work_id)
         if run is not None and run.task is not None and cancel.attempt_id in (None, run.attempt_id):

@@ -33,7 +33,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from ..api.models import WorkItemSpec
 from ..contract import subjects
-from ..contract.codec import decode, encode
+from ..contract.codec import decode, decode_or_log, encode
 from ..contract.errors import DecodeError
 from ..contract.messages import (
     AuctionBid,
@@ -146,10 +146,8 @@ class BidCollector:
         return list(collecting.bids)
 
     async def _on_bid(self, msg: Msg) -> None:
-        try:
-            bid = decode(msg.data, AuctionBid)
-        except DecodeError as exc:
-            log.warning("ignoring malformed bid: %s", exc)
+        bid = decode_or_log(msg.data, AuctionBid, what="bid", logger=log)
+        if bid is None:
             return
         collecting = self._pending.get(bid.auction_id)
         if collecting is None or any(b.station_id == bid.station_id for b in collecting.bids):
