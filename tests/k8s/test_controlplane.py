@@ -64,6 +64,13 @@ print("second run succeeds")
 """
 
 
+def python_pod(name: str, code: str, restart_policy: str) -> dict[str, Any]:
+    """A one-container pod running ``python -c code`` through the process kubelet's test image."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": restart_policy,
+                     "containers": [{"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", code]}]}}
+
+
 @pytest.fixture
 def api(kube_cluster: KubeCluster) -> Iterator[client.ApiClient]:
     with kube_cluster.api_client() as api_client:
@@ -364,18 +371,7 @@ def test_a_failing_container_is_restarted_per_restart_policy(
     api: client.ApiClient, kubelet: ProcessKubelet, k8s_namespace: str
 ) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_pod(
-        k8s_namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "flaky"},
-            "spec": {
-                "restartPolicy": "OnFailure",
-                "containers": [{"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", FAIL_ONCE]}],
-            },
-        },
-    )
+    core.create_namespaced_pod(k8s_namespace, python_pod("flaky", FAIL_ONCE, "OnFailure"))
 
     pod = wait_sync(
         lambda: pod_phase_is(core, k8s_namespace, "flaky", "Succeeded"),
@@ -463,18 +459,7 @@ def test_a_pod_reaches_the_api_as_its_service_account(
     api: client.ApiClient, kubelet: ProcessKubelet, k8s_namespace: str
 ) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_pod(
-        k8s_namespace,
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": "whoami"},
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "main", "image": TEST_IMAGE, "command": ["python", "-c", WHOAMI]}],
-            },
-        },
-    )
+    core.create_namespaced_pod(k8s_namespace, python_pod("whoami", WHOAMI, "Never"))
 
     wait_sync(
         lambda: pod_phase_is(core, k8s_namespace, "whoami", "Succeeded"),
