@@ -22,7 +22,7 @@ FAST = WitnessPolicy(accept_timeout_s=2.0, stuck_threshold_s=30.0, pending_grace
 async def controller(url: str, org: str, name: str = "controller", **kwargs: object) -> AsyncIterator[WorkController]:
     c = WorkController(NatsSettings(url=url), org, policy=kwargs.pop("policy", FAST),  # type: ignore[arg-type]
                        interval_s=0.2, limits=StateLimits(presence_ttl_s=1.5), name=name,
-                       auction=AuctionConfig(deadline_s=0.2, assign_timeout_s=1.0), **kwargs)  # type: ignore[arg-type]
+                       auction=AuctionConfig(deadline_s=1.0, assign_timeout_s=1.0), **kwargs)  # type: ignore[arg-type]
     await c.start()
     try:
         yield c
