@@ -57,8 +57,6 @@ from .work.store import Versioned, WorkStore
 log = logging.getLogger(__name__)
 
 
-#: How long a waiter that got the outcome pushed waits for the writer's completion notification.
-NOTIFICATION_GRACE_S = 0.25
 #: submit() keeps each item's update subscription this long (at most this many) for a wait_work() to take over.
 WATCH_TTL_S = 60.0
 MAX_WATCHES = 10_000
@@ -290,8 +288,8 @@ class LatticeClient:
         work_id = work_id or uuid.uuid4().hex
 
         async def follow(created: Versioned) -> None:
-            # Subscribed once the record exists and before a station can have it: a wait_work() that follows
-            # needs no read, and gets no copy of the creation it already knows.
+            # Subscribed once the record exists (so its creation is not pushed to us) and before a station can
+            # have it: a wait_work() that follows needs no read. The SUB leaves with the assignment's write.
             (await self._watch(work_id)).latest = created
 
         try:
@@ -307,12 +305,17 @@ class LatticeClient:
 
     async def _watch(self, work_id: str) -> _Watch:
         now = time.monotonic()
-        stale = [k for k, w in self._watches.items() if now - w.since > WATCH_TTL_S]
-        stale += list(self._watches)[:max(len(self._watches) - MAX_WATCHES + 1, 0)]
-        for key in stale:
-            if (old := self._watches.pop(key, None)) is not None:
-                with contextlib.suppress(Exception):
-                    await old.sub.unsubscribe()
+        if (same := self._watches.pop(work_id, None)) is not None:  # submitted again with the same id
+            with contextlib.suppress(Exception):
+                await same.sub.unsubscribe()
+        # Oldest first: only the front can have expired, and the map stays bounded.
+        while self._watches:
+            key, oldest = next(iter(self._watches.items()))
+            if now - oldest.since <= WATCH_TTL_S and len(self._watches) < MAX_WATCHES:
+                break
+            del self._watches[key]
+            with contextlib.suppress(Exception):
+                await oldest.sub.unsubscribe()
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
         watch = self._watches[work_id] = _Watch(sub, queue, None, now)
@@ -366,26 +369,21 @@ class LatticeClient:
                         on_progress: Callable[[WorkProgress | WorkRecord], Awaitable[None]] | None = None,
                         poll_s: float = 2.0) -> WorkRecord:
         """Wait until the work is finished. The server pushes every stored version of the record
-        (``work.{id}.record``), so the outcome needs no read of its own; the writer's completion notification
-        (sent once its events are out) confirms it. The record is re-read every ``poll_s`` as well, so a missed
-        message (NATS restarted) costs a delay, never a hang."""
+        (``work.{id}.record``), so the outcome needs no read of its own: a pushed record is stored, and the KV is
+        the source of truth (its events follow asynchronously). The record is re-read every ``poll_s`` as well, so
+        a missed message (NATS restarted) costs a delay, never a hang."""
         store = await self.work_store()
         watch = self._watches.pop(work_id, None)
-        if watch is None or watch.latest is None:
+        if watch is None:
             queue: asyncio.Queue[Msg] = asyncio.Queue()
             sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
-            if watch is not None:
-                with contextlib.suppress(Exception):
-                    await watch.sub.unsubscribe()
             latest: Versioned | None = None
-        else:  # submitted here: subscribed since before the auction, and the record as we last wrote it
+        else:  # submitted here: subscribed since the record was created, and the record as we last wrote it
             queue, sub, latest = watch.queue, watch.sub, watch.latest
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         reported: WorkRecord | None = None
         read = latest is None
-        #: Whether a terminal record may be returned: it was read, or its writer's notification came.
-        confirmed = True
         try:
             while True:
                 if read:
@@ -393,24 +391,22 @@ class LatticeClient:
                     if found is None:
                         raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
                     latest = _newer(latest, found)
-                    read, confirmed = False, True
+                    read = False
                 assert latest is not None
                 record = latest.record
                 if on_progress is not None and (reported is None or record.updated_at != reported.updated_at):
                     await on_progress(record)
                 reported = record
-                if record.phase.terminal and confirmed:
+                if record.phase.terminal:
                     return record
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
                     raise LatticeError(f"work {work_id} still {record.phase} after {timeout_s}s")
-                # A pushed outcome waits briefly for its notification: the writer's events are stored by then.
-                wait_s = NOTIFICATION_GRACE_S if record.phase.terminal else poll_s
                 try:
-                    msg = await asyncio.wait_for(queue.get(), min(wait_s, remaining or wait_s))
+                    async with asyncio.timeout(min(poll_s, remaining or poll_s)):  # no task per wait
+                        msg = await queue.get()
                 except TimeoutError:
-                    read = not record.phase.terminal
-                    confirmed = True
+                    read = True
                     continue
                 kind = msg.subject.rsplit(".", 1)[-1]
                 if kind == "record":
@@ -418,15 +414,14 @@ class LatticeClient:
                         continue  # a version we know (or older): no need to decode it
                     pushed = store.pushed(msg.headers, msg.data)
                     if pushed is not None:
-                        latest, confirmed = pushed, False
+                        latest = pushed
                     read = pushed is None
                 elif kind == "progress":
                     if on_progress is not None:
                         with contextlib.suppress(DecodeError):
                             await on_progress(decode(msg.data, WorkProgress))
                 else:  # complete or failed: the pushed record normally came first; read if it did not
-                    confirmed = True
-                    read = not record.phase.terminal
+                    read = True
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -81,6 +81,8 @@ class Run:
     started_at: datetime | None = None
     #: Sends the acceptance of the assignment (when the run starts).
     accept: Callable[[], Awaitable[None]] | None = None
+    #: Writes Running once the executor has had to wait.
+    marker: asyncio.Task[None] | None = None
 
 
 class WorkService:
@@ -235,11 +237,13 @@ class WorkService:
             await self._write(run, lambda r: phases.transition(r, P.RUNNING, reason="resumed after station restart",
                                                                last_progress_at=utcnow()))
             run.running_recorded = True
-        # Short work never writes Running: Assigned -> Succeeded is one write instead of two. Work still going
-        # after QUIET_START_S records Running (in the background, while the executor runs).
+        # Short work never writes Running: Assigned -> Succeeded is one write instead of two (and no "started"
+        # event: events follow stored changes). Work still going after QUIET_START_S records Running, in the
+        # background while the executor runs.
         started = run.current.record if resumed else phases.transition(record, P.RUNNING, last_progress_at=utcnow())
         run.started_at = started.started_at
-        await self.store.emit("work", "started", started, resumed=resumed)
+        if resumed:
+            await self.store.emit("work", "started", started, resumed=True)
         spec = started.spec
         agent = self._pick_agent(started)
         if agent is None:
@@ -248,7 +252,9 @@ class WorkService:
             return
         remaining = spec.timeouts.start_to_close_seconds - (
             (utcnow() - started.started_at).total_seconds() if started.started_at else 0.0)
-        marker = None if resumed else asyncio.create_task(self._record_running_later(run))
+        # A timer, not a task: it first fires once the executor has had to wait, so work that never waits
+        # cancels it before it costs anything.
+        marker = None if resumed else asyncio.get_running_loop().call_later(QUIET_START_S, self._mark_running, run)
         agent.acquire()
         try:
             async with asyncio.timeout(max(remaining, 0.001)):
@@ -273,8 +279,10 @@ class WorkService:
         finally:
             agent.release()
             if marker is not None:
-                # Safe even mid-write: every write is a CAS, so the next one re-reads if this one landed.
                 marker.cancel()
+            if run.marker is not None:
+                # Safe even mid-write: every write is a CAS, so the next one re-reads if this one landed.
+                run.marker.cancel()
         try:
             result, ref = await self.store.store_result(run.work_id, outcome.output)
         except (ResultTooLarge, TypeError, ValueError) as exc:
@@ -282,19 +290,17 @@ class WorkService:
             return
         await self._finish(run, P.SUCCEEDED, result=result, result_ref=ref, progress_percent=100.0)
 
-    async def _record_running_later(self, run: Run) -> None:
-        # This task first runs once the executor has had to wait: an executor that never waits is done by then
-        # and cancels it, so no Running write.
-        if QUIET_START_S > 0:
-            await asyncio.sleep(QUIET_START_S)
-        await self._record_running(run)
+    def _mark_running(self, run: Run) -> None:
+        if not run.running_recorded:
+            run.marker = asyncio.create_task(self._record_running(run), name=f"running-{run.work_id}")
 
     async def _record_running(self, run: Run) -> None:
         if run.running_recorded:
             return
         run.running_recorded = True
         try:
-            await self._write(run, lambda r: phases.transition(r, P.RUNNING, last_progress_at=utcnow()))
+            running = await self._write(run, lambda r: phases.transition(r, P.RUNNING, last_progress_at=utcnow()))
+            await self.store.emit("work", "started", running.record)
         except Superseded:
             pass  # the final write finds out again and reports it
         except Exception as exc:  # NATS down for minutes: the outcome write retries on its own
@@ -322,6 +328,7 @@ class WorkService:
                 await self.nc.publish(subjects.work_update(self.org, run.work_id, "progress"), encode(message))
         if now - run.last_record >= PROGRESS_RECORD_INTERVAL_S:
             run.last_record = now
+            first = not run.running_recorded
             run.running_recorded = True  # this write moves Assigned -> Running as well
             try:
                 updated = await self._write(run, lambda r: phases.transition(
@@ -333,6 +340,8 @@ class WorkService:
             except Exception as exc:  # NATS unavailable: progress in the record is best effort
                 log.warning("work %s: could not record progress: %s", run.work_id, exc)
                 return
+            if first:
+                await self.store.emit("work", "started", updated.record)
             await self.store.emit("work", "progress", updated.record, percent=progress.percent,
                                   message=progress.message)
 

@@ -163,8 +163,10 @@ class BidCollector:
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:
     if event.is_set() or timeout_s <= 0:
         return
+    # asyncio.timeout, not wait_for: no task per wait (two per auction) on the hot path.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
 
 
 def perfect_score(req: scoring.Requirements) -> float:
@@ -184,6 +186,8 @@ class Auctioneer:
         self.policy = policy or WitnessPolicy()
         self.bids = BidCollector(nc)
         self.auctions = 0
+        #: Winners that did not accept their assignment (the next bid was tried).
+        self.passed_over = 0
         #: Recent auctions: bids received, and seconds from broadcast to close (for benchmarks and metrics).
         self.last_bid_counts: deque[int] = deque(maxlen=10_000)
         self.close_times_s: deque[float] = deque(maxlen=10_000)
@@ -400,9 +404,11 @@ class Auctioneer:
             if assigned.revision != current.revision:
                 current = assigned
             self._count_assignment(station_id)
-            await self.store.emit("work", "assigned", assigned.record)
+            if not claims:  # events follow stored changes: a claimed assignment is recorded by its winner's write
+                await self.store.emit("work", "assigned", assigned.record)
             if await self._hand_over(assigned):
                 return assigned
+            self.passed_over += 1
             log.info("work %s: station %s did not accept; trying the next bid", current.record.work_id, station_id)
         if first:  # nobody was assigned (every late bid declined)
             return await self._unschedulable(current)

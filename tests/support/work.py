@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from station_runtime.client import LatticeClient
@@ -12,6 +12,7 @@ from station_runtime.natsio.state import StateLimits
 from station_runtime.work.auction import AuctionConfig
 from station_runtime.work.controller import WorkController
 from station_runtime.work.policy import WitnessPolicy
+from tests.support.waiting import eventually
 
 #: Tight timings for tests: stations beat every 0.5 s, the witness sweeps every 0.2 s.
 FAST = WitnessPolicy(accept_timeout_s=2.0, stuck_threshold_s=30.0, pending_grace_s=0.5, scheduling_timeout_s=2.0,
@@ -30,9 +31,33 @@ async def controller(url: str, org: str, name: str = "controller", **kwargs: obj
         await c.stop()
 
 
-async def event_types(client: LatticeClient, work_id: str) -> list[str]:
-    return [e.short_type async for e in client.events(work_id=work_id)]
+#: The events that end an item's history.
+FINAL_EVENTS = frozenset({"work.succeeded", "work.failed", "work.escalated", "work.cancelled"})
 
 
-async def event_counts(client: LatticeClient) -> Counter[tuple[str, str | None]]:
-    return Counter([(e.short_type, e.subject) async for e in client.events(category="work")])
+def has_final_event(types: list[str]) -> bool:
+    return bool(FINAL_EVENTS & set(types))
+
+
+async def event_types(client: LatticeClient, work_id: str, *, until: Callable[[list[str]], bool] = has_final_event,
+                      timeout_s: float = 5.0) -> list[str]:
+    """The item's event types, oldest first, once ``until`` holds (by default: its final event is in). Events are
+    published after the change they describe is stored, without waiting: a finished record can precede its last
+    event by a moment."""
+
+    async def read() -> list[str] | None:
+        types = [e.short_type async for e in client.events(work_id=work_id)]
+        return types if until(types) else None
+
+    return await eventually(read, timeout_s=timeout_s, what=f"the events of {work_id}")
+
+
+async def event_counts(client: LatticeClient, *, until: Callable[[Counter[tuple[str, str | None]]], bool],
+                       timeout_s: float = 10.0) -> Counter[tuple[str, str | None]]:
+    """How many events of each (type, work id) the org has, once ``until`` holds."""
+
+    async def read() -> Counter[tuple[str, str | None]] | None:
+        counts = Counter([(e.short_type, e.subject) async for e in client.events(category="work")])
+        return counts if until(counts) else None
+
+    return await eventually(read, timeout_s=timeout_s, what="the org's work events")

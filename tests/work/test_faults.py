@@ -41,8 +41,8 @@ async def finals(client: LatticeClient, ids: list[str], timeout_s: float) -> lis
 async def assert_exactly_once(client: LatticeClient, ids: list[str], records: list[WorkRecord]) -> None:
     assert [r.phase for r in records] == [P.SUCCEEDED] * len(ids), Counter(r.phase for r in records)
     assert [r.result for r in records] == [f"item-{i}" for i in range(len(ids))]
-    succeeded = Counter(subject for (kind, subject), n in (await event_counts(client)).items()
-                        for _ in range(n) if kind == "work.succeeded")
+    counts = await event_counts(client, until=lambda c: all(c["work.succeeded", i] for i in ids))
+    succeeded = Counter(subject for (kind, subject), n in counts.items() for _ in range(n) if kind == "work.succeeded")
     assert {i: succeeded[i] for i in ids} == dict.fromkeys(ids, 1)
 
 
@@ -188,8 +188,8 @@ async def test_two_witnesses_at_once_requeue_each_item_once(client: LatticeClien
     on_a = [r for r in records if r.work_id in victims]
     assert all(r.attempt == 2 for r in on_a)
     assert requeues == len(victims)
-    requeued_events = Counter(s for (kind, s), n in (await event_counts(client)).items() if kind == "work.requeued"
-                              for _ in range(n))
+    counts = await event_counts(client, until=lambda c: all(c["work.requeued", v] for v in victims))
+    requeued_events = Counter(s for (kind, s), n in counts.items() if kind == "work.requeued" for _ in range(n))
     assert all(requeued_events[v] == 1 for v in victims)
 
 

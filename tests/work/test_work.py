@@ -19,10 +19,12 @@ from station_runtime.contract.messages import (
     WorkRecord,
     utcnow,
 )
+from station_runtime.station.invoke import Slots
+from station_runtime.station.work import WorkService
 from station_runtime.work import phases
 from tests.support.lattice import echo_agent, python_agent, running_station
 from tests.support.waiting import eventually
-from tests.support.work import controller, event_types
+from tests.support.work import controller, event_types, has_final_event
 
 P = WorkPhase
 
@@ -37,8 +39,9 @@ async def test_submitted_work_is_auctioned_run_and_recorded(client: LatticeClien
         final = await client.wait_work(record.work_id, timeout_s=10)
     assert final.phase == P.SUCCEEDED and final.result == "done: task"
     assert final.attempt == 1 and final.started_at and final.finished_at and final.assigned_at
-    assert await event_types(client, final.work_id) == ["work.submitted", "work.assigned", "work.started",
-                                                        "work.succeeded"]
+    # The winner claimed it with its one write (Scheduling -> Succeeded: an echo never waits, so no Running):
+    # one event per stored change.
+    assert await event_types(client, final.work_id) == ["work.submitted", "work.succeeded"]
 
 
 async def test_progress_is_streamed_and_recorded(client: LatticeClient, nats_url: str, org: str) -> None:
@@ -99,7 +102,10 @@ async def test_cancel_queued_and_running_work(client: LatticeClient, nats_url: s
         await client.cancel_work(running.work_id)
         final = await client.wait_work(running.work_id, timeout_s=5)
         assert final.phase == P.CANCELLED
-        assert station.work is not None and not station.work.runs and station.slots.load == 0
+        work = station.work
+        assert work is not None
+        # The record is stored before the station lets the run go: wait for that, not for a message.
+        await eventually(lambda: _idle(work, station.slots), timeout_s=5, what="the station to let the run go")
     assert (await client.cancel_work(final.work_id)).phase == P.CANCELLED  # idempotent
 
 
@@ -159,8 +165,8 @@ async def test_a_late_completion_from_a_superseded_attempt_is_rejected(client: L
                          what="the stale completion to be refused")
         if stale is not None:
             assert stale.work is not None and stale.work.rejected == 1
-    events = await event_types(client, record.work_id)
-    assert events.count("work.succeeded") == 1 and "work.rejected" in events
+    events = await event_types(client, record.work_id, until=lambda t: "work.rejected" in t and has_final_event(t))
+    assert events.count("work.succeeded") == 1
 
 
 async def test_large_results_go_to_the_object_store(client: LatticeClient, nats_url: str, org: str) -> None:
@@ -213,7 +219,9 @@ async def test_a_winner_that_never_accepts_is_passed_over(client: LatticeClient,
         record = await client.submit(WorkItemSpec(agent="echo", input="x"))
         final = await client.wait_work(record.work_id, timeout_s=15)
     assert final.phase == P.SUCCEEDED and final.station_id == "honest" and final.attempt == 1
-    assert (await event_types(client, record.work_id)).count("work.assigned") == 2
+    auctioneer = await client.auctioneer()
+    assert auctioneer.passed_over == 1
+    assert await event_types(client, record.work_id) == ["work.submitted", "work.succeeded"]
 
 
 async def test_a_workflow_runs_its_steps_in_order_with_templated_inputs(client: LatticeClient, nats_url: str,
@@ -255,6 +263,10 @@ async def test_a_large_lattice_asks_a_few_least_loaded_stations_and_everyone_if_
         auctioneer = await client.auctioneer()
     assert [f.phase for f in finals] == [P.SUCCEEDED] * 8 and {f.station_id for f in finals} <= {"s1", "s2"}
     assert max(auctioneer.last_bid_counts) <= 2  # one asked; all five only when that one was silent
+
+
+async def _idle(work: WorkService, slots: Slots) -> bool:
+    return not work.runs and slots.load == 0
 
 
 async def _phase(client: LatticeClient, work_id: str, phase: WorkPhase) -> bool:
