@@ -12,10 +12,18 @@ from datetime import datetime
 from .contract.messages import StationRecord, StationStatus, utcnow
 
 MISSED_BEATS_LOST = 3
+#: A live station this late with its beat is probed: if NATS has no responder for it, it is lost now.
+BEATS_OVERDUE = 1.5
 
 
 def is_live(record: StationRecord, now: datetime | None = None) -> bool:
     return record.age_s(now) <= record.heartbeat_interval_s * MISSED_BEATS_LOST
+
+
+def overdue(record: StationRecord, now: datetime | None = None) -> bool:
+    """Pure: live still, but late enough with its heartbeat to be worth a probe."""
+    return record.answers_ping and is_live(record, now) and \
+        record.age_s(now) > record.heartbeat_interval_s * BEATS_OVERDUE
 
 
 def candidates(records: Iterable[StationRecord], *, agent: str | None = None, capability: str | None = None,

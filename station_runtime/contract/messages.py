@@ -72,6 +72,8 @@ class StationRecord(WireModel):
     last_heartbeat: datetime
     pid: int | None = None
     hostname: str | None = None
+    #: Answers ``station.{id}.ping`` (older stations do not: they are never probed).
+    answers_ping: bool = False
 
     def free(self) -> int:
         return max(self.capacity - self.load, 0)

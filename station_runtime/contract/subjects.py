@@ -52,6 +52,12 @@ def workflow_run(org: str, station: str) -> str:
     return f"{_station(org, station)}.workflow.run"
 
 
+def station_ping(org: str, station: str) -> str:
+    """Answered by a live station (empty reply). NATS says "no responders" at once for a station whose
+    connection is gone: the witness's proof that an overdue station is dead, without waiting out its beats."""
+    return f"{_station(org, station)}.ping"
+
+
 def work_assign(org: str, station: str) -> str:
     return f"{_station(org, station)}.work.assign"
 

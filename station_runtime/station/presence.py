@@ -48,7 +48,7 @@ class Presence:
             org=s.org, station_id=s.station_id, capabilities=sorted(set(s.capabilities) | agent_caps),
             labels=s.labels, capacity=s.max_concurrency, load=load, agents=sorted(agents), version=__version__,
             status=status, heartbeat_interval_s=self.heartbeat_interval_s, started_at=self.started_at,
-            last_heartbeat=utcnow(), pid=os.getpid(), hostname=socket.gethostname(),
+            last_heartbeat=utcnow(), pid=os.getpid(), hostname=socket.gethostname(), answers_ping=True,
         )
 
     async def announce(self) -> StationRecord:

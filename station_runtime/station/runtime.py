@@ -16,6 +16,7 @@ import logging
 import signal
 
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import BucketNotFoundError
 
@@ -95,6 +96,7 @@ class Station:
         self.work = WorkService(self.nc, s, WorkStore(self.state, self.events), self.agents, self.slots,
                                 lambda: self.draining)
         self._subs.extend(await self.work.subscribe())
+        self._subs.append(await self.nc.subscribe(subjects.station_ping(s.org, s.station_id), cb=self._on_ping))
         await self.nc.flush()
         record = await self.presence.announce()
         self._started = True
@@ -107,6 +109,11 @@ class Station:
             log.info("station %s resumed %d unfinished work item(s)", s.station_id, resumed)
         log.info("station %s/%s up: %d agent(s) %s, capacity %d", s.org, s.station_id, len(record.agents),
                  record.agents, record.capacity)
+
+    async def _on_ping(self, msg: Msg) -> None:
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(b"")
 
     async def _agents_changed(self) -> None:
         if self._started and self.presence is not None:

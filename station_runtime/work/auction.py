@@ -75,9 +75,11 @@ class AuctionConfig:
     #: same CAS. False: the auctioneer writes Assigned first (the record shows the assignment at once).
     winner_claims: bool = True
     #: Close at the first bid no station can beat (idle, every preferred label, exact capabilities) instead of
-    #: waiting for every bidder asked. Off by default: equal bids then go to whoever answers first rather than
-    #: to the deterministic tie-break, and a bid above the honest maximum could be passed over.
-    close_on_perfect_bid: bool = False
+    #: waiting for every bidder asked: an idle lattice places work one bid-round-trip after the broadcast, and
+    #: the slowest bidder asked no longer sets the pace (p99). The price: among equally perfect bids the first to
+    #: answer wins rather than the deterministic tie-break (the sample is per item, so idle stations still share
+    #: the work); bids that come after are kept in case the winner does not accept.
+    close_on_perfect_bid: bool = True
 
 
 def requirements(spec: WorkItemSpec) -> scoring.Requirements:

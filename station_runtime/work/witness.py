@@ -15,6 +15,7 @@ import contextlib
 import logging
 
 from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
 
 from ..contract import subjects
 from ..contract.codec import encode
@@ -29,6 +30,7 @@ from ..contract.messages import (
     utcnow,
 )
 from ..contract.subjects import WorkUpdate
+from ..routing import overdue
 from . import phases, workflow
 from .auction import Auctioneer
 from .directory import StationDirectory
@@ -37,6 +39,8 @@ from .store import Versioned, WorkStore
 
 log = logging.getLogger(__name__)
 P = WorkPhase
+#: How long a probe of an overdue station waits for its answer (a timeout proves nothing either way).
+PROBE_TIMEOUT_S = 0.5
 
 
 class Witness:
@@ -50,6 +54,8 @@ class Witness:
         self.policy = policy or WitnessPolicy()
         self.interval_s = interval_s
         self.actions: dict[str, int] = {}
+        #: Stations proven dead by a probe, with the heartbeat they were last seen with (a new beat revives them).
+        self._gone: dict[str, object] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -92,6 +98,7 @@ class Witness:
             log.info("witness holding back: no fresh view of the lattice")
             return 0
         records = await self.store.all()
+        await self._probe(records)
         by_id = {v.record.work_id: v for v in records}
         taken = 0
         for versioned in records:
@@ -104,8 +111,45 @@ class Witness:
         return taken
 
     def _decide(self, record: WorkRecord) -> Decision:
-        return decide(record, live_stations=self.directory.live_ids(), now=utcnow(), policy=self.policy,
+        return decide(record, live_stations=self._live_ids(), now=utcnow(), policy=self.policy,
                       station_joined_since=self.directory.last_join)
+
+    def _live_ids(self) -> set[str]:
+        live = self.directory.live_ids()
+        for station_id, beat in list(self._gone.items()):
+            record = self.directory.records.get(station_id)
+            if record is None or record.last_heartbeat != beat:
+                del self._gone[station_id]  # gone from the registry, or beating again (restarted)
+            else:
+                live.discard(station_id)
+        return live
+
+    async def _probe(self, records: list[Versioned]) -> None:
+        """Ask the stations that hold work and are late with their beat whether they are there. For a station
+        whose connection is gone NATS answers "no responders" at once: its work is requeued now instead of
+        after three missed beats. A slow station that answers, or a probe that times out, proves nothing."""
+        holding = {v.record.station_id for v in records if v.record.phase in (P.ASSIGNED, P.RUNNING)}
+        now = utcnow()
+        suspects = [r for sid, r in self.directory.records.items()
+                    if sid in holding and overdue(r, now) and self._gone.get(sid) != r.last_heartbeat]
+        if not suspects:
+            return
+        answers = await asyncio.gather(*(self._ping(r.station_id) for r in suspects))
+        for record, gone in zip(suspects, answers, strict=True):
+            if gone:
+                log.warning("station %s: %.1fs since its last beat and no responder on NATS: lost", record.station_id,
+                            record.age_s(now))
+                self._gone[record.station_id] = record.last_heartbeat
+
+    async def _ping(self, station_id: str) -> bool:
+        """True if NATS says nobody answers for the station."""
+        try:
+            await self.nc.request(subjects.station_ping(self.org, station_id), b"", timeout=PROBE_TIMEOUT_S)
+        except NoRespondersError:
+            return True
+        except Exception:
+            return False
+        return False
 
     async def act(self, versioned: Versioned, decision: Decision) -> int:
         action = decision.action

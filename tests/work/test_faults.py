@@ -8,19 +8,23 @@ import signal
 import sys
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 
 from station_runtime.api.models import WorkItemSpec
 from station_runtime.client import LatticeClient
-from station_runtime.contract.messages import WorkPhase, WorkRecord
+from station_runtime.contract import subjects
+from station_runtime.contract.codec import encode
+from station_runtime.contract.messages import StationRecord, WorkPhase, WorkRecord, utcnow
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.embedded import EmbeddedNats
 from station_runtime.natsio.state import StateLimits
 from tests.support.lattice import StationProcess, echo_agent
 from tests.support.waiting import eventually
-from tests.support.work import controller, event_counts
+from tests.support.work import controller, event_counts, event_types
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 P = WorkPhase
@@ -83,6 +87,48 @@ async def test_work_of_a_killed_station_runs_elsewhere_within_three_heartbeats(
     finally:
         for p in procs:
             p.stop()
+
+
+async def test_an_overdue_station_without_a_responder_is_lost_at_once(nats_url: str, org: str) -> None:
+    """Two stations hold work and are late with their beat (still inside the three-beat window): the one NATS has
+    no responder for is lost at the next sweep; the one that answers the probe keeps its work."""
+    beat = 5.0
+    async with LatticeClient(NatsSettings(url=nats_url), org, create_state=True,
+                             limits=StateLimits(presence_ttl_s=60)) as client:
+        state = await client.state()
+        store = await client.work_store()
+        assert client.nc is not None
+
+        async def pong(msg: Msg) -> None:
+            await msg.respond(b"")
+
+        await client.nc.subscribe(subjects.station_ping(org, "sleepy"), cb=pong)
+        late = utcnow() - timedelta(seconds=beat * 1.55)  # overdue; the beats run out 7 s from now
+        work: dict[str, str] = {}
+        for station in ("ghost", "sleepy"):
+            await state.stations.put(station, encode(StationRecord(
+                org=org, station_id=station, capacity=1, agents=["echo"], heartbeat_interval_s=beat,
+                started_at=late, last_heartbeat=late, answers_ping=True)))
+            now = utcnow()
+            record = WorkRecord(org=org, work_id=f"w-{station}", spec=WorkItemSpec(agent="echo"),
+                                phase=WorkPhase.RUNNING, station_id=station, attempt_id=f"a-{station}", attempt=1,
+                                created_at=now, updated_at=now, assigned_at=now, started_at=now,
+                                last_progress_at=now)
+            await store.create(record)
+            work[station] = record.work_id
+        async with controller(nats_url, org), asyncio.timeout(4):  # well before the beats run out
+            await eventually(lambda: _moved_on(client, work["ghost"]), timeout_s=4,
+                             what="the ghost's work to be requeued")
+            sleepy = await client.get_work(work["sleepy"])
+        await event_types(client, work["ghost"], until=lambda types: "work.requeued" in types)
+        requeued = [e async for e in client.events(work_id=work["ghost"]) if e.short_type == "work.requeued"]
+    assert [e.data["reason"] for e in requeued] == ["station ghost lost"]
+    assert sleepy is not None and sleepy.phase == WorkPhase.RUNNING and sleepy.station_id == "sleepy"
+
+
+async def _moved_on(client: LatticeClient, work_id: str) -> bool:
+    record = await client.get_work(work_id)
+    return record is not None and record.attempt_id != "a-ghost"
 
 
 async def test_a_restarted_station_resumes_its_work_at_once_without_a_witness(

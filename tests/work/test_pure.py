@@ -192,3 +192,21 @@ def test_a_perfect_score_is_the_best_any_station_can_bid() -> None:
         best = scoring.score(req, capacity=4, load=0, capabilities=req.capabilities, labels=dict(req.prefer_labels))
         assert best == perfect_score(req)
         assert scoring.score(req, capacity=4, load=1, capabilities=[*req.capabilities, "b"], labels={}) < best
+
+
+@pytest.mark.parametrize(("beats_late", "answers_ping", "expected"), [
+    (1.0, True, False),  # on time
+    (1.6, True, True),  # late: worth a probe
+    (2.9, True, True),
+    (3.1, True, False),  # past three beats: lost by the rule, no probe needed
+    (1.6, False, False),  # an older station that does not answer pings is never probed
+])
+def test_a_station_is_probed_only_when_overdue_and_still_live(beats_late: float, answers_ping: bool,
+                                                              expected: bool) -> None:
+    from station_runtime.routing import overdue
+
+    now = utcnow()
+    beat = now - timedelta(seconds=2.0 * beats_late)
+    record = StationRecord(org="o", station_id="s", capacity=1, heartbeat_interval_s=2.0, started_at=beat,
+                           last_heartbeat=beat, answers_ping=answers_ping)
+    assert overdue(record, now) is expected

@@ -3,6 +3,8 @@ deadlines, fencing of superseded attempts, large results, workflows."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from station_runtime.api.models import WorkConstraints, WorkflowStep, WorkItemSpec, WorkTimeouts
@@ -22,6 +24,7 @@ from station_runtime.contract.messages import (
 from station_runtime.station.invoke import Slots
 from station_runtime.station.work import WorkService
 from station_runtime.work import phases
+from station_runtime.work.auction import AuctionConfig
 from tests.support.lattice import echo_agent, python_agent, running_station
 from tests.support.waiting import eventually
 from tests.support.work import controller, event_types, has_final_event
@@ -224,6 +227,39 @@ async def test_a_winner_that_never_accepts_is_passed_over(client: LatticeClient,
     assert await event_types(client, record.work_id) == ["work.submitted", "work.succeeded"]
 
 
+async def test_an_auction_closes_at_the_first_bid_that_cannot_be_beaten(client: LatticeClient, nats_url: str,
+                                                                       org: str) -> None:
+    """A slow bidder is asked too, but an idle station's perfect bid closes the auction without waiting for it."""
+    await client.put_agent(echo_agent("echo"))
+    assert client.nc is not None
+    client.auction_config = AuctionConfig(deadline_s=30.0)  # waiting for the slow bid would time the test out
+    release = asyncio.Event()
+    asked: list[str] = []
+
+    async def slow_bid(msg: object) -> None:
+        request = decode(msg.data, AuctionRequest)  # type: ignore[attr-defined]
+        asked.append(request.work_id)
+        await release.wait()
+        await msg.respond(encode(AuctionBid(auction_id=request.auction_id, station_id="slow", score=0.1,  # type: ignore[attr-defined]
+                                            load=3, capacity=4)))
+
+    await client.nc.subscribe(subjects.station_auction(org, "slow"), cb=slow_bid)
+    await client.nc.subscribe(subjects.auction_request(org), cb=slow_bid)
+    now = utcnow()
+    await (await client.state()).stations.put("slow", encode(StationRecord(
+        org=org, station_id="slow", capacity=4, agents=["echo"], heartbeat_interval_s=30, started_at=now,
+        last_heartbeat=now)))
+    async with running_station(nats_url, org, "idle"):
+        await client.wait_for_stations(2, agent="echo", timeout_s=5)
+        async with asyncio.timeout(5):  # far below the deadline: only an early close gets here in time
+            record = await client.submit(WorkItemSpec(agent="echo", input="x"))
+        assert asked == [record.work_id] and not release.is_set()
+        assert record.station_id == "idle"
+        final = await client.wait_work(record.work_id, timeout_s=10)
+        release.set()
+    assert final.phase == P.SUCCEEDED and final.station_id == "idle"
+
+
 async def test_a_workflow_runs_its_steps_in_order_with_templated_inputs(client: LatticeClient, nats_url: str,
                                                                         org: str) -> None:
     await client.put_agent(echo_agent("writer", capabilities=["write"], prefix="draft of "))
@@ -244,7 +280,7 @@ async def test_a_large_lattice_asks_a_few_least_loaded_stations_and_everyone_if_
         client: LatticeClient, nats_url: str, org: str) -> None:
     """Auction cost must not grow with the lattice: only ``max_bidders`` stations are asked. Silent registered
     stations (they never bid) may be sampled; then every eligible station is asked before giving up."""
-    from station_runtime.work.auction import AuctionConfig
+
 
     await client.put_agent(echo_agent("echo"))
     client.auction_config = AuctionConfig(deadline_s=0.2, assign_timeout_s=1.0, max_bidders=1)
@@ -281,7 +317,7 @@ async def _rejected(client: LatticeClient, work_id: str) -> bool:
 
 @pytest.fixture(autouse=True)
 def _short_assign_timeout(client: LatticeClient) -> None:
-    from station_runtime.work.auction import AuctionConfig
+
 
     # Auctions close as soon as every asked station answered; the deadline only absorbs a bid made late by a
     # loaded CI machine (at 0.2 s such an item went Unschedulable, with no controller here to retry it).
