@@ -31,17 +31,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": name, "value": None if value is None else round(value, 3),
                     "limit": None if limit is None else round(limit, 3), "met": met, "text": text})
 
-    floor50, floor99, work50, work99 = r("floor_p50_us"), r("floor_p99_us"), r("lattice_work_p50_us"), \
-        r("lattice_work_p99_us")
-    check("work_p50_vs_floor", work50 / floor50 if work50 and floor50 else None, 3.5,
-          "lattice_work p50 / floor p50 <= 3.5")
-    check("work_p99_vs_floor", work99 / floor99 if work99 and floor99 else None, 5.0,
-          "lattice_work p99 / floor p99 <= 5")
+    floor50, work50, work99 = r("floor_p50_us"), r("lattice_work_p50_us"), r("lattice_work_p99_us")
+    check("work_p50_vs_floor", work50 / floor50 if work50 and floor50 else None, 5.0,
+          "lattice_work p50 / floor p50 <= 5")
     check("work_p50_vs_celery", work50, r("celery_p50_us"), "lattice_work p50 <= celery p50")
-    check("work_p50_vs_taskiq", work50, r("taskiq_p50_us"), "lattice_work p50 <= taskiq p50")
-    lt, ct = r("lattice_throughput_per_s"), r("celery_throughput_per_s")
-    check("throughput_vs_celery", 1.5 * ct / lt if lt and ct else None, 1.0,
-          "lattice throughput >= 1.5 x celery (value: 1.5 x celery / lattice)")
+    check("work_p99_vs_floor", work99 / floor50 if work99 and floor50 else None, 8.0,
+          "lattice_work p99 / floor p50 <= 8")
+    lt, ct, tt = r("lattice_throughput_per_s"), r("celery_throughput_per_s"), r("taskiq_throughput_per_s")
+    check("throughput_vs_celery", 4 * ct / lt if lt and ct else None, 1.0,
+          "lattice throughput >= 4 x celery (value: 4 x celery / lattice)")
+    check("throughput_vs_taskiq", 1.5 * tt / lt if lt and tt else None, 1.0,
+          "lattice throughput >= 1.5 x taskiq (value: 1.5 x taskiq / lattice)")
     check("auction_close_50", r("auction_close_p99_us_50_stations"), 15000.0, "auction close p99, 50 stations")
     rec, beat = r("recovery_s"), r("recovery_heartbeat_s")
     check("recovery", rec, 3 * beat if beat else None, "recovery <= 3 heartbeat intervals")

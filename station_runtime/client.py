@@ -38,7 +38,6 @@ from .contract.messages import (
     Payload,
     StationRecord,
     WorkCancel,
-    WorkOutcome,
     WorkPhase,
     WorkProgress,
     WorkRecord,
@@ -352,8 +351,6 @@ class LatticeClient:
         record = result.record
         if record.phase == WorkPhase.CANCELLED:
             await store.emit("work", "cancelled", record)
-            await self._nc().publish(subjects.work_update(self.org, work_id, "failed"),
-                                     encode(WorkOutcome(work_id=work_id, phase=record.phase)))
         elif record.station_id:
             await self._nc().publish(subjects.work_cancel(self.org, record.station_id),
                                      encode(WorkCancel(work_id=work_id, attempt_id=record.attempt_id,
@@ -416,12 +413,9 @@ class LatticeClient:
                     if pushed is not None:
                         latest = pushed
                     read = pushed is None
-                elif kind == "progress":
-                    if on_progress is not None:
-                        with contextlib.suppress(DecodeError):
-                            await on_progress(decode(msg.data, WorkProgress))
-                else:  # complete or failed: the pushed record normally came first; read if it did not
-                    read = True
+                elif kind == "progress" and on_progress is not None:
+                    with contextlib.suppress(DecodeError):
+                        await on_progress(decode(msg.data, WorkProgress))
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

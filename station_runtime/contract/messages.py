@@ -304,18 +304,6 @@ class WorkProgress(WireModel):
     sent_at: datetime = Field(default_factory=utcnow)
 
 
-class WorkOutcome(WireModel):
-    """Published on ``work.{id}.complete`` or ``work.{id}.failed`` after the record has been written; a hint
-    for waiters, who fall back to reading the record."""
-
-    SCHEMA = "lattice.work.outcome"
-
-    work_id: WorkId
-    attempt_id: str | None = None
-    station_id: StationId | None = None
-    phase: WorkPhase
-
-
 class AuctionRequest(WireModel):
     SCHEMA = "lattice.auction.request"
 

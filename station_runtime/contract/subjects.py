@@ -6,10 +6,12 @@
     lattice.v1.{org}.station.{station}.work.assign
     lattice.v1.{org}.station.{station}.work.cancel
     lattice.v1.{org}.station.{station}.auction.request   an auction for a chosen few (large lattices)
+    lattice.v1.{org}.station.{station}.ping               answered while the station is connected
     lattice.v1.{org}.auction.request                      broadcast; stations answer with bids
-    lattice.v1.{org}.work.{work}.progress|complete|failed
+    lattice.v1.{org}.work.{work}.progress                 live progress from the station running it
     lattice.v1.{org}.work.{work}.record                   every stored version of the record, republished by
-                                                          the server (Nats-Sequence header: its revision)
+                                                          the server (Nats-Sequence header: its revision):
+                                                          the outcome notification, never ahead of the store
     lattice.v1.{org}.events.{station|agent|work}.{type}   CloudEvents 1.0, persisted in the org's stream
 
 Builders validate every id they splice in, so no caller can build a subject with a stray wildcard.
@@ -23,7 +25,9 @@ from .ids import validate_id
 
 PREFIX: Final = "lattice.v1"
 PresenceKind = Literal["announce", "heartbeat", "goodbye"]
-WorkUpdate = Literal["progress", "complete", "failed", "record"]
+#: ``record``: every stored version of the work record, published by the server itself (KV republish) once it is
+#: stored; this is how waiters learn the outcome. ``progress``: live progress from the station running it.
+WorkUpdate = Literal["progress", "record"]
 EventCategory = Literal["station", "agent", "work"]
 Bucket = Literal["stations", "agents", "work"]
 

@@ -177,10 +177,8 @@ def station_permissions(org: str, station_id: str) -> Permissions:
         subjects.presence(org, "announce"),
         subjects.presence(org, "heartbeat"),
         subjects.presence(org, "goodbye"),
-        # Live notices about the work it runs: progress (≤ 10/s), then complete or failed.
+        # Live progress of the work it runs (≤ 10/s); the outcome is the stored record, pushed by the server.
         f"{root}.work.*.progress",
-        f"{root}.work.*.complete",
-        f"{root}.work.*.failed",
         # CloudEvents it records in the org's events stream: station.joined|left, work.started|progress|...
         f"{root}.events.station.*",
         f"{root}.events.work.*",

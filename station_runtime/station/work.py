@@ -29,13 +29,11 @@ from ..contract.messages import (
     WorkAssign,
     WorkCancel,
     WorkError,
-    WorkOutcome,
     WorkPhase,
     WorkProgress,
     WorkRecord,
     utcnow,
 )
-from ..contract.subjects import WorkUpdate
 from ..executors import AgentFailure, Execution, Progress
 from ..natsio.retry import is_transient, retry_transient
 from ..work import phases, scoring
@@ -355,9 +353,8 @@ class WorkService:
 
         done = await self._write(run, finish)
         self.completed += 1
-        # The event before the notification: a waiter that wakes up on the notification finds the event stored.
+        # Waiters need no word from us: the server pushed the stored record on work.{id}.record.
         await self.store.emit("work", done.record.phase.value.lower(), done.record)
-        await self._notify(done.record)
 
     async def _give_up(self, run: Run, action: Action, reason: str, code: ErrorCode) -> None:
         if action == Action.REQUEUE:
@@ -374,13 +371,6 @@ class WorkService:
             await self.store.emit("work", "requeued", requeued.record)
             return
         await self._finish(run, P.CANCELLED, reason=run.cancel_reason or "cancelled")
-
-    async def _notify(self, record: WorkRecord) -> None:
-        kind: WorkUpdate = "complete" if record.phase == P.SUCCEEDED else "failed"
-        outcome = WorkOutcome(work_id=record.work_id, attempt_id=record.attempt_id, station_id=self.station_id,
-                              phase=record.phase)
-        with contextlib.suppress(Exception):
-            await self.nc.publish(subjects.work_update(self.org, record.work_id, kind), encode(outcome))
 
     async def _rejected(self, run: Run, why: str) -> None:
         self.rejected += 1

@@ -24,12 +24,10 @@ from ..contract.messages import (
     StationRecord,
     WorkCancel,
     WorkError,
-    WorkOutcome,
     WorkPhase,
     WorkRecord,
     utcnow,
 )
-from ..contract.subjects import WorkUpdate
 from ..routing import overdue
 from . import phases, workflow
 from .auction import Auctioneer
@@ -174,8 +172,6 @@ class Witness:
                  Action.CANCEL: "cancelled"}[action]
         log.info("witness: work %s %s: %s", record.work_id, event, record.reason)
         await self.store.emit("work", event, record, witness=True)
-        if record.phase.terminal:
-            await self._notify(record)
         if action == Action.REQUEUE:
             if versioned.record.station_id:
                 # Tell the old station to stop, in case it is alive but cut off (its writes are fenced anyway).
@@ -193,12 +189,6 @@ class Witness:
         self.actions[action.value] = self.actions.get(action.value, 0) + 1
         return 1
 
-    async def _notify(self, record: WorkRecord) -> None:
-        kind: WorkUpdate = "complete" if record.phase == P.SUCCEEDED else "failed"
-        with contextlib.suppress(Exception):
-            await self.nc.publish(subjects.work_update(self.org, record.work_id, kind),
-                                  encode(WorkOutcome(work_id=record.work_id, phase=record.phase)))
-
     async def _drive_workflow(self, parent: Versioned, by_id: dict[str, Versioned]) -> int:
         record = parent.record
         if record.phase.terminal:
@@ -214,7 +204,6 @@ class Witness:
             await self.store.emit("work", _workflow_event(updated.record), updated.record,
                                   step=updated.record.step_index)
             if updated.record.phase.terminal:
-                await self._notify(updated.record)
                 return 1
         rec = current.record
         if rec.phase == P.RUNNING:

@@ -63,7 +63,7 @@ def test_subjects_follow_the_contract() -> None:
 @pytest.mark.parametrize("builder", [
     lambda bad: subjects.agent_invoke(bad, "s1"),
     lambda bad: subjects.agent_invoke("acme", bad),
-    lambda bad: subjects.work_update("acme", bad, "complete"),
+    lambda bad: subjects.work_update("acme", bad, "progress"),
     lambda bad: subjects.bucket(bad, "work"),
 ])
 @pytest.mark.parametrize("bad", ["a.b", "*", ">", "", "a b"])

@@ -234,7 +234,7 @@ async def test_the_recovery_paths_of_a_station_are_allowed_too(
             assert ref
         stored = await (await admin.jetstream().object_store(results_bucket(ORG_A))).get("w1")
         assert stored.data == encode_payload("second" * 40_000)
-        await s1.publish(subjects.work_update(ORG_A, "w1", "failed"), b"{}")
+        await s1.publish(subjects.work_update(ORG_A, "w1", "progress"), b"{}")
         await s1.flush()
     assert observed.violations() == []
     assert "Violation" not in server_log_since(server, log_offset)
