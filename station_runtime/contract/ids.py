@@ -20,8 +20,15 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 ID_PATTERN = f"^{_ID_RE.pattern}$"
 
 
+#: Ids seen valid recently: subject builders check the same org and station ids many times per work item.
+_KNOWN_VALID: set[str] = set()
+_KNOWN_VALID_MAX = 4096
+
+
 def validate_id(value: object, kind: str = "id") -> str:
     """Return ``value`` if it is a valid id, else raise :class:`InvalidIdError` saying what is wrong."""
+    if type(value) is str and value in _KNOWN_VALID:
+        return value
     if not isinstance(value, str):
         raise InvalidIdError(kind, value, f"must be a string, not {type(value).__name__}")
     if not value:
@@ -29,6 +36,9 @@ def validate_id(value: object, kind: str = "id") -> str:
     if len(value) > MAX_ID_LENGTH:
         raise InvalidIdError(kind, value, f"is {len(value)} characters long, the limit is {MAX_ID_LENGTH}")
     if _ID_RE.fullmatch(value):
+        if len(_KNOWN_VALID) >= _KNOWN_VALID_MAX:
+            _KNOWN_VALID.clear()
+        _KNOWN_VALID.add(value)
         return value
     for bad, why in ((".", "it separates subject tokens"), ("*", "it is a NATS wildcard"),
                      (">", "it is a NATS wildcard")):

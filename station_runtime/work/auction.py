@@ -88,7 +88,8 @@ def requirements(spec: WorkItemSpec) -> scoring.Requirements:
 
 
 def new_traceparent() -> str:
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+    ids = os.urandom(24).hex()
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 @dataclass
@@ -188,6 +189,8 @@ class Auctioneer:
         self.policy = policy or WitnessPolicy()
         self.bids = BidCollector(nc)
         self.auctions = 0
+        self._auction_prefix = os.urandom(4).hex()
+        self._auction_seq = 0
         #: Winners that did not accept their assignment (the next bid was tried).
         self.passed_over = 0
         #: Recent auctions: bids received, and seconds from broadcast to close (for benchmarks and metrics).
@@ -271,7 +274,9 @@ class Auctioneer:
         req = requirements(record.spec)
         now = utcnow()
         eligible = [s for s in stations if scoring.eligible(s, req, now)]
-        request = AuctionRequest(auction_id=uuid.uuid4().hex, work_id=record.work_id, agent=req.agent,
+        self._auction_seq += 1  # bids come back to this process's inbox: unique here is unique enough
+        request = AuctionRequest(auction_id=f"{self._auction_prefix}{self._auction_seq:x}", work_id=record.work_id,
+                                 agent=req.agent,
                                  capabilities=list(req.capabilities), labels=dict(req.labels),
                                  prefer_labels=dict(req.prefer_labels),
                                  deadline_ms=max(int(self.config.deadline_s * 1000), 1))
@@ -379,7 +384,7 @@ class Auctioneer:
                 continue
             station_id = queue.popleft()
             tried.add(station_id)
-            attempt_id = uuid.uuid4().hex[:16]
+            attempt_id = os.urandom(8).hex()
             claims = self.config.winner_claims and current.record.phase == P.SCHEDULING
             bump = first or claims  # every claim starts from the stored record: each is the next attempt
 
