@@ -149,6 +149,8 @@ class BidCollector:
         return list(collecting.bids)
 
     async def _on_bid(self, msg: Msg) -> None:
+        if msg.subject.rsplit(".", 1)[-1] not in self._pending:
+            return  # a bid after the auction closed (an early close leaves one per item): not even decoded
         bid = decode_or_log(msg.data, AuctionBid, what="bid", logger=log)
         if bid is None:
             return
