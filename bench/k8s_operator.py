@@ -16,7 +16,7 @@ async def run(ctx: RunContext) -> None:
         raise Skipped("no Kubernetes control-plane binaries: run `make k8s-bin`")
     from bench.operator_bench import run as run_operator
 
-    sequential, burst = (50, 500) if ctx.mode == "full" else (10, 50)
+    sequential, burst = (50, 500) if ctx.mode.name == "full" else (10, 50)
     results = await asyncio.to_thread(run_operator, sequential, burst)
     ctx.record("operator", results)
     ctx.results["operator_workitem_p50_ms"] = round(results["operator_workitem_p50_us"] / 1000, 1)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 
@@ -84,7 +84,7 @@ def run(sequential: int, burst: int) -> dict[str, Any]:
             install_crds(api)
             core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
             ns = "bench"
-            core.create_namespace({"metadata": {"name": ns}})
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
             _wait(lambda: bool(core.list_namespaced_service_account(ns).items), 30)
             env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig), "LATTICE_STATION_HEALTH_PORT": "none",
                    "LATTICE_RESYNC": "0.5", "LATTICE_STATION_HEARTBEAT": "1", "LATTICE_WORK_RESYNC": "30"}
@@ -101,7 +101,8 @@ def run(sequential: int, burst: int) -> dict[str, Any]:
                     "spec": {"replicas": 2, "maxConcurrency": 16}})
 
                 def station_ready() -> bool:
-                    obj = custom.get_namespaced_custom_object(GROUP, VERSION, ns, "stations", "worker")
+                    obj = cast(dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, ns, "stations",
+                                                                                   "worker"))
                     conds = (obj.get("status") or {}).get("conditions") or []
                     return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
 
@@ -125,7 +126,9 @@ def run(sequential: int, burst: int) -> dict[str, Any]:
                 def drained() -> bool:
                     nonlocal peak
                     peak = max(peak, _rss_mb(op.pid))
-                    items = custom.list_namespaced_custom_object(GROUP, VERSION, ns, "workitems")["items"]
+                    listed = cast(dict[str, Any], custom.list_namespaced_custom_object(GROUP, VERSION, ns,
+                                                                                       "workitems"))
+                    items = listed["items"]
                     done = sum(1 for w in items if (w.get("status") or {}).get("phase") == "Succeeded")
                     return done >= burst + sequential
 

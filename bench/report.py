@@ -142,8 +142,9 @@ def table(doc: dict[str, Any]) -> str:
     floor = doc.get("floor_p50_us")
     lines = ["| scenario | p50 ms | p99 ms | x floor p50 | throughput /s (4 workers) |",
              "| --- | ---: | ---: | ---: | ---: |"]
-    rows = [("NATS request/reply (floor)", "floor", None), ("lattice invoke (sync, 3 stations)",
-                                                            "lattice_invoke_3_stations", None)]
+    rows: list[tuple[str, str, str | None]] = [
+        ("NATS request/reply (floor)", "floor", None),
+        ("lattice invoke (sync, 3 stations)", "lattice_invoke_3_stations", None)]
     rows += [(f"lattice work, {c} station{'s' if c > 1 else ''}", f"lattice_work_{c}_stations",
               "lattice_throughput_per_s" if c == 3 else None) for c in (1, 3, 10, 50)]
     rows += [("Celery (Redis broker + backend)", "celery_1_worker", "celery_throughput_per_s"),
@@ -207,7 +208,7 @@ def median_of(history: Path, mode: str, count: int) -> dict[str, Any]:
     if not files:
         raise SystemExit(f"no {mode} runs in {history}")
     docs = [json.loads(f.read_text()) for f in files]
-    out = _median(docs)
+    out: dict[str, Any] = _median(docs)
     out["runs"] = len(docs)
     out["run_files"] = [f.name for f in files]
     out["targets"] = targets(out)
