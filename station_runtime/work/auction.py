@@ -61,6 +61,10 @@ P = WorkPhase
 class AuctionConfig:
     #: The auction closes when every eligible station answered, or after this long.
     deadline_s: float = 0.2
+    #: If no station asked has said anything by the deadline (not even a decline), they are slow, not unable
+    #: (a loaded machine, 50 station processes on two cores): wait this long (from the broadcast) before the
+    #: work is called unschedulable. A decline is an answer: it never makes the auction wait.
+    silence_patience_s: float = 2.0
     #: How long the winner has to accept the assignment before the next bid is tried.
     assign_timeout_s: float = 2.0
     policy: Literal["auction", "first_available"] = "auction"
@@ -136,7 +140,7 @@ class BidCollector:
         """The bids so far, once the auction may close (or at the deadline, counted from the broadcast). Bids
         still expected keep being collected until :meth:`rest` or :meth:`cancel`, in case the winner refuses."""
         await _wait(collecting.done, deadline_s - (time.perf_counter() - collecting.opened))
-        if collecting.all_in.is_set() or time.perf_counter() - collecting.opened >= deadline_s:
+        if collecting.all_in.is_set():
             self._pending.pop(auction_id, None)
         return list(collecting.bids)
 
@@ -340,6 +344,10 @@ class Auctioneer:
                     await self.bids.rest(request.auction_id, collecting, self.config.deadline_s), work_id)]
 
             candidates = [b.station_id for b in scoring.rank(bids, work_id)]
+            if not candidates and not collecting.bids and collecting.expected:
+                patience = max(self.config.silence_patience_s, self.config.deadline_s)
+                candidates = [b.station_id for b in scoring.rank(
+                    await self.bids.rest(request.auction_id, collecting, patience), work_id)]
             if not candidates:
                 candidates = await late_bids()
             if not candidates and collecting.unasked:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from nats.aio.msg import Msg
 
 from station_runtime.api.models import WorkConstraints, WorkflowStep, WorkItemSpec, WorkTimeouts
 from station_runtime.client import LatticeClient
@@ -16,6 +17,8 @@ from station_runtime.contract.messages import (
     AuctionRequest,
     ErrorCode,
     StationRecord,
+    WorkAccept,
+    WorkAssign,
     WorkPhase,
     WorkProgress,
     WorkRecord,
@@ -258,6 +261,38 @@ async def test_an_auction_closes_at_the_first_bid_that_cannot_be_beaten(client: 
         final = await client.wait_work(record.work_id, timeout_s=10)
         release.set()
     assert final.phase == P.SUCCEEDED and final.station_id == "idle"
+
+
+async def test_stations_that_are_slow_to_bid_are_waited_for_not_called_unable(client: LatticeClient,
+                                                                             org: str) -> None:
+    """The only eligible station answers after the auction's deadline (a loaded machine): since nobody said
+    anything, not even a decline, the auction waits for it instead of calling the work unschedulable."""
+    await client.put_agent(echo_agent("echo"))
+    assert client.nc is not None
+    nc = client.nc
+    client.auction_config = AuctionConfig(deadline_s=0.1, silence_patience_s=5.0)
+
+    async def late_bid(msg: Msg) -> None:
+        request = decode(msg.data, AuctionRequest)
+        await asyncio.sleep(0.5)
+        await msg.respond(encode(AuctionBid(auction_id=request.auction_id, station_id="slow", score=0.6, load=0,
+                                            capacity=4)))
+
+    async def accept(msg: Msg) -> None:
+        record = decode(msg.data, WorkAssign).record
+        await msg.respond(encode(WorkAccept(work_id=record.work_id, attempt_id=record.attempt_id or "",
+                                            station_id="slow", accepted=True)))
+
+    for subject in (subjects.station_auction(org, "slow"), subjects.auction_request(org)):
+        await nc.subscribe(subject, cb=late_bid)
+    await nc.subscribe(subjects.work_assign(org, "slow"), cb=accept)
+    now = utcnow()
+    await (await client.state()).stations.put("slow", encode(StationRecord(
+        org=org, station_id="slow", capacity=4, agents=["echo"], heartbeat_interval_s=30, started_at=now,
+        last_heartbeat=now)))
+    await client.wait_for_stations(1, agent="echo", timeout_s=5)
+    record = await client.submit(WorkItemSpec(agent="echo", input="x"))
+    assert record.phase == P.ASSIGNED and record.station_id == "slow"
 
 
 async def test_a_workflow_runs_its_steps_in_order_with_templated_inputs(client: LatticeClient, nats_url: str,
