@@ -25,7 +25,7 @@ app.conf.update(task_serializer="json", result_serializer="json", accept_content
                 broker_connection_retry_on_startup=True, worker_hijack_root_logger=False, result_expires=600)
 
 
-@app.task(name="bench.noop")  # type: ignore[untyped-decorator]
+@app.task(name="bench.noop")  # type: ignore[untyped-decorator]  # Celery has no type information
 def noop(payload: str) -> str:
     return payload
 

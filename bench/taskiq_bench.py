@@ -28,7 +28,7 @@ broker = NatsBroker(servers=[os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:
     RedisAsyncResultBackend(f"{os.environ.get('BENCH_REDIS_URL', 'redis://127.0.0.1:6379')}/2", result_ex_time=600))
 
 
-@broker.task(task_name="bench.noop")
+@broker.task(task_name="bench.noop")  # type: ignore[untyped-decorator]  # untyped where taskiq is absent
 async def noop(payload: str) -> str:
     return payload
 
