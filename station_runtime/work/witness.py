@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
@@ -53,7 +54,7 @@ class Witness:
         self.interval_s = interval_s
         self.actions: dict[str, int] = {}
         #: Stations proven dead by a probe, with the heartbeat they were last seen with (a new beat revives them).
-        self._gone: dict[str, object] = {}
+        self._gone: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
