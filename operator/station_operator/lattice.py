@@ -123,7 +123,8 @@ class WorkItemMirror:
             await asyncio.gather(*(self._patch(r) for r in batch.values()), return_exceptions=True)
             # Bounded rate: bursts of progress within 0.1 s collapse into one patch, unless something finished.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._urgent.wait(), 0.1)
+                async with asyncio.timeout(0.1):
+                    await self._urgent.wait()
 
     async def _patch(self, record: WorkRecord) -> None:
         tracked = self.tracked.get(record.work_id)

@@ -83,7 +83,8 @@ class EventPublisher:
     async def flush(self, timeout_s: float = 2.0) -> None:
         """Wait (bounded) until every event sent so far is acknowledged or failed: before a clean shutdown."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._js.publish_async_completed(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._js.publish_async_completed()
 
 
 async def read_events(nc: NatsClient, org: str, *, follow: bool = False, subject_filter: str | None = None,
@@ -99,7 +100,8 @@ async def read_events(nc: NatsClient, org: str, *, follow: bool = False, subject
             return
         while True:
             try:
-                msg = await asyncio.wait_for(queue.get(), None if follow else idle_timeout_s)
+                async with asyncio.timeout(None if follow else idle_timeout_s):
+                    msg = await queue.get()
             except TimeoutError:
                 return
             try:

@@ -97,7 +97,8 @@ class AgentHost:
 
     async def start(self, timeout_s: float = 10.0) -> None:
         self._task = asyncio.create_task(self._run(), name="agent-watch")
-        await asyncio.wait_for(self._ready.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self._ready.wait()
 
     def rewatch(self) -> None:
         """Restart the watch (after a reconnect)."""

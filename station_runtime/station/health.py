@@ -26,7 +26,8 @@ class HealthServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 5)
+            async with asyncio.timeout(5):
+                line = await reader.readline()
             path = line.split(b" ")[1] if line.count(b" ") >= 2 else b"/"
             ok = path.startswith(b"/healthz") or (path.startswith(b"/readyz") and self._ready())
             body = b"ok\n" if ok else b"not ready\n"

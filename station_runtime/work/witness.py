@@ -88,7 +88,8 @@ class Witness:
             except Exception as exc:
                 log.warning("witness sweep failed: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def sweep(self) -> int:
