@@ -398,7 +398,8 @@ class LatticeClient:
                     return record
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
-                    raise LatticeError(f"work {work_id} still {record.phase} after {timeout_s}s")
+                    why = f" ({record.reason})" if record.reason else ""
+                    raise LatticeError(f"work {work_id} still {record.phase} after {timeout_s}s{why}")
                 try:
                     async with asyncio.timeout(min(poll_s, remaining or poll_s)):  # no task per wait
                         msg = await queue.get()

@@ -356,14 +356,23 @@ class Auctioneer:
                 second = await self._open_auction(versioned.record, await self.stations(), everyone=True)
                 return await self._conclude(versioned, second)
             if not candidates:
-                return await self._unschedulable(versioned)
+                return await self._unschedulable(versioned, collecting)
             return await self._assign(versioned, candidates, late_bids)
         finally:
             self.bids.cancel(request.auction_id)
 
-    async def _unschedulable(self, versioned: Versioned) -> Versioned:
+    async def _unschedulable(self, versioned: Versioned, collecting: _Collecting | None = None) -> Versioned:
         req = requirements(versioned.record.spec)
         reason = f"no station can run it: none bid with {req.describe()}"
+        if collecting is not None and collecting.expected:
+            # Say who was asked and what they answered: the difference between "full" and "never answered".
+            answered = {b.station_id: b.reason or "declined" for b in collecting.bids if b.declined}
+            silent = sorted(collecting.expected - set(answered))
+            parts = [f"{s}: {why}" for s, why in sorted(answered.items())]
+            waited = time.perf_counter() - collecting.opened
+            parts += [f"{s}: no answer in {waited:.1f}s" for s in silent]
+            reason += f" ({'; '.join(parts)})"
+        log.info("work %s unschedulable: %s", versioned.record.work_id, reason)
 
         def mark(r: WorkRecord) -> WorkRecord | None:
             if r.phase != P.SCHEDULING:

@@ -295,6 +295,30 @@ async def test_stations_that_are_slow_to_bid_are_waited_for_not_called_unable(cl
     assert record.phase == P.ASSIGNED and record.station_id == "slow"
 
 
+async def test_an_unschedulable_record_says_who_declined_and_who_was_silent(client: LatticeClient,
+                                                                            org: str) -> None:
+    await client.put_agent(echo_agent("echo"))
+    assert client.nc is not None
+    client.auction_config = AuctionConfig(deadline_s=0.2)
+
+    async def decline(msg: Msg) -> None:
+        request = decode(msg.data, AuctionRequest)
+        await msg.respond(encode(AuctionBid(auction_id=request.auction_id, station_id="busy", declined=True,
+                                            reason="full", load=4, capacity=4)))
+
+    for subject in (subjects.station_auction(org, "busy"), subjects.auction_request(org)):
+        await client.nc.subscribe(subject, cb=decline)
+    now = utcnow()
+    for station in ("busy", "mute"):  # registered alike; only "busy" answers
+        await (await client.state()).stations.put(station, encode(StationRecord(
+            org=org, station_id=station, capacity=4, agents=["echo"], heartbeat_interval_s=30, started_at=now,
+            last_heartbeat=now)))
+    await client.wait_for_stations(2, agent="echo", timeout_s=5)
+    record = await client.submit(WorkItemSpec(agent="echo", input="x"))
+    assert record.phase == P.UNSCHEDULABLE
+    assert "busy: full" in record.reason and "mute: no answer in " in record.reason, record.reason
+
+
 async def test_a_workflow_runs_its_steps_in_order_with_templated_inputs(client: LatticeClient, nats_url: str,
                                                                         org: str) -> None:
     await client.put_agent(echo_agent("writer", capabilities=["write"], prefix="draft of "))
