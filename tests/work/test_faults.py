@@ -43,6 +43,8 @@ async def finals(client: LatticeClient, ids: list[str], timeout_s: float) -> lis
 
 
 async def assert_exactly_once(client: LatticeClient, ids: list[str], records: list[WorkRecord]) -> None:
+    """Call it while the stations still run: StationProcess.stop() kills them with -9, and a station's events
+    follow its record writes, so one killed right after its last outcome may never send that outcome's event."""
     assert [r.phase for r in records] == [P.SUCCEEDED] * len(ids), Counter(r.phase for r in records)
     assert [r.result for r in records] == [f"item-{i}" for i in range(len(ids))]
     counts = await event_counts(client, until=lambda c: all(c["work.succeeded", i] for i in ids))
@@ -143,9 +145,9 @@ async def test_a_restarted_station_resumes_its_work_at_once_without_a_witness(
         await a.wait(5)
         a = stations(nats_url, org, tmp_path, "a")[0]  # same id, no controller anywhere
         records = await finals(client, ids, timeout_s=30)
+        await assert_exactly_once(client, ids, records)  # before stop() kills it: its last events trail the records
     finally:
         a.stop()
-    await assert_exactly_once(client, ids, records)
     assert all(r.station_id == "a" and r.attempt == 1 for r in records)
     resumed = [e async for e in client.events(category="work") if e.data.get("resumed")]
     assert {e.subject for e in resumed} <= set(ids) and resumed
@@ -204,6 +206,7 @@ async def test_a_restarted_controller_picks_up_where_the_old_one_died(
         second = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
                                                       stderr=asyncio.subprocess.DEVNULL)
         records = await finals(client, ids, timeout_s=40)
+        await assert_exactly_once(client, ids, records)
     finally:
         for proc in (first, second):
             if proc is not None and proc.returncode is None:
@@ -211,7 +214,6 @@ async def test_a_restarted_controller_picks_up_where_the_old_one_died(
                 await proc.wait()
         for p in procs:
             p.stop()
-    await assert_exactly_once(client, ids, records)
 
 
 async def test_two_witnesses_at_once_requeue_each_item_once(client: LatticeClient, nats_url: str, org: str,
@@ -227,10 +229,10 @@ async def test_two_witnesses_at_once_requeue_each_item_once(client: LatticeClien
             records = await finals(client, ids, timeout_s=40)
             assert w1.witness is not None and w2.witness is not None
             requeues = w1.witness.actions.get("requeue", 0) + w2.witness.actions.get("requeue", 0)
+        await assert_exactly_once(client, ids, records)
     finally:
         for p in procs:
             p.stop()
-    await assert_exactly_once(client, ids, records)
     on_a = [r for r in records if r.work_id in victims]
     assert all(r.attempt == 2 for r in on_a)
     assert requeues == len(victims)
@@ -254,8 +256,8 @@ async def test_two_hundred_items_survive_a_station_killed_and_restarted_twice(
                 await procs[2].wait(5)
                 procs[2] = stations(nats_url, org, tmp_path, "c")[0]
             records = await finals(client, ids, timeout_s=120)
+        await assert_exactly_once(client, ids, records)
     finally:
         for p in procs:
             p.stop()
-    await assert_exactly_once(client, ids, records)
     assert {r.station_id for r in records} == {"a", "b", "c"}
