@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -142,24 +142,6 @@ async def read_all(kv: KeyValue, timeout_s: float = 5.0) -> list[KvItem]:
     finally:
         await watcher.stop()
     return items
-
-
-async def watch(kv: KeyValue, keys: str = ">") -> AsyncIterator[tuple[str, bytes | None, int]]:
-    """Yield ``(key, value or None when deleted, revision)`` for the current values, then every change."""
-    watcher = await kv.watch(keys)
-    try:
-        while True:
-            try:
-                entry = await watcher.updates(timeout=3600)
-            except nats.errors.TimeoutError:
-                continue
-            if entry is None:
-                continue
-            deleted = entry.operation in ("DEL", "PURGE") or entry.value is None
-            yield entry.key, None if deleted else entry.value, entry.revision or 0
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(watcher.stop())
 
 
 EntryHandler = Callable[[Any, bool], Awaitable[None]]

@@ -339,17 +339,15 @@ class Auctioneer:
             self.close_times_s.append(time.perf_counter() - collecting.opened)
             self.last_bid_counts.append(len(bids))
 
-            async def late_bids() -> list[str]:
+            async def late_bids(until_s: float = self.config.deadline_s) -> list[str]:
                 return [b.station_id for b in scoring.rank(
-                    await self.bids.rest(request.auction_id, collecting, self.config.deadline_s), work_id)]
+                    await self.bids.rest(request.auction_id, collecting, until_s), work_id)]
 
             candidates = [b.station_id for b in scoring.rank(bids, work_id)]
-            if not candidates and not collecting.bids and collecting.expected:
-                patience = max(self.config.silence_patience_s, self.config.deadline_s)
-                candidates = [b.station_id for b in scoring.rank(
-                    await self.bids.rest(request.auction_id, collecting, patience), work_id)]
             if not candidates:
-                candidates = await late_bids()
+                silent = not collecting.bids and bool(collecting.expected)
+                candidates = await late_bids(max(self.config.silence_patience_s, self.config.deadline_s)
+                                             if silent else self.config.deadline_s)
             if not candidates and collecting.unasked:
                 # The sample was busy or slow: ask every eligible station before calling it unschedulable.
                 log.info("work %s: no bid from the %d asked; asking all", work_id, len(collecting.expected))

@@ -100,19 +100,21 @@ class Witness:
         records = await self.store.all()
         await self._probe(records)
         by_id = {v.record.work_id: v for v in records}
+        # One view of the registry for the whole pass (every action re-decides on a fresh one before it writes).
+        live = self._live_ids()
         taken = 0
         for versioned in records:
             if versioned.record.is_workflow:
                 taken += await self._drive_workflow(versioned, by_id)
                 continue
-            decision = self._decide(versioned.record)
+            decision = self._decide(versioned.record, live)
             if decision.action != Action.NONE:
                 taken += await self.act(versioned, decision)
         return taken
 
-    def _decide(self, record: WorkRecord) -> Decision:
-        return decide(record, live_stations=self._live_ids(), now=utcnow(), policy=self.policy,
-                      station_joined_since=self.directory.last_join)
+    def _decide(self, record: WorkRecord, live: set[str] | None = None) -> Decision:
+        return decide(record, live_stations=self._live_ids() if live is None else live, now=utcnow(),
+                      policy=self.policy, station_joined_since=self.directory.last_join)
 
     def _live_ids(self) -> set[str]:
         live = self.directory.live_ids()

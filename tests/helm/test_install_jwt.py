@@ -20,6 +20,7 @@ from kubernetes import client
 from tests.helm.helmtool import PLATFORM_CHART, Helm
 from tests.helm.lattice_install import AGENT, STATION, Lattice, installed, result_prefix, unique
 from tests.support.kube_fixtures import KubeCluster
+from tests.support.tenancy import sees_only_its_own_work
 
 
 def _bootstrap_missing() -> str | None:
@@ -86,16 +87,10 @@ def test_a_station_of_one_org_cannot_see_the_other(lattice: Lattice, tmp_path: P
 async def _can_read_own_work_but_not_the_other(url: str, creds: Path, org_a: str, org_b: str) -> None:
     import nats
 
-    from station_runtime.contract import subjects
-
     nc = await nats.connect(url, user_credentials=str(creds), inbox_prefix=f"_INBOX_{STATION}-0",
                             allow_reconnect=False)
     try:
-        js = nc.jetstream()
-        await js.key_value(subjects.bucket(org_a, "work"))
-        with pytest.raises(Exception) as refused:
-            await js.key_value(subjects.bucket(org_b, "work"))
-        assert "not found" in str(refused.value).lower() or isinstance(refused.value, nats.errors.Error)
+        await sees_only_its_own_work(nc.jetstream(), org_a, org_b)
     finally:
         await nc.close()
 

@@ -19,6 +19,7 @@ from kubernetes import client
 from station_runtime.api.models import GROUP, VERSION
 from station_runtime.natsio.embedded import EmbeddedNats
 from tests.support.kube_fixtures import KubeCluster
+from tests.support.tenancy import sees_only_its_own_work
 from tests.support.waiting import wait_sync
 
 from .test_operator_e2e import MANIFESTS, Operator, apply, condition, crds, get  # noqa: F401
@@ -97,13 +98,7 @@ async def _station_of_a_cannot_see_b(url: str, creds: str, org_a: str, org_b: st
 
     nc = await nats.connect(url, user_credentials=str(path), inbox_prefix="_INBOX_worker-0", error_cb=on_error)
     try:
-        js = nc.jetstream()
-        # Its own org's work bucket is readable...
-        await js.key_value(subjects.bucket(org_a, "work"))
-        # ...the other org's does not exist in this account at all.
-        with pytest.raises(Exception) as exc:
-            await js.key_value(subjects.bucket(org_b, "work"))
-        assert "not found" in str(exc.value).lower() or isinstance(exc.value, nats.errors.Error)
+        await sees_only_its_own_work(nc.jetstream(), org_a, org_b)
         got: list[object] = []
 
         async def collect(msg: object) -> None:

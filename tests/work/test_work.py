@@ -215,11 +215,7 @@ async def test_a_winner_that_never_accepts_is_passed_over(client: LatticeClient,
     await nc.subscribe(subjects.auction_request(org), cb=rogue_bid)
     await nc.subscribe(subjects.work_assign(org, "rogue"), cb=swallow)
     # Registered like a real station, so that the auction waits for its bid.
-    now = utcnow()
-    state = await client.state()
-    await state.stations.put("rogue", encode(StationRecord(
-        org=org, station_id="rogue", capacity=100, agents=["echo"], heartbeat_interval_s=30, started_at=now,
-        last_heartbeat=now)))
+    await _register(client, org, "rogue", capacity=100)
     async with running_station(nats_url, org, "honest"):
         await client.wait_for_stations(1, agent="echo", timeout_s=5)
         record = await client.submit(WorkItemSpec(agent="echo", input="x"))
@@ -248,10 +244,7 @@ async def test_an_auction_closes_at_the_first_bid_that_cannot_be_beaten(client: 
 
     await client.nc.subscribe(subjects.station_auction(org, "slow"), cb=slow_bid)
     await client.nc.subscribe(subjects.auction_request(org), cb=slow_bid)
-    now = utcnow()
-    await (await client.state()).stations.put("slow", encode(StationRecord(
-        org=org, station_id="slow", capacity=4, agents=["echo"], heartbeat_interval_s=30, started_at=now,
-        last_heartbeat=now)))
+    await _register(client, org, "slow")
     async with running_station(nats_url, org, "idle"):
         await client.wait_for_stations(2, agent="echo", timeout_s=5)
         async with asyncio.timeout(5):  # far below the deadline: only an early close gets here in time
@@ -286,10 +279,7 @@ async def test_stations_that_are_slow_to_bid_are_waited_for_not_called_unable(cl
     for subject in (subjects.station_auction(org, "slow"), subjects.auction_request(org)):
         await nc.subscribe(subject, cb=late_bid)
     await nc.subscribe(subjects.work_assign(org, "slow"), cb=accept)
-    now = utcnow()
-    await (await client.state()).stations.put("slow", encode(StationRecord(
-        org=org, station_id="slow", capacity=4, agents=["echo"], heartbeat_interval_s=30, started_at=now,
-        last_heartbeat=now)))
+    await _register(client, org, "slow")
     await client.wait_for_stations(1, agent="echo", timeout_s=5)
     record = await client.submit(WorkItemSpec(agent="echo", input="x"))
     assert record.phase == P.ASSIGNED and record.station_id == "slow"
@@ -308,11 +298,7 @@ async def test_an_unschedulable_record_says_who_declined_and_who_was_silent(clie
 
     for subject in (subjects.station_auction(org, "busy"), subjects.auction_request(org)):
         await client.nc.subscribe(subject, cb=decline)
-    now = utcnow()
-    for station in ("busy", "mute"):  # registered alike; only "busy" answers
-        await (await client.state()).stations.put(station, encode(StationRecord(
-            org=org, station_id=station, capacity=4, agents=["echo"], heartbeat_interval_s=30, started_at=now,
-            last_heartbeat=now)))
+    await _register(client, org, "busy", "mute")  # registered alike; only "busy" answers
     await client.wait_for_stations(2, agent="echo", timeout_s=5)
     record = await client.submit(WorkItemSpec(agent="echo", input="x"))
     assert record.phase == P.UNSCHEDULABLE
@@ -343,12 +329,7 @@ async def test_a_large_lattice_asks_a_few_least_loaded_stations_and_everyone_if_
 
     await client.put_agent(echo_agent("echo"))
     client.auction_config = AuctionConfig(deadline_s=0.2, assign_timeout_s=1.0, max_bidders=1)
-    now = utcnow()
-    state = await client.state()
-    for name in ("silent-a", "silent-b", "silent-c"):
-        await state.stations.put(name, encode(StationRecord(
-            org=org, station_id=name, capacity=4, agents=["echo"], heartbeat_interval_s=30, started_at=now,
-            last_heartbeat=now)))
+    await _register(client, org, "silent-a", "silent-b", "silent-c")
     async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"):
         await client.wait_for_stations(5, agent="echo", timeout_s=5)
         # Half of them followed from submit (watch=True: the wait reads nothing), half read by the wait.
@@ -358,6 +339,17 @@ async def test_a_large_lattice_asks_a_few_least_loaded_stations_and_everyone_if_
         auctioneer = await client.auctioneer()
     assert [f.phase for f in finals] == [P.SUCCEEDED] * 8 and {f.station_id for f in finals} <= {"s1", "s2"}
     assert max(auctioneer.last_bid_counts) <= 2  # one asked; all five only when that one was silent
+
+
+async def _register(client: LatticeClient, org: str, *station_ids: str, capacity: int = 4) -> None:
+    """Registers stations hosting ``echo`` with a fresh heartbeat, as if they were up; the test answers for them
+    (or not) on their subjects."""
+    state = await client.state()
+    now = utcnow()
+    for station_id in station_ids:
+        await state.stations.put(station_id, encode(StationRecord(
+            org=org, station_id=station_id, capacity=capacity, agents=["echo"], heartbeat_interval_s=30,
+            started_at=now, last_heartbeat=now)))
 
 
 async def _idle(work: WorkService, slots: Slots) -> bool:
