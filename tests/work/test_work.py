@@ -325,10 +325,10 @@ async def test_a_large_lattice_asks_a_few_least_loaded_stations_and_everyone_if_
         client: LatticeClient, nats_url: str, org: str) -> None:
     """Auction cost must not grow with the lattice: only ``max_bidders`` stations are asked. Silent registered
     stations (they never bid) may be sampled; then every eligible station is asked before giving up."""
-
-
     await client.put_agent(echo_agent("echo"))
-    client.auction_config = AuctionConfig(deadline_s=0.2, assign_timeout_s=1.0, max_bidders=1)
+    # No patience with silence here: asking everyone at the deadline is what this test is about.
+    client.auction_config = AuctionConfig(deadline_s=0.2, silence_patience_s=0.2, assign_timeout_s=1.0,
+                                          max_bidders=1)
     await _register(client, org, "silent-a", "silent-b", "silent-c")
     async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"):
         await client.wait_for_stations(5, agent="echo", timeout_s=5)
