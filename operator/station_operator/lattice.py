@@ -123,8 +123,7 @@ class WorkItemMirror:
             await asyncio.gather(*(self._patch(r) for r in batch.values()), return_exceptions=True)
             # Bounded rate: bursts of progress within 0.1 s collapse into one patch, unless something finished.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.1):
-                    await self._urgent.wait()
+                await asyncio.wait_for(self._urgent.wait(), 0.1)
 
     async def _patch(self, record: WorkRecord) -> None:
         tracked = self.tracked.get(record.work_id)
