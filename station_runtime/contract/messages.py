@@ -272,6 +272,9 @@ class WorkAssign(WireModel):
 
     record: WorkRecord
     revision: int = Field(ge=0)
+    #: Set for an offer (to the auctioneer's expected winner, before any auction): take it if a run slot is free
+    #: or the load is at most this, else decline and the auction goes on. Unset: take it if the queue has room.
+    offer_max_load: int | None = Field(default=None, ge=0)
 
 
 class WorkAccept(WireModel):

@@ -144,6 +144,9 @@ class WorkService:
             return
         record = assign.record
         reason = self._refusal(record)
+        if not reason and assign.offer_max_load is not None and \
+                self.slots.capacity <= self.slots.load > assign.offer_max_load:
+            reason = f"offer declined at load {self.slots.load}"
         accepted = not reason and record.attempt_id is not None
 
         async def reply() -> None:

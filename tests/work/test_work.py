@@ -4,6 +4,7 @@ deadlines, fencing of superseded attempts, large results, workflows."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 from nats.aio.msg import Msg
@@ -27,7 +28,7 @@ from station_runtime.contract.messages import (
 from station_runtime.station.invoke import Slots
 from station_runtime.station.work import WorkService
 from station_runtime.work import phases
-from station_runtime.work.auction import AuctionConfig
+from station_runtime.work.auction import AuctionConfig, tiebreak
 from tests.support.lattice import echo_agent, python_agent, running_station
 from tests.support.waiting import eventually
 from tests.support.work import controller, event_types, has_final_event
@@ -203,6 +204,7 @@ async def test_a_winner_that_never_accepts_is_passed_over(client: LatticeClient,
     await client.put_agent(echo_agent("echo"))
     assert client.nc is not None
     nc = client.nc
+    client.auction_config = AuctionConfig(deadline_s=1.0, assign_timeout_s=1.0, offer_first=False)
 
     async def rogue_bid(msg: object) -> None:
         request = decode(msg.data, AuctionRequest)  # type: ignore[attr-defined]
@@ -231,7 +233,8 @@ async def test_an_auction_closes_at_the_first_bid_that_cannot_be_beaten(client: 
     """A slow bidder is asked too, but an idle station's perfect bid closes the auction without waiting for it."""
     await client.put_agent(echo_agent("echo"))
     assert client.nc is not None
-    client.auction_config = AuctionConfig(deadline_s=30.0)  # waiting for the slow bid would time the test out
+    # Waiting for the slow bid would time the test out.
+    client.auction_config = AuctionConfig(deadline_s=30.0, offer_first=False)
     release = asyncio.Event()
     asked: list[str] = []
 
@@ -256,6 +259,96 @@ async def test_an_auction_closes_at_the_first_bid_that_cannot_be_beaten(client: 
     assert final.phase == P.SUCCEEDED and final.station_id == "idle"
 
 
+async def test_new_work_is_offered_to_the_expected_winner_without_an_auction(client: LatticeClient, nats_url: str,
+                                                                           org: str) -> None:
+    """An idle lattice: the first station of the auction's ranking takes the work in one round trip, and no
+    station is asked to bid."""
+    await client.put_agent(echo_agent("echo"))
+    assert client.nc is not None
+    auctions: list[Msg] = []
+    await client.nc.subscribe(subjects.auction_request(org), cb=_collect(auctions))
+    await client.nc.subscribe(f"{subjects.org_root(org)}.station.*.auction.request", cb=_collect(auctions))
+    async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"):
+        await client.wait_for_stations(2, agent="echo", timeout_s=5)
+        records = [await client.submit(WorkItemSpec(agent="echo", input=str(i)), watch=True) for i in range(6)]
+        finals = [await client.wait_work(r.work_id, timeout_s=10) for r in records]
+        auctioneer = await client.auctioneer()
+    assert [f.result for f in finals] == [str(i) for i in range(6)]
+    assert all(f.phase == P.SUCCEEDED and f.attempt == 1 for f in finals)
+    assert {f.station_id for f in finals} == {"s1", "s2"}  # the ranking counts its own assignments
+    assert (auctioneer.offers, auctioneer.offers_declined, auctioneer.auctions) == (6, 0, 0) and not auctions
+    assert await event_types(client, finals[0].work_id) == ["work.submitted", "work.succeeded"]
+
+
+async def test_a_declined_offer_goes_to_auction(client: LatticeClient, nats_url: str, org: str) -> None:
+    """The expected winner is busier than the registry says: it declines the offer, and the auction places the
+    work on a station that bids."""
+    await client.put_agent(echo_agent("echo"))
+    assert client.nc is not None
+    offers: list[WorkAssign] = []
+
+    async def decline_offer(msg: Msg) -> None:
+        assign = decode(msg.data, WorkAssign)
+        offers.append(assign)
+        await msg.respond(encode(WorkAccept(work_id=assign.record.work_id, attempt_id=assign.record.attempt_id or "",
+                                            station_id="busy", accepted=False, reason="offer declined at load 9")))
+
+    async def decline_bid(msg: Msg) -> None:
+        request = decode(msg.data, AuctionRequest)
+        await msg.respond(encode(AuctionBid(auction_id=request.auction_id, station_id="busy", declined=True,
+                                            reason="full", load=9, capacity=4)))
+
+    await client.nc.subscribe(subjects.work_assign(org, "busy"), cb=decline_offer)
+    for subject in (subjects.station_auction(org, "busy"), subjects.auction_request(org)):
+        await client.nc.subscribe(subject, cb=decline_bid)
+    await _register(client, org, "busy")  # load 0 in the registry: ranked with the real station
+    async with running_station(nats_url, org, "s1"):
+        await client.wait_for_stations(2, agent="echo", timeout_s=5)
+        # An id the ranking puts "busy" first for (equal loads are ordered by a hash of id and station).
+        work_id = next(w for w in (f"w{i}" for i in range(100)) if tiebreak(w, "busy") < tiebreak(w, "s1"))
+        record = await client.submit(WorkItemSpec(agent="echo", input="x"), work_id=work_id)
+        final = await client.wait_work(record.work_id, timeout_s=10)
+        auctioneer = await client.auctioneer()
+    assert final.phase == P.SUCCEEDED and final.station_id == "s1" and final.attempt == 1
+    assert len(offers) == 1 and offers[0].offer_max_load is not None and offers[0].record.station_id == "busy"
+    assert (auctioneer.offers, auctioneer.offers_declined, auctioneer.auctions) == (1, 1, 1)
+    # The offered attempt was never written: the winner's claim is the item's first assignment.
+    assert final.attempt_id != offers[0].record.attempt_id
+
+
+async def test_a_station_takes_an_offer_only_with_a_free_slot_or_below_the_bound(client: LatticeClient,
+                                                                                 nats_url: str, org: str) -> None:
+    """A plain assignment may wait in the queue; an offer is declined when no slot is free and the station's load
+    is above the bound the auctioneer sent (the runner-up would likely have won the auction)."""
+    await client.put_agent(echo_agent("slow", delaySeconds=30, steps=1))
+    await client.put_agent(echo_agent("echo"))
+    assert client.nc is not None
+    async with running_station(nats_url, org, "s1", max_concurrency=1):
+        await client.wait_for_stations(1, agent="slow", timeout_s=5)
+        busy = await client.submit(WorkItemSpec(agent="slow", input="x"))
+        await eventually(lambda: _phase(client, busy.work_id, P.RUNNING), timeout_s=5, what="the slot to be taken")
+        answers = {}
+        for name, bound in (("offer-at-0", 0), ("offer-at-1", 1), ("plain", None)):
+            created, _ = await (await client.work_store()).create(WorkRecord(
+                org=org, work_id=name, spec=WorkItemSpec(agent="echo", input=name), phase=P.SCHEDULING))
+            assign = WorkAssign(record=phases.transition(created.record, P.ASSIGNED, station_id="s1",
+                                                         attempt_id=f"a-{name}", attempt=1),
+                                revision=created.revision, offer_max_load=bound)
+            reply = await client.nc.request(subjects.work_assign(org, "s1"), encode(assign), timeout=5)
+            answers[name] = decode(reply.data, WorkAccept)
+        await client.cancel_work(busy.work_id)  # the two taken wait for its slot
+        finals = [await client.wait_work(name, timeout_s=10) for name in ("offer-at-1", "plain")]
+    assert answers["plain"].accepted and answers["offer-at-1"].accepted
+    assert [f.phase for f in finals] == [P.SUCCEEDED] * 2
+    assert not answers["offer-at-0"].accepted and answers["offer-at-0"].reason == "offer declined at load 1"
+
+
+def _collect(into: list[Msg]) -> Callable[[Msg], Awaitable[None]]:
+    async def cb(msg: Msg) -> None:
+        into.append(msg)
+    return cb
+
+
 async def test_stations_that_are_slow_to_bid_are_waited_for_not_called_unable(client: LatticeClient,
                                                                              org: str) -> None:
     """The only eligible station answers after the auction's deadline (a loaded machine): since nobody said
@@ -263,7 +356,7 @@ async def test_stations_that_are_slow_to_bid_are_waited_for_not_called_unable(cl
     await client.put_agent(echo_agent("echo"))
     assert client.nc is not None
     nc = client.nc
-    client.auction_config = AuctionConfig(deadline_s=0.1, silence_patience_s=5.0)
+    client.auction_config = AuctionConfig(deadline_s=0.1, silence_patience_s=5.0, offer_first=False)
 
     async def late_bid(msg: Msg) -> None:
         request = decode(msg.data, AuctionRequest)
@@ -289,7 +382,7 @@ async def test_an_unschedulable_record_says_who_declined_and_who_was_silent(clie
                                                                             org: str) -> None:
     await client.put_agent(echo_agent("echo"))
     assert client.nc is not None
-    client.auction_config = AuctionConfig(deadline_s=0.2)
+    client.auction_config = AuctionConfig(deadline_s=0.2, offer_first=False)
 
     async def decline(msg: Msg) -> None:
         request = decode(msg.data, AuctionRequest)
@@ -328,7 +421,7 @@ async def test_a_large_lattice_asks_a_few_least_loaded_stations_and_everyone_if_
     await client.put_agent(echo_agent("echo"))
     # No patience with silence here: asking everyone at the deadline is what this test is about.
     client.auction_config = AuctionConfig(deadline_s=0.2, silence_patience_s=0.2, assign_timeout_s=1.0,
-                                          max_bidders=1)
+                                          max_bidders=1, offer_first=False)
     await _register(client, org, "silent-a", "silent-b", "silent-c")
     async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"):
         await client.wait_for_stations(5, agent="echo", timeout_s=5)
