@@ -264,7 +264,7 @@ class Auctioneer:
             return versioned, created
         stations = await self.stations()
         if (offer_to := self._offer_target(record, stations)) is not None:
-            return await self._create_and_offer(record, offer_to)
+            return await self._create_and_offer(record, offer_to, on_created)
         auction = await self._open_auction(record, stations)
         versioned, created = await self.store.create(record)
         if not created:
@@ -323,12 +323,15 @@ class Auctioneer:
             return first.station_id, None
         return first.station_id, int(key(rest[0])[0] * first.capacity)
 
-    async def _create_and_offer(self, record: WorkRecord, target: tuple[str, int | None]) -> tuple[Versioned, bool]:
+    async def _create_and_offer(self, record: WorkRecord, target: tuple[str, int | None],
+                                on_created: Callable[[Versioned], Awaitable[None]] | None) -> tuple[Versioned, bool]:
         # The offer carries the revision the station claims with, so it follows the create (the auction's request
         # goes out before it instead); still one hop less than create ∥ auction, then assign.
         versioned, created = await self.store.create(record)
         if not created:
             return versioned, False
+        if on_created is not None:
+            await on_created(versioned)
         await self.store.emit("work", "submitted", record)
         self.offers += 1
         opened = time.perf_counter()

@@ -29,6 +29,7 @@ from station_runtime.station.invoke import Slots
 from station_runtime.station.work import WorkService
 from station_runtime.work import phases
 from station_runtime.work.auction import AuctionConfig, tiebreak
+from station_runtime.work.store import Versioned
 from tests.support.lattice import echo_agent, python_agent, running_station
 from tests.support.waiting import eventually
 from tests.support.work import controller, event_types, has_final_event
@@ -271,8 +272,19 @@ async def test_new_work_is_offered_to_the_expected_winner_without_an_auction(cli
     async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"):
         await client.wait_for_stations(2, agent="echo", timeout_s=5)
         records = [await client.submit(WorkItemSpec(agent="echo", input=str(i)), watch=True) for i in range(6)]
+        store = await client.work_store()
+        reads = 0
+        read = store.get
+
+        async def counted(work_id: str) -> Versioned | None:
+            nonlocal reads
+            reads += 1
+            return await read(work_id)
+
+        store.get = counted  # type: ignore[method-assign]
         finals = [await client.wait_work(r.work_id, timeout_s=10) for r in records]
         auctioneer = await client.auctioneer()
+    assert reads == 0  # followed from the record's creation (watch=True): the outcome was pushed, never read
     assert [f.result for f in finals] == [str(i) for i in range(6)]
     assert all(f.phase == P.SUCCEEDED and f.attempt == 1 for f in finals)
     assert {f.station_id for f in finals} == {"s1", "s2"}  # the ranking counts its own assignments
