@@ -21,6 +21,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from ..contract import subjects
+from .requests import Requests
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,11 @@ class StateLimits:
 class OrgState:
     """Handles on one org's buckets and stream, opened (and created if missing) by :meth:`open`."""
 
-    def __init__(self, js: JetStreamContext, org: str, stations: KeyValue, agents: KeyValue, work: KeyValue,
-                 presence_ttl_s: float) -> None:
+    def __init__(self, nc: NatsClient, js: JetStreamContext, org: str, stations: KeyValue, agents: KeyValue,
+                 work: KeyValue, presence_ttl_s: float) -> None:
         self.js = js
+        #: The hot path's requests (work record writes, assignments) on this connection.
+        self.requests = Requests(nc)
         self.org = org
         self.stations = stations
         self.agents = agents
@@ -67,7 +70,7 @@ class OrgState:
                           limits.events_max_age_s, limits.events_max_bytes)
         status = await stations.status()
         ttl = status.ttl or limits.presence_ttl_s
-        return cls(js, org, stations, agents, work, presence_ttl_s=ttl)
+        return cls(nc, js, org, stations, agents, work, presence_ttl_s=ttl)
 
 
 async def _bucket(js: JetStreamContext, name: str, create: bool, *, republish: RePublish | None = None,

@@ -523,10 +523,9 @@ class Auctioneer:
         record = assigned.record
         assert record.station_id is not None
         try:
-            reply = await self.nc.request(subjects.work_assign(self.org, record.station_id),
-                                          encode(WorkAssign(record=record, revision=assigned.revision,
-                                                            offer_max_load=offer_max_load)),
-                                          timeout=self.config.assign_timeout_s)
+            assign = WorkAssign(record=record, revision=assigned.revision, offer_max_load=offer_max_load)
+            reply = await self.store.state.requests.request(subjects.work_assign(self.org, record.station_id),
+                                                            encode(assign), timeout_s=self.config.assign_timeout_s)
             accept = decode(reply.data, WorkAccept)
         except (NoRespondersError, NatsTimeoutError, DecodeError) as exc:
             log.info("work %s: assignment to %s failed: %s", record.work_id, record.station_id,

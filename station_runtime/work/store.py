@@ -24,6 +24,7 @@ from ..contract.errors import DecodeError
 from ..contract.events import Category
 from ..contract.messages import Payload, WorkRecord
 from ..natsio.events import EventPublisher
+from ..natsio.requests import kv_write
 from ..natsio.state import KvItem, OrgState, read_all
 
 log = logging.getLogger(__name__)
@@ -53,18 +54,20 @@ class WorkStore:
         self.kv = state.work
         self.events = events
         self._objects: ObjectStore | None = None
-        self._results_bucket = f"{subjects.bucket(state.org, 'work')}-results"
+        self._bucket = subjects.bucket(state.org, "work")
+        self._results_bucket = f"{self._bucket}-results"
 
     async def create(self, record: WorkRecord) -> tuple[Versioned, bool]:
         """Create the record unless the id exists; returns the stored version and whether it was created here.
         Idempotent: submitting the same work id twice yields the first record."""
+        data = encode(record)
         try:
-            revision = await self.kv.create(record.work_id, encode(record))
+            revision = await kv_write(self.state.requests, self._bucket, record.work_id, data, last=0)
             return Versioned(record, revision), True
         except KeyWrongLastSequenceError:
             existing = await self.get(record.work_id)
-            if existing is None:  # deleted between our create and our read: try once more
-                revision = await self.kv.create(record.work_id, encode(record))
+            if existing is None:  # deleted (a tombstone is its last revision): nats-py's create writes over it
+                revision = await self.kv.create(record.work_id, data)
                 return Versioned(record, revision), True
             return existing, False
 
@@ -90,7 +93,7 @@ class WorkStore:
 
     async def write(self, new: WorkRecord, revision: int) -> int:
         """CAS one record; raises KeyWrongLastSequenceError if ``revision`` is no longer the latest."""
-        return await self.kv.update(new.work_id, encode(new), last=revision)
+        return await kv_write(self.state.requests, self._bucket, new.work_id, encode(new), last=revision)
 
     async def mutate(self, work_id: str, fn: Mutation, *, current: Versioned | None = None,
                      attempts: int = 8) -> Versioned | None:
