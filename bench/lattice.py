@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -97,12 +98,44 @@ def _auction_stats(client: LatticeClient, since: int) -> dict[str, Any]:
     auctioneer = client._auctioneer
     if auctioneer is None:
         return {}
-    # getattr: the runner also measures older commits (before/after comparisons), which lack the close times.
+    # getattr: the runner also measures older commits (before/after comparisons), which lack some counters.
     closes = list(getattr(auctioneer, "close_times_s", []))[since:]
     bids = list(auctioneer.last_bid_counts)[since:]
+    if not closes:
+        return {}
     return {"auction_close_p50_us": round(percentile(closes, 50), 1),
             "auction_close_p99_us": round(percentile(closes, 99), 1),
             "bids_per_auction": round(sum(bids) / len(bids), 2) if bids else None}
+
+
+def _counters(client: LatticeClient) -> tuple[int, int, int]:
+    a = client._auctioneer
+    return (0, 0, 0) if a is None else (a.auctions, getattr(a, "offers", 0), getattr(a, "offers_declined", 0))
+
+
+def _placement_stats(client: LatticeClient, before: tuple[int, int, int], offers_since: int) -> dict[str, Any]:
+    """How the items were placed: offered to the expected winner (and how long its answer took), or auctioned."""
+    auctions, offers, declined = (now - then for now, then in zip(_counters(client), before, strict=True))
+    times = list(getattr(client._auctioneer, "offer_times_s", []))[offers_since:]
+    out: dict[str, Any] = {"auctions": auctions, "offers": offers, "offers_declined": declined}
+    if times:
+        out.update(offer_answer_p50_us=round(percentile(times, 50), 1),
+                   offer_answer_p99_us=round(percentile(times, 99), 1))
+    return out
+
+
+async def _auction_only(lat: Lattice, n: int, max_s: float) -> dict[str, Any]:
+    """The auction's own cost at this lattice size: the same items with offers off, so that each is auctioned."""
+    auctioneer = await lat.client.auctioneer()
+    config = auctioneer.config
+    auctioneer.config = dataclasses.replace(config, offer_first=False)
+    try:
+        since = len(auctioneer.close_times_s)
+        samples = await sample(lat.work_once, n, warmup=10, max_s=max_s)
+        return {**{f"auction_only_{k}": v for k, v in summary(samples).items()},
+                **_auction_stats(lat.client, since + 10)}
+    finally:
+        auctioneer.config = config
 
 
 async def run_work(ctx: RunContext) -> None:
@@ -117,16 +150,18 @@ async def run_work(ctx: RunContext) -> None:
                 ctx.results["station_idle_rss_mb"] = rss
             n = m.big_lattice_n if count == biggest and count > 10 else m.latency_n
             await lat.work_once()  # the auctioneer and the directory start on first use
-            since = len((await lat.client.auctioneer()).last_bid_counts)
+            placed_before = _counters(lat.client)
+            offers_since = len(getattr(await lat.client.auctioneer(), "offer_times_s", []))
             pids = {"client": os.getpid(), "nats_server": ctx.nats_pid,
                     **{f"station{i}": c.pid for i, c in enumerate(lat.children)}}
             cpu_before = {k: cpu_s(p) for k, p in pids.items() if p}
             samples = await sample(lat.work_once, n, warmup=m.warmup if n == m.latency_n else 10,
                                    max_s=m.latency_max_s)
-            stats = {**summary(samples), **_auction_stats(lat.client, since + (m.warmup if n == m.latency_n
-                                                                                  else 10))}
+            stats = {**summary(samples), **_placement_stats(lat.client, placed_before, offers_since)}
             stats["cpu_us_per_item"] = _cpu_per_item(pids, cpu_before, len(samples) + (m.warmup if n == m.latency_n
                                                                                          else 10))
+            if hasattr(AuctionConfig, "offer_first"):  # the auction itself, at this size
+                stats.update(await _auction_only(lat, min(n, 500), m.latency_max_s / 2))
             if count == 1:
                 stats["station_rss_mb_after"] = round(lat.children[0].rss_mb(), 1)
             ctx.record(f"lattice_work_{count}_stations", stats)

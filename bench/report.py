@@ -159,11 +159,20 @@ def table(doc: dict[str, Any]) -> str:
     lines.append("")
     lines.append("| other | value |")
     lines.append("| --- | ---: |")
+    for c in (1, 3, 10, 50):
+        row = d.get(f"lattice_work_{c}_stations")
+        if row and row.get("offers"):
+            lines.append(f"| placement, {c} station{'s' if c > 1 else ''}: offers taken / declined (then auctioned);"
+                         f" offer answered p50 / p99 (ms) | {row['offers'] - row['offers_declined']} / "
+                         f"{row['offers_declined']}; {ms(row.get('offer_answer_p50_us'))} / "
+                         f"{ms(row.get('offer_answer_p99_us'))} |")
     for c in (3, 10, 50):
         row = d.get(f"lattice_work_{c}_stations")
         if row and row.get("auction_close_p99_us") is not None:
-            lines.append(f"| auction close p50 / p99, {c} stations (ms) | {ms(row['auction_close_p50_us'])} / "
-                         f"{ms(row['auction_close_p99_us'])} (bids per auction {row.get('bids_per_auction')}) |")
+            only = f"; item p50 {ms(row['auction_only_p50_us'])}" if row.get("auction_only_p50_us") else ""
+            lines.append(f"| auction close p50 / p99, {c} stations, every item auctioned (ms) | "
+                         f"{ms(row['auction_close_p50_us'])} / {ms(row['auction_close_p99_us'])} "
+                         f"(bids per auction {row.get('bids_per_auction')}{only}) |")
     timeline = (d.get("lattice_work_3_stations") or {}).get("timeline_us")
     if timeline:
         steps = ", ".join(f"{k.replace('_', ' ')} {v / 1000:.2f}" for k, v in timeline.items())
