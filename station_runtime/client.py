@@ -63,10 +63,20 @@ MAX_WATCHES = 10_000
 
 @dataclass
 class _Watch:
+    """Work submitted here for a wait to take over: the next version the server pushes, caught by a one-message
+    subscription (the server drops it after that message; no task, no queue), and the record as we last wrote it."""
+
     sub: Subscription
-    queue: asyncio.Queue[Msg]
+    pushed: asyncio.Future[Msg]
     latest: Versioned | None
     since: float
+
+    async def disarm(self) -> None:
+        if self.pushed.done() and not self.pushed.cancelled():
+            return  # it had its one message: the server has dropped the subscription
+        self.pushed.cancel()
+        with contextlib.suppress(Exception):
+            await self.sub.unsubscribe()
 
 
 class LatticeError(Exception):
@@ -295,8 +305,7 @@ class LatticeClient:
             versioned, _ = await auctioneer.submit(spec, work_id=work_id, on_created=follow if watch else None)
         except BaseException:
             if (opened := self._watches.pop(work_id, None)) is not None:
-                with contextlib.suppress(Exception):
-                    await opened.sub.unsubscribe()
+                await opened.disarm()
             raise
         if (opened := self._watches.get(work_id)) is not None:
             opened.latest = versioned
@@ -305,19 +314,21 @@ class LatticeClient:
     async def _watch(self, work_id: str) -> _Watch:
         now = time.monotonic()
         if (same := self._watches.pop(work_id, None)) is not None:  # submitted again with the same id
-            with contextlib.suppress(Exception):
-                await same.sub.unsubscribe()
+            await same.disarm()
         # Oldest first: only the front can have expired, and the map stays bounded.
         while self._watches:
             key, oldest = next(iter(self._watches.items()))
             if now - oldest.since <= WATCH_TTL_S and len(self._watches) < MAX_WATCHES:
                 break
             del self._watches[key]
-            with contextlib.suppress(Exception):
-                await oldest.sub.unsubscribe()
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
-        watch = self._watches[work_id] = _Watch(sub, queue, None, now)
+            await oldest.disarm()
+        # One message, then the server drops the interest (UNSUB with a limit, sent with the SUB): for work that
+        # finishes without a Running write, that message is the outcome, and nothing is left to unsubscribe.
+        pushed: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        sub = await self._nc().subscribe(subjects.work_update(self.org, work_id, "record"), future=pushed,
+                                         max_msgs=1)
+        await sub.unsubscribe(limit=1)
+        watch = self._watches[work_id] = _Watch(sub, pushed, None, now)
         return watch
 
     async def get_work(self, work_id: str) -> WorkRecord | None:
@@ -370,17 +381,29 @@ class LatticeClient:
         the source of truth (its events follow asynchronously). The record is re-read every ``poll_s`` as well, so
         a missed message (NATS restarted) costs a delay, never a hang."""
         store = await self.work_store()
-        watch = self._watches.pop(work_id, None)
-        if watch is None:
-            queue: asyncio.Queue[Msg] = asyncio.Queue()
-            sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
-            latest: Versioned | None = None
-        else:  # submitted here: subscribed since the record was created, and the record as we last wrote it
-            queue, sub, latest = watch.queue, watch.sub, watch.latest
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
+        latest: Versioned | None = None
+        if (watch := self._watches.pop(work_id, None)) is not None:
+            # Submitted here: the first version pushed since the record was created is caught already, and
+            # for work that does not record Running it is the outcome.
+            latest = watch.latest
+            if on_progress is None and latest is not None:
+                try:
+                    async with asyncio.timeout(poll_s if deadline is None else min(poll_s, deadline - loop.time())):
+                        msg = await watch.pushed
+                    if (pushed := store.pushed(msg.headers, msg.data)) is not None:
+                        latest = _newer(latest, pushed)
+                except TimeoutError:
+                    pass
+                if latest.record.phase.terminal:
+                    return latest.record
+            await watch.disarm()
+        # Follow every version from now on; what was pushed before is read once.
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
         reported: WorkRecord | None = None
-        read = latest is None
+        read = True
         try:
             while True:
                 if read:

@@ -292,6 +292,20 @@ async def test_new_work_is_offered_to_the_expected_winner_without_an_auction(cli
     assert await event_types(client, finals[0].work_id) == ["work.submitted", "work.succeeded"]
 
 
+async def test_a_watched_wait_follows_work_that_records_running_before_its_outcome(client: LatticeClient,
+                                                                                   nats_url: str, org: str) -> None:
+    """submit(watch=True) catches the first pushed version only; work that writes Running first is followed from
+    there by a subscription, with no poll needed (the poll is set far beyond the test's timeout)."""
+    await client.put_agent(echo_agent("slow", delaySeconds=0.4, steps=2))
+    async with running_station(nats_url, org, "s1"):
+        await client.wait_for_stations(1, agent="slow", timeout_s=5)
+        record = await client.submit(WorkItemSpec(agent="slow", input="x"), watch=True)
+        final = await client.wait_work(record.work_id, timeout_s=10, poll_s=60)
+    assert final.phase == P.SUCCEEDED and final.result == "x" and final.started_at is not None
+    types = await event_types(client, final.work_id)
+    assert types[0] == "work.submitted" and "work.started" in types and types[-1] == "work.succeeded"
+
+
 async def test_a_declined_offer_goes_to_auction(client: LatticeClient, nats_url: str, org: str) -> None:
     """The expected winner is busier than the registry says: it declines the offer, and the auction places the
     work on a station that bids."""
