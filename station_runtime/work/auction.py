@@ -41,6 +41,7 @@ from ..contract.messages import (
     AuctionRequest,
     ErrorCode,
     StationRecord,
+    StationStatus,
     WorkAccept,
     WorkAssign,
     WorkError,
@@ -49,6 +50,7 @@ from ..contract.messages import (
     utcnow,
 )
 from ..natsio.state import read_all
+from ..routing import is_live
 from . import phases, scoring
 from .directory import StationDirectory
 from .policy import WitnessPolicy, unschedulable_retry_at
@@ -228,6 +230,8 @@ class Auctioneer:
         #: Assignments made per station since its last heartbeat (keyed by that heartbeat): the registry's load
         #: is as old as the beat, and this keeps a burst of submissions from all picking the same few bidders.
         self._assigned: dict[str, tuple[object, int]] = {}
+        #: Stations that fit a requirement (any liveness), by requirement, with the directory version they are of.
+        self._fitting: dict[tuple[object, ...], tuple[int, list[StationRecord]]] = {}
 
     async def start(self) -> None:
         await self.bids.start()
@@ -310,9 +314,7 @@ class Auctioneer:
         cfg = self.config
         if not (cfg.offer_first and cfg.winner_claims and cfg.policy == "auction"):
             return None
-        req = requirements(record.spec)
-        now = utcnow()
-        eligible = [s for s in stations if scoring.eligible(s, req, now)]
+        eligible = self._eligible(requirements(record.spec), stations)
         if not eligible:
             return None
         key = self._rank_key(record.work_id)
@@ -357,8 +359,7 @@ class Auctioneer:
     async def _open_auction(self, record: WorkRecord, stations: list[StationRecord],
                             *, everyone: bool = False) -> tuple[AuctionRequest, object]:
         req = requirements(record.spec)
-        now = utcnow()
-        eligible = [s for s in stations if scoring.eligible(s, req, now)]
+        eligible = self._eligible(req, stations)
         self._auction_seq += 1  # bids come back to this process's inbox: unique here is unique enough
         request = AuctionRequest(auction_id=f"{self._auction_prefix}{self._auction_seq:x}", work_id=record.work_id,
                                  agent=req.agent,
@@ -381,6 +382,24 @@ class Auctioneer:
         else:
             await self.nc.publish(subjects.auction_request(self.org), data, reply=reply)
         return request, collecting
+
+    def _eligible(self, req: scoring.Requirements, stations: list[StationRecord]) -> list[StationRecord]:
+        """The live stations that can run work with ``req``. What fits changes only with the registry: with a
+        directory it is remembered per requirement until the directory changes, and only liveness is checked
+        per item."""
+        now = utcnow()
+        directory = self.directory
+        if directory is None:
+            return [s for s in stations if scoring.eligible(s, req, now)]
+        key = (req.agent, req.capabilities, tuple(sorted(req.labels.items())))
+        cached = self._fitting.get(key)
+        if cached is None or cached[0] != directory.version:
+            if len(self._fitting) >= 256:
+                self._fitting.clear()
+            fitting = [s for s in stations if s.status == StationStatus.READY and scoring.fits(
+                req, agents=s.agents, capabilities=s.capabilities, labels=s.labels)]
+            cached = self._fitting[key] = (directory.version, fitting)
+        return [s for s in cached[1] if is_live(s, now)]
 
     def _sample(self, eligible: list[StationRecord], work_id: str) -> list[StationRecord]:
         """The ``max_bidders`` least loaded eligible stations; equal ones in an order that differs per work item,

@@ -31,6 +31,8 @@ class StationDirectory:
         self._kv = kv
         self._on_join = on_join
         self.records: dict[str, StationRecord] = {}
+        #: Bumped on every change of ``records``: lets an auctioneer cache what it derives from them.
+        self.version = 0
         self.last_join: datetime | None = None
         self.healthy = False
         self._ready = asyncio.Event()
@@ -70,12 +72,14 @@ class StationDirectory:
     async def _on_snapshot(self, seen: set[str]) -> None:
         for gone in set(self.records) - seen:
             self.records.pop(gone, None)
+            self.version += 1
         self.healthy = True
         self._ready.set()
 
     async def _on_entry(self, entry: Any, initial: bool) -> None:
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self.records.pop(entry.key, None)
+            self.version += 1
             return
         try:
             record = decode(entry.value, StationRecord)
@@ -84,6 +88,7 @@ class StationDirectory:
             return
         previous = self.records.get(entry.key)
         self.records[entry.key] = record
+        self.version += 1
         if previous is None or previous.started_at != record.started_at:
             self.last_join = utcnow()
             if not initial and self._on_join is not None:

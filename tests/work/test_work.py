@@ -342,6 +342,46 @@ async def test_a_declined_offer_goes_to_auction(client: LatticeClient, nats_url:
     assert final.attempt_id != offers[0].record.attempt_id
 
 
+async def test_a_station_that_stops_hosting_the_agent_is_no_longer_offered_its_work(client: LatticeClient,
+                                                                                    nats_url: str, org: str) -> None:
+    """Who fits a requirement is remembered between items until the registry changes: a registry update that
+    drops the agent takes the station out at once."""
+    await client.put_agent(echo_agent("echo"))
+    assert client.nc is not None
+    offered: list[str] = []
+
+    async def decline_offer(msg: Msg) -> None:
+        assign = decode(msg.data, WorkAssign)
+        offered.append(assign.record.work_id)
+        await msg.respond(encode(WorkAccept(work_id=assign.record.work_id, attempt_id=assign.record.attempt_id or "",
+                                            station_id="ghost", accepted=False, reason="offer declined at load 9")))
+
+    async def decline_bid(msg: Msg) -> None:
+        request = decode(msg.data, AuctionRequest)
+        await msg.respond(encode(AuctionBid(auction_id=request.auction_id, station_id="ghost", declined=True,
+                                            reason="full", load=9, capacity=4)))
+
+    await client.nc.subscribe(subjects.work_assign(org, "ghost"), cb=decline_offer)
+    for subject in (subjects.station_auction(org, "ghost"), subjects.auction_request(org)):
+        await client.nc.subscribe(subject, cb=decline_bid)
+    await _register(client, org, "ghost")
+    ghost_first = (w for w in (f"w{i}" for i in range(1000)) if tiebreak(w, "ghost") < tiebreak(w, "s1"))
+    async with running_station(nats_url, org, "s1"):
+        await client.wait_for_stations(2, agent="echo", timeout_s=5)
+        first = await client.submit(WorkItemSpec(agent="echo", input="x"), work_id=next(ghost_first))
+        await _register(client, org, "ghost", agents=())
+        directory = await client.directory()
+        await eventually(lambda: _hosts_nothing(directory.records.get("ghost")), timeout_s=5,
+                         what="the registry update to reach the client")
+        second = await client.submit(WorkItemSpec(agent="echo", input="y"), work_id=next(ghost_first))
+        finals = [await client.wait_work(r.work_id, timeout_s=10) for r in (first, second)]
+    assert [f.station_id for f in finals] == ["s1", "s1"] and offered == [first.work_id]
+
+
+async def _hosts_nothing(record: StationRecord | None) -> bool:
+    return record is not None and not record.agents
+
+
 async def test_a_station_takes_an_offer_only_with_a_free_slot_or_below_the_bound(client: LatticeClient,
                                                                                  nats_url: str, org: str) -> None:
     """A plain assignment may wait in the queue; an offer is declined when no slot is free and the station's load
@@ -460,14 +500,15 @@ async def test_a_large_lattice_asks_a_few_least_loaded_stations_and_everyone_if_
     assert max(auctioneer.last_bid_counts) <= 2  # one asked; all five only when that one was silent
 
 
-async def _register(client: LatticeClient, org: str, *station_ids: str, capacity: int = 4) -> None:
-    """Registers stations hosting ``echo`` with a fresh heartbeat, as if they were up; the test answers for them
+async def _register(client: LatticeClient, org: str, *station_ids: str, capacity: int = 4,
+                    agents: tuple[str, ...] = ("echo",)) -> None:
+    """Registers stations hosting ``agents`` with a fresh heartbeat, as if they were up; the test answers for them
     (or not) on their subjects."""
     state = await client.state()
     now = utcnow()
     for station_id in station_ids:
         await state.stations.put(station_id, encode(StationRecord(
-            org=org, station_id=station_id, capacity=capacity, agents=["echo"], heartbeat_interval_s=30,
+            org=org, station_id=station_id, capacity=capacity, agents=list(agents), heartbeat_interval_s=30,
             started_at=now, last_heartbeat=now)))
 
 
