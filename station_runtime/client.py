@@ -397,6 +397,7 @@ class LatticeClient:
                 except TimeoutError:
                     pass
                 if latest.record.phase.terminal:
+                    self._finished(work_id)
                     return latest.record
             await watch.disarm()
         # Follow every version from now on; what was pushed before is read once.
@@ -418,6 +419,7 @@ class LatticeClient:
                     await on_progress(record)
                 reported = record
                 if record.phase.terminal:
+                    self._finished(work_id)
                     return record
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
@@ -443,6 +445,10 @@ class LatticeClient:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    def _finished(self, work_id: str) -> None:
+        if self._auctioneer is not None:
+            self._auctioneer.finished(work_id)
 
     async def events(self, *, follow: bool = False, category: str | None = None,
                      work_id: str | None = None) -> AsyncIterator[CloudEvent]:

@@ -205,7 +205,9 @@ async def test_a_winner_that_never_accepts_is_passed_over(client: LatticeClient,
     await client.put_agent(echo_agent("echo"))
     assert client.nc is not None
     nc = client.nc
-    client.auction_config = AuctionConfig(deadline_s=1.0, assign_timeout_s=1.0, offer_first=False)
+    # Every bid is waited for, so that the rogue's outranks the honest one whichever comes first.
+    client.auction_config = AuctionConfig(deadline_s=1.0, assign_timeout_s=1.0, offer_first=False,
+                                          close_on_perfect_bid=False)
 
     async def rogue_bid(msg: object) -> None:
         request = decode(msg.data, AuctionRequest)  # type: ignore[attr-defined]
@@ -304,6 +306,27 @@ async def test_a_watched_wait_follows_work_that_records_running_before_its_outco
     assert final.phase == P.SUCCEEDED and final.result == "x" and final.started_at is not None
     types = await event_types(client, final.work_id)
     assert types[0] == "work.submitted" and "work.started" in types and types[-1] == "work.succeeded"
+
+
+async def test_one_item_at_a_time_stays_on_a_warm_station_and_concurrent_items_spread(
+        client: LatticeClient, nats_url: str, org: str) -> None:
+    """The ranking counts the submitter's work in flight (assigned, outcome not seen yet): items waited for one
+    at a time all go to the station that just finished one (its process is warm), items submitted together go
+    to different idle stations."""
+    await client.put_agent(echo_agent("echo"))
+    await client.put_agent(echo_agent("slow", delaySeconds=0.5, steps=1))
+    async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"), \
+            running_station(nats_url, org, "s3"):
+        await client.wait_for_stations(3, agent="slow", timeout_s=5)
+        one_by_one = []
+        for i in range(5):
+            record = await client.submit(WorkItemSpec(agent="echo", input=str(i)), watch=True)
+            one_by_one.append(await client.wait_work(record.work_id, timeout_s=10))
+        together = [await client.submit(WorkItemSpec(agent="slow", input=str(i)), watch=True) for i in range(3)]
+        finals = [await client.wait_work(r.work_id, timeout_s=10) for r in together]
+    assert all(f.phase == P.SUCCEEDED for f in one_by_one + finals)
+    assert len({f.station_id for f in one_by_one}) == 1
+    assert {f.station_id for f in finals} == {"s1", "s2", "s3"}
 
 
 async def test_a_declined_offer_goes_to_auction(client: LatticeClient, nats_url: str, org: str) -> None:
