@@ -21,7 +21,7 @@ import logging
 import os
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -232,12 +232,13 @@ class Auctioneer:
         #: Recent auctions: bids received, and seconds from broadcast to close (for benchmarks and metrics).
         self.last_bid_counts: deque[int] = deque(maxlen=10_000)
         self.close_times_s: deque[float] = deque(maxlen=10_000)
-        #: Assignments made per station since its last heartbeat (keyed by that heartbeat), minus the outcomes of
-        #: our work seen since (:meth:`finished`): the registry's load is as old as the beat, and this keeps a
-        #: burst of submissions from all picking the same few stations.
-        self._assigned: dict[str, tuple[object, int]] = {}
-        #: Work we placed, and where, until its outcome is seen.
-        self._placed: dict[str, str] = {}
+        #: Work we handed to a station whose outcome we have not seen yet (:meth:`finished`), with when we stop
+        #: counting it: by then the station's heartbeat says whether it still holds it (a submitter that never
+        #: waits sees no outcome). Oldest first.
+        self._placed: dict[str, tuple[str, float]] = {}
+        #: Per station, how many of ``_placed`` are there: the registry's load is as old as the last heartbeat,
+        #: and this keeps a burst of submissions from all picking the same stations.
+        self._inflight: Counter[str] = Counter()
         #: When an outcome of our work was last seen, per station. Among equally loaded stations the one used
         #: last goes first: on a small machine a station process woken from idle is far slower for its first
         #: message than a warm one (measured: one item at a time on 3 stations took 1.47 ms spread, 1.17 ms on
@@ -319,11 +320,12 @@ class Auctioneer:
     # --- the offer: the expected winner first ------------------------------------------------------------------
 
     def _offer_target(self, record: WorkRecord, stations: list[StationRecord]) -> tuple[str, int | None] | None:
-        """Whom to offer new work to, and the load up to which it should take it: the first of the auction's
-        ranking, if the registry says it has room. Bound: the load we believe the runner-up has (scaled to the
-        first's capacity), beyond which the runner-up would likely have won the auction; a station that can start
-        it at once always takes it. The only eligible station gets a plain assignment (it would be the only
-        bidder)."""
+        """Whom to offer new work to, and the load up to which it should take it: the first of the ranking.
+        Bound: while we believe the runner-up has a free slot, the load we believe it has (scaled to the first's
+        capacity), beyond which the runner-up would likely have won the auction; a station that can start the
+        work at once always takes it. When we believe every station is busy, a queue here is as good as a queue
+        there: no bound (the station takes it if its queue has room). The only eligible station gets a plain
+        assignment (it would be the only bidder)."""
         cfg = self.config
         if not (cfg.offer_first and cfg.winner_claims and cfg.policy == "auction"):
             return None
@@ -332,18 +334,22 @@ class Auctioneer:
             return None
         key = self._rank_key(record.work_id)
         first, *rest = heapq.nsmallest(2, eligible, key=key)
-        if first.load >= first.capacity:
-            return None
-        if not rest:
-            return first.station_id, None
-        return first.station_id, int(key(rest[0])[0] * first.capacity)
+        runner_up = key(rest[0])[0] if rest else 1.0
+        return first.station_id, (int(runner_up * first.capacity) if runner_up < 1.0 else None)
 
     async def _create_and_offer(self, record: WorkRecord, target: tuple[str, int | None],
                                 on_created: Callable[[Versioned], Awaitable[None]] | None) -> tuple[Versioned, bool]:
         # The offer carries the revision the station claims with, so it follows the create (the auction's request
-        # goes out before it instead); still one hop less than create ∥ auction, then assign.
-        versioned, created = await self.store.create(record)
+        # goes out before it instead); still one hop less than create ∥ auction, then assign. Counted on the
+        # station from now on, so that submissions meanwhile rank it as busier.
+        self._place(record.work_id, target[0])
+        try:
+            versioned, created = await self.store.create(record)
+        except BaseException:
+            self._unplace(record.work_id)
+            raise
         if not created:
+            self._unplace(record.work_id)
             return versioned, False
         if on_created is not None:
             await on_created(versioned)
@@ -363,8 +369,8 @@ class Auctioneer:
         r = versioned.record
         offered = Versioned(_assigned_to(r, station_id, os.urandom(8).hex(), r.attempt + 1), versioned.revision)
         if not await self._hand_over(offered, offer_max_load=max_load):
+            self._unplace(r.work_id)
             return None
-        self._count_assignment(station_id, r.work_id)
         return offered
 
     # --- the auction ----------------------------------------------------------------------------------------
@@ -422,34 +428,47 @@ class Auctioneer:
         return sorted(eligible, key=self._rank_key(work_id))[:k]
 
     def _rank_key(self, work_id: str) -> Callable[[StationRecord], tuple[float, float, str]]:
-        """Least loaded first (registry load plus our assignments since its last heartbeat less the outcomes we
-        saw, per capacity); equal ones the one we used last first, then in an order that differs per work item."""
-        last_used = self._last_used
+        """Least loaded first: the registry's load or, if more, our work there whose outcome we have not seen,
+        per capacity; equal ones the one we used last first, then in an order that differs per work item."""
+        self._expire()
+        last_used, inflight = self._last_used, self._inflight
 
         def key(s: StationRecord) -> tuple[float, float, str]:
-            beat, count = self._assigned.get(s.station_id, (None, 0))
-            load = max(s.load + (count if beat == s.last_heartbeat else 0), 0)
+            load = max(s.load, inflight[s.station_id])
             return load / max(s.capacity, 1), -last_used.get(s.station_id, 0.0), tiebreak(work_id, s.station_id)
 
         return key
 
-    def _count_assignment(self, station_id: str, work_id: str | None = None, delta: int = 1) -> None:
+    def _place(self, work_id: str, station_id: str) -> None:
+        self._unplace(work_id)
         record = self.directory.records.get(station_id) if self.directory is not None else None
-        if record is None:
-            return
-        beat, count = self._assigned.get(station_id, (None, 0))
-        self._assigned[station_id] = (record.last_heartbeat, (count if beat == record.last_heartbeat else 0) + delta)
-        if work_id is not None:
-            if len(self._placed) >= MAX_PLACED:
-                del self._placed[next(iter(self._placed))]  # the oldest: its outcome was never waited for
-            self._placed[work_id] = station_id
+        # Two beats: by then the station's own load (its heartbeat) counts the work if it still runs.
+        horizon = 2 * (record.heartbeat_interval_s if record is not None else 2.0)
+        if len(self._placed) >= MAX_PLACED:
+            self._unplace(next(iter(self._placed)))
+        self._placed[work_id] = (station_id, time.monotonic() + horizon)
+        self._inflight[station_id] += 1
+
+    def _unplace(self, work_id: str) -> str | None:
+        placed = self._placed.pop(work_id, None)
+        if placed is None:
+            return None
+        self._inflight[placed[0]] -= 1
+        return placed[0]
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._placed:
+            work_id, (_, until) = next(iter(self._placed.items()))
+            if until > now:
+                return
+            self._unplace(work_id)
 
     def finished(self, work_id: str) -> None:
         """The outcome of work we placed was seen (its submitter's wait returned): its station has the slot back.
         Idempotent; a no-op for work placed elsewhere."""
-        station_id = self._placed.pop(work_id, None)
+        station_id = self._unplace(work_id)
         if station_id is not None:
-            self._count_assignment(station_id, delta=-1)
             self._last_used[station_id] = time.monotonic()
 
     async def _conclude(self, versioned: Versioned, auction: tuple[AuctionRequest, object]) -> Versioned:
@@ -552,12 +571,12 @@ class Auctioneer:
             first = False
             if assigned.revision != current.revision:
                 current = assigned
-            self._count_assignment(station_id)
+            self._place(assigned.record.work_id, station_id)
             if not claims:  # events follow stored changes: a claimed assignment is recorded by its winner's write
                 await self.store.emit("work", "assigned", assigned.record)
             if await self._hand_over(assigned):
-                self._placed[assigned.record.work_id] = station_id
                 return assigned
+            self._unplace(assigned.record.work_id)
             self.passed_over += 1
             log.info("work %s: station %s did not accept; trying the next bid", current.record.work_id, station_id)
         if first:  # nobody was assigned (every late bid declined)
