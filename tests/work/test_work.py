@@ -333,24 +333,7 @@ async def test_a_declined_offer_goes_to_auction(client: LatticeClient, nats_url:
     """The expected winner is busier than the registry says: it declines the offer, and the auction places the
     work on a station that bids."""
     await client.put_agent(echo_agent("echo"))
-    assert client.nc is not None
-    offers: list[WorkAssign] = []
-
-    async def decline_offer(msg: Msg) -> None:
-        assign = decode(msg.data, WorkAssign)
-        offers.append(assign)
-        await msg.respond(encode(WorkAccept(work_id=assign.record.work_id, attempt_id=assign.record.attempt_id or "",
-                                            station_id="busy", accepted=False, reason="offer declined at load 9")))
-
-    async def decline_bid(msg: Msg) -> None:
-        request = decode(msg.data, AuctionRequest)
-        await msg.respond(encode(AuctionBid(auction_id=request.auction_id, station_id="busy", declined=True,
-                                            reason="full", load=9, capacity=4)))
-
-    await client.nc.subscribe(subjects.work_assign(org, "busy"), cb=decline_offer)
-    for subject in (subjects.station_auction(org, "busy"), subjects.auction_request(org)):
-        await client.nc.subscribe(subject, cb=decline_bid)
-    await _register(client, org, "busy")  # load 0 in the registry: ranked with the real station
+    offers = await _busier_than_it_looks(client, org, "busy")  # load 0 in the registry: ranked with s1
     async with running_station(nats_url, org, "s1"):
         await client.wait_for_stations(2, agent="echo", timeout_s=5)
         # An id the ranking puts "busy" first for (equal loads are ordered by a hash of id and station).
@@ -370,24 +353,7 @@ async def test_a_station_that_stops_hosting_the_agent_is_no_longer_offered_its_w
     """Who fits a requirement is remembered between items until the registry changes: a registry update that
     drops the agent takes the station out at once."""
     await client.put_agent(echo_agent("echo"))
-    assert client.nc is not None
-    offered: list[str] = []
-
-    async def decline_offer(msg: Msg) -> None:
-        assign = decode(msg.data, WorkAssign)
-        offered.append(assign.record.work_id)
-        await msg.respond(encode(WorkAccept(work_id=assign.record.work_id, attempt_id=assign.record.attempt_id or "",
-                                            station_id="ghost", accepted=False, reason="offer declined at load 9")))
-
-    async def decline_bid(msg: Msg) -> None:
-        request = decode(msg.data, AuctionRequest)
-        await msg.respond(encode(AuctionBid(auction_id=request.auction_id, station_id="ghost", declined=True,
-                                            reason="full", load=9, capacity=4)))
-
-    await client.nc.subscribe(subjects.work_assign(org, "ghost"), cb=decline_offer)
-    for subject in (subjects.station_auction(org, "ghost"), subjects.auction_request(org)):
-        await client.nc.subscribe(subject, cb=decline_bid)
-    await _register(client, org, "ghost")
+    offers = await _busier_than_it_looks(client, org, "ghost")
     ghost_first = (w for w in (f"w{i}" for i in range(1000)) if tiebreak(w, "ghost") < tiebreak(w, "s1"))
     async with running_station(nats_url, org, "s1"):
         await client.wait_for_stations(2, agent="echo", timeout_s=5)
@@ -398,7 +364,32 @@ async def test_a_station_that_stops_hosting_the_agent_is_no_longer_offered_its_w
                          what="the registry update to reach the client")
         second = await client.submit(WorkItemSpec(agent="echo", input="y"), work_id=next(ghost_first))
         finals = [await client.wait_work(r.work_id, timeout_s=10) for r in (first, second)]
-    assert [f.station_id for f in finals] == ["s1", "s1"] and offered == [first.work_id]
+    assert [f.station_id for f in finals] == ["s1", "s1"] and [o.record.work_id for o in offers] == [first.work_id]
+
+
+async def _busier_than_it_looks(client: LatticeClient, org: str, station_id: str) -> list[WorkAssign]:
+    """Registers a station hosting ``echo`` that declines every offer and every auction (the test answers for it);
+    returns the offers it receives."""
+    assert client.nc is not None
+    offers: list[WorkAssign] = []
+
+    async def decline_offer(msg: Msg) -> None:
+        assign = decode(msg.data, WorkAssign)
+        offers.append(assign)
+        await msg.respond(encode(WorkAccept(work_id=assign.record.work_id, attempt_id=assign.record.attempt_id or "",
+                                            station_id=station_id, accepted=False,
+                                            reason="offer declined at load 9")))
+
+    async def decline_bid(msg: Msg) -> None:
+        request = decode(msg.data, AuctionRequest)
+        await msg.respond(encode(AuctionBid(auction_id=request.auction_id, station_id=station_id, declined=True,
+                                            reason="full", load=9, capacity=4)))
+
+    await client.nc.subscribe(subjects.work_assign(org, station_id), cb=decline_offer)
+    for subject in (subjects.station_auction(org, station_id), subjects.auction_request(org)):
+        await client.nc.subscribe(subject, cb=decline_bid)
+    await _register(client, org, station_id)
+    return offers
 
 
 async def _hosts_nothing(record: StationRecord | None) -> bool:
