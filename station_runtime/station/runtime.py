@@ -35,6 +35,11 @@ from .work import WorkService
 
 log = logging.getLogger(__name__)
 
+#: On stop, each goodbye to NATS (last heartbeat, goodbye, drain) waits at most this long: when NATS went away at
+#: the same moment (its parent `lattice up` was killed), a station still exits within seconds, not after nats-py's
+#: request and drain timeouts one after another.
+STOP_NATS_TIMEOUT_S = 2.0
+
 
 class Station:
     def __init__(self, settings: StationSettings) -> None:
@@ -145,8 +150,9 @@ class Station:
         log.info("station %s draining (%s): %d run(s) in flight", s.station_id, reason, self.slots.load)
         online = self.nc is not None and self.nc.is_connected
         if self.presence is not None and self._started and online:
-            with contextlib.suppress(Exception):
-                await self.presence.heartbeat()  # tell the lattice at once that we take nothing new
+            with contextlib.suppress(Exception):  # tell the lattice at once that we take nothing new
+                async with asyncio.timeout(STOP_NATS_TIMEOUT_S):
+                    await self.presence.heartbeat()
         if self.work is not None:
             await self.work.hand_back(s.drain_timeout_s)
         if self.invoke is not None and self.invoke.tasks:
@@ -161,7 +167,8 @@ class Station:
         online = self.nc is not None and self.nc.is_connected
         if self.presence is not None and self._started and online:
             with contextlib.suppress(Exception):
-                await self.presence.goodbye(reason)
+                async with asyncio.timeout(STOP_NATS_TIMEOUT_S):
+                    await self.presence.goodbye(reason)
         if self.events is not None and self._started and online:
             await self.events.emit("station", "left", subject=s.station_id, data={"reason": reason})
         for sub in self._subs:
@@ -170,8 +177,12 @@ class Station:
         if self.agents is not None:
             await self.agents.stop()
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+            try:
+                async with asyncio.timeout(STOP_NATS_TIMEOUT_S):
+                    await self.nc.drain()
+            except Exception:  # NATS went away with us (`lattice up` killed): nothing left to flush to
+                with contextlib.suppress(Exception):
+                    await self.nc.close()
         if self._health is not None:
             await self._health.stop()
         log.info("station %s stopped", s.station_id)
