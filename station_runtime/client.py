@@ -107,6 +107,8 @@ class LatticeClient:
         self.auction_config: AuctionConfig | None = None
         #: Update subscriptions opened by submit() for wait_work() to take over (oldest first).
         self._watches: dict[str, _Watch] = {}
+        #: Held while a lazily opened part (state, directory, auctioneer) is being opened.
+        self._opening = asyncio.Lock()
 
     async def __aenter__(self) -> LatticeClient:
         await self.connect()
@@ -137,14 +139,17 @@ class LatticeClient:
 
     async def state(self) -> OrgState:
         if self._state is None:
-            assert self.nc is not None, "connect() first"
-            try:
-                self._state = await OrgState.open(self.nc, self.org, self._limits, create=self._create_state)
-            except BucketNotFoundError as exc:
-                raise NoLatticeError(
-                    f"org {self.org!r} has no lattice state on {self.nats.url} (no buckets): is a lattice "
-                    "running for this org? Check --org (env LATTICE_ORG)."
-                ) from exc
+            async with self._opening:  # concurrent first calls open it once
+                if self._state is None:
+                    assert self.nc is not None, "connect() first"
+                    try:
+                        self._state = await OrgState.open(self.nc, self.org, self._limits,
+                                                          create=self._create_state)
+                    except BucketNotFoundError as exc:
+                        raise NoLatticeError(
+                            f"org {self.org!r} has no lattice state on {self.nats.url} (no buckets): is a lattice "
+                            "running for this org? Check --org (env LATTICE_ORG)."
+                        ) from exc
         return self._state
 
     # --- registry ------------------------------------------------------------------------------------------
@@ -255,16 +260,21 @@ class LatticeClient:
 
     async def work_store(self) -> WorkStore:
         if self._store is None:
-            self._store = WorkStore(await self.state(), EventPublisher(self._nc(), self.org, "cli"))
+            state = await self.state()
+            if self._store is None:  # no await between this check and the assignment: made once
+                self._store = WorkStore(state, EventPublisher(self._nc(), self.org, "cli"))
         return self._store
 
     async def directory(self) -> StationDirectory:
         """The registry followed live by one KV watch for the life of this client, started on first use: a
         client that invokes or submits often reads no bucket per call."""
         if self._directory is None:
-            directory = StationDirectory((await self.state()).stations)
-            await directory.start()
-            self._directory = directory
+            state = await self.state()
+            async with self._opening:
+                if self._directory is None:
+                    directory = StationDirectory(state.stations)
+                    await directory.start()
+                    self._directory = directory
         return self._directory
 
     async def live_stations(self) -> list[StationRecord]:
@@ -273,10 +283,14 @@ class LatticeClient:
     async def auctioneer(self) -> Auctioneer:
         """An auctioneer following the registry live (one watch for the life of this client)."""
         if self._auctioneer is None:
-            store = await self.work_store()
-            self._auctioneer = Auctioneer(self._nc(), store, directory=await self.directory(),
-                                          config=self.auction_config)
-            await self._auctioneer.start()
+            store, directory = await self.work_store(), await self.directory()
+            async with self._opening:
+                # Once: concurrent first submissions must share one auctioneer, or each would rank stations
+                # without counting the others' work (and leak its own directory watch).
+                if self._auctioneer is None:
+                    auctioneer = Auctioneer(self._nc(), store, directory=directory, config=self.auction_config)
+                    await auctioneer.start()
+                    self._auctioneer = auctioneer
         return self._auctioneer
 
     def _nc(self) -> NatsClient:

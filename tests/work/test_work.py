@@ -25,6 +25,7 @@ from station_runtime.contract.messages import (
     WorkRecord,
     utcnow,
 )
+from station_runtime.natsio.connect import NatsSettings
 from station_runtime.station.invoke import Slots
 from station_runtime.station.work import WorkService
 from station_runtime.work import phases
@@ -327,6 +328,33 @@ async def test_one_item_at_a_time_stays_on_a_warm_station_and_concurrent_items_s
     assert all(f.phase == P.SUCCEEDED for f in one_by_one + finals)
     assert len({f.station_id for f in one_by_one}) == 1
     assert {f.station_id for f in finals} == {"s1", "s2", "s3"}
+
+
+async def test_two_submitters_offering_at_once_do_not_pile_work_on_one_station(client: LatticeClient,
+                                                                              nats_url: str, org: str) -> None:
+    """Offers rank by what each submitter knows (the registry, its own work in flight). Two submitters that
+    each place as much long work as there are stations, at the same moment, fill every station's slots evenly:
+    no station gets more than it can start at once while another sits idle."""
+    await client.put_agent(echo_agent("slow", delaySeconds=1.0, steps=1))
+    stations = ("s1", "s2", "s3")
+    async with LatticeClient(NatsSettings(url=nats_url), org) as other, \
+            running_station(nats_url, org, "s1", max_concurrency=2), \
+            running_station(nats_url, org, "s2", max_concurrency=2), \
+            running_station(nats_url, org, "s3", max_concurrency=2):
+        await client.wait_for_stations(3, agent="slow", timeout_s=5)
+        await other.wait_for_stations(3, agent="slow", timeout_s=5)
+
+        async def submit_three(submitter: LatticeClient, tag: str) -> list[WorkRecord]:
+            return list(await asyncio.gather(*(submitter.submit(WorkItemSpec(agent="slow", input=f"{tag}{i}"),
+                                                                watch=True) for i in range(3))))
+
+        mine, theirs = await asyncio.gather(submit_three(client, "a"), submit_three(other, "b"))
+        finals = [await client.wait_work(r.work_id, timeout_s=10) for r in mine] + \
+                 [await other.wait_work(r.work_id, timeout_s=10) for r in theirs]
+    assert all(f.phase == P.SUCCEEDED for f in finals)
+    assert sorted(f.station_id or "" for f in finals) == sorted(stations * 2)
+    # Each submitter spread its own three over the three stations.
+    assert {f.station_id for f in finals[:3]} == set(stations) and {f.station_id for f in finals[3:]} == set(stations)
 
 
 async def test_a_declined_offer_goes_to_auction(client: LatticeClient, nats_url: str, org: str) -> None:
