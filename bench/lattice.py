@@ -161,7 +161,11 @@ async def run_work(ctx: RunContext) -> None:
             stats["cpu_us_per_item"] = _cpu_per_item(pids, cpu_before, len(samples) + (m.warmup if n == m.latency_n
                                                                                          else 10))
             if hasattr(AuctionConfig, "offer_first"):  # the auction itself, at this size
-                stats.update(await _auction_only(lat, min(n, 500), m.latency_max_s / 2))
+                try:
+                    stats.update(await _auction_only(lat, min(n, 500), m.latency_max_s / 2))
+                except Exception as exc:  # a side measurement: recorded, and the scenario goes on
+                    log.warning("auction-only pass on %d station(s) failed: %s", count, exc)
+                    stats["auction_only_error"] = f"{type(exc).__name__}: {exc}"
             if count == 1:
                 stats["station_rss_mb_after"] = round(lat.children[0].rss_mb(), 1)
             ctx.record(f"lattice_work_{count}_stations", stats)
