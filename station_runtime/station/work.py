@@ -143,10 +143,7 @@ class WorkService:
         if assign is None:
             return
         record = assign.record
-        reason = self._refusal(record)
-        if not reason and assign.offer_max_load is not None and \
-                self.slots.capacity <= self.slots.load > assign.offer_max_load:
-            reason = f"offer declined at load {self.slots.load}"
+        reason = self._refusal(record, assign.offer_max_load)
         accepted = not reason and record.attempt_id is not None
 
         async def reply() -> None:
@@ -163,7 +160,7 @@ class WorkService:
         else:
             await reply()
 
-    def _refusal(self, record: WorkRecord) -> str:
+    def _refusal(self, record: WorkRecord, offer_max_load: int | None = None) -> str:
         if self.is_draining():
             return "draining"
         if record.station_id != self.station_id:
@@ -176,6 +173,8 @@ class WorkService:
             return "does not fit"
         if self.slots.full():
             return "full"
+        if offer_max_load is not None and self.slots.capacity <= self.slots.load > offer_max_load:
+            return f"offer declined at load {self.slots.load}"
         return ""
 
     def _start(self, versioned: Versioned, accept: Callable[[], Awaitable[None]] | None = None) -> None:

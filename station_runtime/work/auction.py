@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import heapq
 import logging
 import os
@@ -41,7 +40,6 @@ from ..contract.messages import (
     AuctionRequest,
     ErrorCode,
     StationRecord,
-    StationStatus,
     WorkAccept,
     WorkAssign,
     WorkError,
@@ -87,12 +85,12 @@ class AuctionConfig:
     #: answer wins rather than the deterministic tie-break (the sample is per item, so idle stations still share
     #: the work); bids that come after are kept in case the winner does not accept.
     close_on_perfect_bid: bool = True
-    #: Offer new work first to the eligible station the auctioneer ranks first (least loaded by the registry plus
-    #: its own assignments), with the assignment itself: the station takes it only if it can start it at once
-    #: (a free run slot, fits, not draining), else it declines and the auction runs as usual. An auction whose
-    #: only bidder is the expected winner, with bid and award in one round trip: no bid messages, no second
-    #: bidder woken, one hop less. Only with ``winner_claims`` (the offered station claims the work with its
-    #: first write, like any winner). False: every new item is auctioned.
+    #: Offer new work first to the eligible station the auctioneer ranks first (:meth:`Auctioneer._rank_key`),
+    #: with the assignment itself: the station takes it if it can start it at once or is no busier than the
+    #: runner-up is believed to be (:meth:`Auctioneer._offer_target`), else it declines and the auction runs as
+    #: usual. An auction whose only bidder is the expected winner, with bid and award in one round trip: no bid
+    #: messages, no second bidder woken, one hop less. Only with ``winner_claims`` (the offered station claims
+    #: the work with its first write, like any winner). False: every new item is auctioned.
     offer_first: bool = True
 
 
@@ -192,12 +190,6 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> None:
             await event.wait()
 
 
-def tiebreak(work_id: str, station_id: str) -> str:
-    """Orders stations of equal load (none used by this auctioneer lately) differently for each work item, so
-    that submitters that do not wait still share an idle lattice."""
-    return hashlib.blake2b(f"{work_id}/{station_id}".encode(), digest_size=8).hexdigest()
-
-
 def _assigned_to(r: WorkRecord, station_id: str, attempt_id: str, attempt: int) -> WorkRecord:
     return phases.transition(r, P.ASSIGNED, station_id=station_id, attempt_id=attempt_id, attempt=attempt, reason="",
                              schedule_attempts=0, retry_at=None, assigned_at=utcnow())
@@ -284,14 +276,28 @@ class Auctioneer:
         if (offer_to := self._offer_target(record, stations)) is not None:
             return await self._create_and_offer(record, offer_to, on_created)
         auction = await self._open_auction(record, stations)
-        versioned, created = await self.store.create(record)
+        versioned, created = await self._create(record, on_created,
+                                                undo=lambda: self.bids.cancel(auction[0].auction_id))
         if not created:
-            self.bids.cancel(auction[0].auction_id)
+            return versioned, False
+        return await self._conclude(versioned, auction), True
+
+    async def _create(self, record: WorkRecord, on_created: Callable[[Versioned], Awaitable[None]] | None, *,
+                      undo: Callable[[], object]) -> tuple[Versioned, bool]:
+        """Create the record in Scheduling, let the submitter follow it, and record the event; ``undo`` what was
+        prepared for placing it if it existed already (or the create failed)."""
+        try:
+            versioned, created = await self.store.create(record)
+        except BaseException:
+            undo()
+            raise
+        if not created:
+            undo()
             return versioned, False
         if on_created is not None:
             await on_created(versioned)
         await self.store.emit("work", "submitted", record)
-        return await self._conclude(versioned, auction), True
+        return versioned, True
 
     async def schedule(self, work: Versioned | str) -> Versioned | None:
         """Auction existing work that is Pending, Unschedulable, or stuck in Scheduling. Safe to call from many
@@ -343,17 +349,9 @@ class Auctioneer:
         # goes out before it instead); still one hop less than create ∥ auction, then assign. Counted on the
         # station from now on, so that submissions meanwhile rank it as busier.
         self._place(record.work_id, target[0])
-        try:
-            versioned, created = await self.store.create(record)
-        except BaseException:
-            self._unplace(record.work_id)
-            raise
+        versioned, created = await self._create(record, on_created, undo=lambda: self._unplace(record.work_id))
         if not created:
-            self._unplace(record.work_id)
             return versioned, False
-        if on_created is not None:
-            await on_created(versioned)
-        await self.store.emit("work", "submitted", record)
         self.offers += 1
         opened = time.perf_counter()
         placed = await self._offer(versioned, *target)
@@ -415,8 +413,7 @@ class Auctioneer:
         if cached is None or cached[0] != directory.version:
             if len(self._fitting) >= 256:
                 self._fitting.clear()
-            fitting = [s for s in stations if s.status == StationStatus.READY and scoring.fits(
-                req, agents=s.agents, capabilities=s.capabilities, labels=s.labels)]
+            fitting = [s for s in stations if scoring.fits_station(s, req)]
             cached = self._fitting[key] = (directory.version, fitting)
         return [s for s in cached[1] if is_live(s, now)]
 
@@ -435,7 +432,7 @@ class Auctioneer:
 
         def key(s: StationRecord) -> tuple[float, float, str]:
             load = max(s.load, inflight[s.station_id])
-            return load / max(s.capacity, 1), -last_used.get(s.station_id, 0.0), tiebreak(work_id, s.station_id)
+            return load / max(s.capacity, 1), -last_used.get(s.station_id, 0.0), scoring.tiebreak(work_id, s.station_id)
 
         return key
 

@@ -45,10 +45,15 @@ def fits(req: Requirements, *, agents: Iterable[str], capabilities: Iterable[str
     return all(labels.get(k) == v for k, v in req.labels.items())
 
 
+def fits_station(record: StationRecord, req: Requirements) -> bool:
+    """Pure: does this registered station take work (ready) and could it run ``req``, alive or not?"""
+    return record.status == StationStatus.READY and fits(req, agents=record.agents,
+                                                         capabilities=record.capabilities, labels=record.labels)
+
+
 def eligible(record: StationRecord, req: Requirements, now: datetime | None = None) -> bool:
     """Pure: should the auctioneer expect a bid from this registered station?"""
-    return (record.status == StationStatus.READY and is_live(record, now)
-            and fits(req, agents=record.agents, capabilities=record.capabilities, labels=record.labels))
+    return fits_station(record, req) and is_live(record, now)
 
 
 def score(req: Requirements, *, capacity: int, load: int, capabilities: Iterable[str],
@@ -64,13 +69,13 @@ def score(req: Requirements, *, capacity: int, load: int, capabilities: Iterable
     return round(W_FREE * free + W_PREFER * prefer + W_FIT * fit, 6)
 
 
-def _tiebreak(work_id: str, station_id: str) -> str:
-    # Deterministic, but different per work item, so equal idle stations share the work instead of the
-    # alphabetically first one taking everything.
+def tiebreak(work_id: str, station_id: str) -> str:
+    """Orders equal stations (bids, or ranks without a station used lately) differently for each work item:
+    deterministic, yet equal idle stations share the work instead of the alphabetically first taking it all."""
     return hashlib.blake2b(f"{work_id}/{station_id}".encode(), digest_size=8).hexdigest()
 
 
 def rank(bids: Iterable[AuctionBid], work_id: str) -> list[AuctionBid]:
     """Pure: the bids that may win, best first: highest score, then lowest load, then the tie-break."""
     valid = [b for b in bids if not b.declined]
-    return sorted(valid, key=lambda b: (-b.score, b.load, _tiebreak(work_id, b.station_id)))
+    return sorted(valid, key=lambda b: (-b.score, b.load, tiebreak(work_id, b.station_id)))

@@ -29,7 +29,8 @@ from station_runtime.natsio.connect import NatsSettings
 from station_runtime.station.invoke import Slots
 from station_runtime.station.work import WorkService
 from station_runtime.work import phases
-from station_runtime.work.auction import AuctionConfig, tiebreak
+from station_runtime.work.auction import AuctionConfig
+from station_runtime.work.scoring import tiebreak
 from station_runtime.work.store import Versioned
 from tests.support.lattice import echo_agent, python_agent, running_station
 from tests.support.waiting import eventually
