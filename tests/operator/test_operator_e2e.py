@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -18,6 +18,8 @@ from station_runtime.api.models import GROUP, VERSION
 from tests.support.crds import install_crds
 from tests.support.kube_fixtures import KubeCluster
 from tests.support.waiting import wait_sync
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.k8s, pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -145,15 +147,25 @@ kind: Station
 metadata: {{name: elsewhere}}
 spec: {{org: someone-else}}
 """)
-    agent = wait_sync(lambda: (a := get(crds, k8s_namespace, "agents", "keyed")) and condition(a, "Accepted")
-                      == "False" and a, timeout_s=30, what="the agent's missing-secret condition")
+    agent = _waiting_on(operator, lambda: (a := get(crds, k8s_namespace, "agents", "keyed"))
+                        and condition(a, "Accepted") == "False" and a, timeout_s=30,
+                        what="the agent's missing-secret condition")
     accepted = next(c for c in agent["status"]["conditions"] if c["type"] == "Accepted")
     assert accepted["reason"] == "SecretMissing" and "missing" in accepted["message"]
-    station = wait_sync(lambda: (s := get(crds, k8s_namespace, "stations", "elsewhere")) and condition(s, "Accepted")
-                        == "False" and s, timeout_s=30, what="the station's org-mismatch condition")
+    station = _waiting_on(operator, lambda: (s := get(crds, k8s_namespace, "stations", "elsewhere"))
+                          and condition(s, "Accepted") == "False" and s, timeout_s=30,
+                          what="the station's org-mismatch condition")
     accepted = next(c for c in station["status"]["conditions"] if c["type"] == "Accepted")
     assert accepted["reason"] == "OrgMismatch" and "someone-else" in accepted["message"]
     assert operator.proc is not None and operator.proc.poll() is None
+
+
+def _waiting_on(operator: Operator, check: Callable[[], T | None], *, timeout_s: float, what: str) -> T:
+    """wait_sync, with the operator's log in the failure: what it was doing is the only clue to a missed event."""
+    try:
+        return wait_sync(check, timeout_s=timeout_s, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\noperator log (last 6000 characters):\n{operator.output()}") from None
 
 
 def _work_record(nats_url: str, org: str, work_id: str) -> Any:
