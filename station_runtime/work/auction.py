@@ -513,6 +513,11 @@ class Auctioneer:
             waited = time.perf_counter() - collecting.opened
             parts += [f"{s}: no answer in {waited:.1f}s" for s in silent]
             reason += f" ({'; '.join(parts)})"
+        else:  # nobody was asked: say why no registered station was eligible
+            now = utcnow()
+            why = {s.station_id: scoring.ineligibility(s, req, now) for s in await self.stations()}
+            parts = [f"{sid}: {w}" for sid, w in sorted(why.items()) if w]
+            reason += f" ({'; '.join(parts)})" if parts else " (no station registered)"
         log.info("work %s unschedulable: %s", versioned.record.work_id, reason)
 
         def mark(r: WorkRecord) -> WorkRecord | None:

@@ -51,6 +51,21 @@ def fits_station(record: StationRecord, req: Requirements) -> bool:
                                                          capabilities=record.capabilities, labels=record.labels)
 
 
+def ineligibility(record: StationRecord, req: Requirements, now: datetime | None = None) -> str | None:
+    """Pure: why this registered station is not asked for ``req`` (None: it is eligible), in a few words."""
+    if record.status != StationStatus.READY:
+        return str(record.status)
+    if req.agent is not None and req.agent not in record.agents:
+        return f"does not host {req.agent!r}"
+    if not set(req.capabilities) <= set(record.capabilities):
+        return f"lacks {sorted(set(req.capabilities) - set(record.capabilities))}"
+    if not all(record.labels.get(k) == v for k, v in req.labels.items()):
+        return "labels do not match"
+    if not is_live(record, now):
+        return f"last heartbeat {record.age_s(now):.1f}s ago"
+    return None
+
+
 def eligible(record: StationRecord, req: Requirements, now: datetime | None = None) -> bool:
     """Pure: should the auctioneer expect a bid from this registered station?"""
     return fits_station(record, req) and is_live(record, now)

@@ -71,6 +71,20 @@ def test_eligibility_needs_agent_capabilities_labels_liveness_and_readiness() ->
                                         status=StationStatus.DRAINING), req)
 
 
+def test_ineligibility_says_why_a_station_is_not_asked() -> None:
+    req = scoring.Requirements(agent="echo", capabilities=("text",), labels={"zone": "a"})
+    zone_a = {"zone": "a"}
+    assert scoring.ineligibility(station("s", caps=("text",), labels=zone_a), req) is None
+    assert scoring.ineligibility(station("s", agents=("other",), caps=("text",), labels=zone_a),
+                                 req) == "does not host 'echo'"
+    assert scoring.ineligibility(station("s", caps=(), labels=zone_a), req) == "lacks ['text']"
+    assert scoring.ineligibility(station("s", caps=("text",), labels={"zone": "b"}), req) == "labels do not match"
+    stale = scoring.ineligibility(station("s", caps=("text",), labels=zone_a, age_s=10), req)
+    assert stale is not None and stale.startswith("last heartbeat 10.")
+    assert scoring.ineligibility(station("s", caps=("text",), labels=zone_a, status=StationStatus.DRAINING),
+                                 req) == "draining"
+
+
 def test_scores_prefer_free_capacity_then_preferred_labels() -> None:
     req = scoring.Requirements(prefer_labels={"gpu": "yes"})
     idle = scoring.score(req, capacity=4, load=0, capabilities=[], labels={})

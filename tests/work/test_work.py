@@ -507,6 +507,14 @@ async def test_an_unschedulable_record_says_who_declined_and_who_was_silent(clie
     assert "busy: full" in record.reason and "mute: no answer in " in record.reason, record.reason
 
 
+async def test_an_unschedulable_record_says_why_no_station_was_asked(client: LatticeClient, org: str) -> None:
+    await _register(client, org, "echoer")  # hosts echo only
+    await client.wait_for_stations(1, timeout_s=5)
+    record = await client.submit(WorkItemSpec(agent="translator", input="x"))
+    assert record.phase == P.UNSCHEDULABLE
+    assert "echoer: does not host 'translator'" in record.reason, record.reason
+
+
 async def test_a_workflow_runs_its_steps_in_order_with_templated_inputs(client: LatticeClient, nats_url: str,
                                                                         org: str) -> None:
     await client.put_agent(echo_agent("writer", capabilities=["write"], prefix="draft of "))
