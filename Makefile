@@ -22,6 +22,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check station_runtime operator tests bench
+	$(BIN)/lint-imports pyproject.toml
 
 typecheck: install
 	$(BIN)/mypy

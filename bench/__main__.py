@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import MODES, ROOT, Mode, Skipped, machine_info
+from bench.common import MODES, ROOT, Mode, Skipped
 from bench.context import RunContext, log
+from bench.machine import machine_info
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -80,7 +81,7 @@ async def run_all(mode: Mode, workdir: Path, only: set[str] | None) -> RunContex
     from station_runtime.natsio.embedded import EmbeddedNats
 
     # No fsync: Redis runs without persistence too, and a benchmark of fsync measures the disk.
-    async with EmbeddedNats(workdir / "nats", sync_always=False) as server:
+    async with EmbeddedNats(workdir / "nats", sync_always=False, max_file_store_bytes=None) as server:
         ctx = RunContext(mode=mode, workdir=workdir, nats_url=server.url, nats_pid=server.pid)
         try:
             for scenario in SCENARIOS:

@@ -219,14 +219,12 @@ async def run_recovery(ctx: RunContext) -> None:
 
 @contextlib.asynccontextmanager
 async def _controller(ctx: RunContext, org: str, policy: WitnessPolicy) -> AsyncIterator[WorkController]:
-    controller = WorkController(NatsSettings(url=ctx.nats_url), org, policy=policy,
-                                interval_s=RECOVERY_WITNESS_INTERVAL_S, auction=AuctionConfig(),
-                                limits=StateLimits(presence_ttl_s=RECOVERY_HEARTBEAT_S * 3), name="bench")
-    await controller.start()
-    try:
+    # A controller of its own, as `lattice controller run` would be: its own connection, directory and auctioneer.
+    async with LatticeClient(NatsSettings(url=ctx.nats_url, name="lattice-bench-controller"), org,
+                             create_state=True, policy=policy, auction=AuctionConfig(), source="bench",
+                             limits=StateLimits(presence_ttl_s=RECOVERY_HEARTBEAT_S * 3)) as client, \
+            WorkController(await client.org_work(), interval_s=RECOVERY_WITNESS_INTERVAL_S) as controller:
         yield controller
-    finally:
-        await controller.stop()
 
 
 async def _one_recovery(lat: Lattice, trial: int) -> float:

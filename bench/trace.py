@@ -13,12 +13,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from station_runtime.work import auction, store
+from station_runtime.work import auction, bids, store
 
 #: (class, method, label): the label is stamped when the method first returns during an item.
 POINTS: tuple[tuple[type, str, str], ...] = (
     (store.WorkStore, "create", "record_created"),
-    (auction.BidCollector, "close", "auction_closed"),
+    (bids.BidCollector, "close", "auction_closed"),
     (auction.Auctioneer, "_hand_over", "winner_accepted"),
     (store.WorkStore, "pushed", "outcome_pushed"),
 )

@@ -43,14 +43,17 @@ from .contract.messages import (
     WorkRecord,
     utcnow,
 )
+from .errors import LatticeError, NoLatticeError, NoStationError
 from .natsio.connect import NatsSettings, connect
 from .natsio.events import EventPublisher, read_events
 from .natsio.retry import retry_transient
-from .natsio.state import OrgState, StateLimits, read_all
+from .natsio.state import OrgState, StateLimits
 from .routing import candidates
 from .work import phases
 from .work.auction import AuctionConfig, Auctioneer
+from .work.controller import OrgWork
 from .work.directory import StationDirectory
+from .work.policy import WitnessPolicy
 from .work.store import Versioned, WorkStore
 
 log = logging.getLogger(__name__)
@@ -79,32 +82,37 @@ class _Watch:
             await self.sub.unsubscribe()
 
 
-class LatticeError(Exception):
-    """A lattice operation failed in a way the user should be told about."""
+class InvokeFailed(LatticeError):
+    """A station ran the request and it failed: ``error`` is its answer."""
 
-
-class NoLatticeError(LatticeError):
-    pass
-
-
-class NoStationError(LatticeError):
-    pass
+    def __init__(self, error: InvokeError) -> None:
+        self.error = error
+        super().__init__(f"{error.code}: {error.message} (station {error.station_id})")
 
 
 class LatticeClient:
+    """One org of a lattice, on one NATS connection. Its parts (state, station directory, auctioneer) are opened on
+    first use and shared: a :class:`~.work.controller.WorkController` given :meth:`org_work` witnesses with the
+    very auctioneer that places this client's work."""
+
     def __init__(self, nats: NatsSettings, org: str, *, create_state: bool = False,
-                 limits: StateLimits | None = None) -> None:
+                 limits: StateLimits | None = None, policy: WitnessPolicy | None = None,
+                 auction: AuctionConfig | None = None, source: str = "cli") -> None:
         self.nats = nats
         self.org = org
         self._create_state = create_state
         self._limits = limits
+        #: How placement and witnessing behave (backoffs, timeouts); the controller of this client follows it.
+        self.policy = policy or WitnessPolicy()
+        self.auction_config: AuctionConfig | None = auction
+        #: The ``source`` of the events this client records (``/lattice/{org}/{source}``).
+        self.source = source
         self.nc: NatsClient | None = None
         self._state: OrgState | None = None
         self._inflight: Counter[str] = Counter()
         self._store: WorkStore | None = None
         self._directory: StationDirectory | None = None
         self._auctioneer: Auctioneer | None = None
-        self.auction_config: AuctionConfig | None = None
         #: Update subscriptions opened by submit() for wait_work() to take over (oldest first).
         self._watches: dict[str, _Watch] = {}
         #: Held while a lazily opened part (state, directory, auctioneer) is being opened.
@@ -121,12 +129,24 @@ class LatticeClient:
     async def connect(self) -> None:
         settings = self.nats
         try:
-            self.nc = await connect(settings)
-        except Exception as exc:
+            self.nc = await connect(settings, on_reconnect=self._reconnected, on_disconnect=self._disconnected)
+        except Exception as exc:  # nats-py raises OSError, its own errors and TimeoutError alike: all mean "not there"
             raise NoLatticeError(
                 f"cannot connect to NATS at {settings.describe()}: {exc or type(exc).__name__}. "
                 "Start a lattice with 'lattice up -f DIR', or pass --nats URL (env LATTICE_NATS_URL)."
             ) from exc
+
+    async def _reconnected(self) -> None:
+        if self._directory is not None:
+            self._directory.rewatch()
+
+    async def _disconnected(self) -> None:
+        if self._directory is not None:
+            self._directory.disconnected()
+
+    def connection(self) -> NatsClient:
+        assert self.nc is not None, "connect() first"
+        return self.nc
 
     async def close(self) -> None:
         self._watches.clear()  # the drain below ends their subscriptions
@@ -157,7 +177,7 @@ class LatticeClient:
     async def stations(self) -> list[StationRecord]:
         state = await self.state()
         out = []
-        for item in await read_all(state.stations):
+        for item in await state.list("stations"):
             try:
                 out.append(decode(item.value, StationRecord))
             except DecodeError as exc:
@@ -167,7 +187,7 @@ class LatticeClient:
     async def agents(self) -> list[AgentDefinition]:
         state = await self.state()
         out = []
-        for item in await read_all(state.agents):
+        for item in await state.list("agents"):
             try:
                 out.append(decode(item.value, AgentDefinition))
             except DecodeError as exc:
@@ -262,7 +282,7 @@ class LatticeClient:
         if self._store is None:
             state = await self.state()
             if self._store is None:  # no await between this check and the assignment: made once
-                self._store = WorkStore(state, EventPublisher(self._nc(), self.org, "cli"))
+                self._store = WorkStore(state, EventPublisher(self.connection(), self.org, self.source))
         return self._store
 
     async def directory(self) -> StationDirectory:
@@ -288,14 +308,17 @@ class LatticeClient:
                 # Once: concurrent first submissions must share one auctioneer, or each would rank stations
                 # without counting the others' work (and leak its own directory watch).
                 if self._auctioneer is None:
-                    auctioneer = Auctioneer(self._nc(), store, directory=directory, config=self.auction_config)
+                    auctioneer = Auctioneer(self.connection(), store, directory=directory, config=self.auction_config,
+                                            policy=self.policy)
                     await auctioneer.start()
                     self._auctioneer = auctioneer
         return self._auctioneer
 
-    def _nc(self) -> NatsClient:
-        assert self.nc is not None, "connect() first"
-        return self.nc
+    async def org_work(self) -> OrgWork:
+        """This client's work machinery (store, directory, auctioneer, policy), for a controller to share."""
+        auctioneer = await self.auctioneer()
+        assert self._store is not None and self._directory is not None
+        return OrgWork(self.connection(), self._store, self._directory, auctioneer, self.policy)
 
     async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None, watch: bool = False) -> WorkRecord:
         """Create the work and auction it at once; idempotent on ``work_id``. Returns the record as it stands
@@ -339,7 +362,7 @@ class LatticeClient:
         # One message, then the server drops the interest (UNSUB with a limit, sent with the SUB): for work that
         # finishes without a Running write, that message is the outcome, and nothing is left to unsubscribe.
         pushed: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        sub = await self._nc().subscribe(subjects.work_update(self.org, work_id, "record"), future=pushed,
+        sub = await self.connection().subscribe(subjects.work_update(self.org, work_id, "record"), future=pushed,
                                          max_msgs=1)
         await sub.unsubscribe(limit=1)
         watch = self._watches[work_id] = _Watch(sub, pushed, None, now)
@@ -377,7 +400,7 @@ class LatticeClient:
         if record.phase == WorkPhase.CANCELLED:
             await store.emit("work", "cancelled", record)
         elif record.station_id:
-            await self._nc().publish(subjects.work_cancel(self.org, record.station_id),
+            await self.connection().publish(subjects.work_cancel(self.org, record.station_id),
                                      encode(WorkCancel(work_id=work_id, attempt_id=record.attempt_id,
                                                        reason=reason)))
         if record.is_workflow:
@@ -416,7 +439,7 @@ class LatticeClient:
             await watch.disarm()
         # Follow every version from now on; what was pushed before is read once.
         queue: asyncio.Queue[Msg] = asyncio.Queue()
-        sub = await self._nc().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
+        sub = await self.connection().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
         reported: WorkRecord | None = None
         read = True
         try:
@@ -470,7 +493,7 @@ class LatticeClient:
         await self.state()
         subject = subjects.events_all(self.org) if category is None else \
             f"{subjects.org_root(self.org)}.events.{category}.*"
-        async for event in read_events(self._nc(), self.org, follow=follow, subject_filter=subject):
+        async for event in read_events(self.connection(), self.org, follow=follow, subject_filter=subject):
             if work_id is None or event.subject == work_id:
                 yield event
 
@@ -486,9 +509,3 @@ def _newer(current: Versioned | None, read: Versioned) -> Versioned:
     """The record just read, unless we know a later one. At the same revision the stored one wins: submit()'s
     copy may be an assignment its winner has not claimed yet."""
     return read if current is None or read.revision >= current.revision else current
-
-
-class InvokeFailed(LatticeError):
-    def __init__(self, error: InvokeError) -> None:
-        self.error = error
-        super().__init__(f"{error.code}: {error.message} (station {error.station_id})")

@@ -11,7 +11,7 @@ import pytest
 from station_runtime.client import LatticeClient
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.embedded import EmbeddedNats
-from station_runtime.natsio.state import StateLimits
+from tests.support.limits import TEST_LIMITS
 
 pytest_plugins = ["tests.support.kube_fixtures"]
 
@@ -19,7 +19,8 @@ pytest_plugins = ["tests.support.kube_fixtures"]
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     """A real nats-server with JetStream on disk, shared by the session (tests isolate by org)."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), sync_always=False)
+    # No bound of its own: it holds hundreds of small orgs (each reserves TEST_LIMITS).
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), sync_always=False, max_file_store_bytes=None)
     asyncio.run(server.start())
     yield server
     asyncio.run(server.stop())
@@ -37,8 +38,6 @@ def org() -> str:
 
 @pytest.fixture
 async def client(nats_url: str, org: str) -> AsyncIterator[LatticeClient]:
-    # Stations in tests beat every 0.5 s; the registry forgets them after 3 missed beats.
-    limits = StateLimits(presence_ttl_s=1.5)
-    async with LatticeClient(NatsSettings(url=nats_url), org, create_state=True, limits=limits) as c:
+    async with LatticeClient(NatsSettings(url=nats_url), org, create_state=True, limits=TEST_LIMITS) as c:
         await c.state()
         yield c

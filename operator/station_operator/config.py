@@ -1,10 +1,12 @@
-"""Operator settings, read once from the environment (`lattice operator` flags set the same variables)."""
+"""Operator settings, read once by the ``lattice operator`` command: its flags, else the ``LATTICE_*`` environment
+variables (the Helm chart sets those), else the defaults below; then passed down, never read again."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from station_runtime.natsio.connect import NatsSettings
 
@@ -37,19 +39,24 @@ class OperatorSettings:
     station_health_port: int | None = 8080
     #: Status resync of Stations and Agents (presence changes every heartbeat; status is patched on change).
     resync_s: float = 5.0
+    #: The WorkItem mirror's safety net: every WorkItem's status is re-derived from its record this often (the
+    #: mirror follows the work bucket; this catches what a lost watch message would leave stale).
+    work_resync_s: float = 15.0
     #: Finished WorkItems are deleted this long after they finished; 0 keeps them.
     work_item_ttl_s: float = 3600.0
     witness_interval_s: float = 1.0
 
     @classmethod
-    def from_env(cls) -> OperatorSettings:
+    def from_env(cls, *, nats: NatsSettings | None = None, **overrides: Any) -> OperatorSettings:
+        """From the environment; ``overrides`` (the command's flags, None where not given) win."""
         env = os.environ
-        auth = env.get("LATTICE_AUTH", "none")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        auth = given.pop("auth", None) or env.get("LATTICE_AUTH", "none")
         if auth not in ("none", "jwt"):
             raise ValueError(f"LATTICE_AUTH must be 'none' or 'jwt', got {auth!r}")
         health = env.get("LATTICE_STATION_HEALTH_PORT", "8080")
-        nats = NatsSettings.from_env(name="lattice-operator")
-        return cls(
+        nats = nats or NatsSettings.from_env(name="lattice-operator")
+        return dataclasses.replace(cls(
             nats=nats,
             station_nats_url=env.get("LATTICE_STATION_NATS_URL", nats.url),
             station_image=env.get("LATTICE_STATION_IMAGE", cls.station_image),
@@ -60,6 +67,7 @@ class OperatorSettings:
             station_drain_timeout_s=_float("LATTICE_STATION_DRAIN_TIMEOUT", cls.station_drain_timeout_s),
             station_health_port=int(health) if health not in ("", "none", "0") else None,
             resync_s=_float("LATTICE_RESYNC", cls.resync_s),
+            work_resync_s=_float("LATTICE_WORK_RESYNC", cls.work_resync_s),
             work_item_ttl_s=_float("LATTICE_WORKITEM_TTL", cls.work_item_ttl_s),
             witness_interval_s=_float("LATTICE_WITNESS_INTERVAL", cls.witness_interval_s),
-        )
+        ), **given)

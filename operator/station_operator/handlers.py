@@ -1,11 +1,15 @@
 """kopf handlers: ``<kind>_<event>``. Each is idempotent (it may run twice, or after a restart) and level-based:
 timers re-derive status from the lattice rather than trusting diffs. Semantically wrong resources (wrong org,
-missing Secret) get a condition and an Event, and are retried slowly, never in a hot loop."""
+missing Secret) get a condition and an Event, and are retried slowly, never in a hot loop.
+
+Nothing is registered at import time: :func:`registry` registers every handler with the intervals of the
+:class:`~.config.OperatorSettings` it is given (kopf fixes a timer's interval when it is registered), and
+:func:`run` runs kopf with those settings in its memo. Settings are read once, by the ``lattice operator`` command.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -24,9 +28,8 @@ from .orgs import OrgError, resolve_org
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
-# Timer intervals are fixed when the handlers are registered, so they are read from the environment here.
-RESYNC_S = float(os.environ.get("LATTICE_RESYNC", "5"))
-WORK_RESYNC_S = float(os.environ.get("LATTICE_WORK_RESYNC", "15"))
+#: A resource that cannot be reconciled for a reason only a person can fix (a missing Secret) is retried this
+#: often: soon enough to notice the fix within a minute, rarely enough never to be a hot loop.
 SEMANTIC_RETRY_S = 30.0
 
 
@@ -35,18 +38,24 @@ def _lattice(memo: Any) -> Lattice:
     return lattice
 
 
-@kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: kopf.Logger,
                            **_: Any) -> None:
+    """kopf's own timeouts (each with why), then the lattice: auth and the per-org runtimes, in the memo."""
     # Progress and diff-base in annotations, not in status: status is ours and declared in the CRDs.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP,
                                                                            key="last-handled-configuration")
     settings.persistence.finalizer = f"{GROUP}/cleanup"
     settings.posting.level = logging.WARNING
+    # A watch is re-established every 2 minutes even when quiet: a silently dead connection (a NAT or load
+    # balancer dropping idle TCP) costs at most that long, and the API server's own default (up to 30 min) is
+    # too long for status that users watch. The client waits a little longer than the server, so that the server
+    # ends the watch cleanly first instead of the client cutting it.
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
+    # An API server that does not accept a connection within 10 s is down; retrying is better than waiting.
     settings.watching.connect_timeout = 10
+    # One API request (a patch, a read) takes milliseconds; 30 s is a stuck server, and kopf retries the handler.
     settings.networking.request_timeout = 30
     # kopf waits this long for more events of the same object before handling; 0.1 s by default, which is most
     # of a WorkItem's apply-to-Succeeded time.
@@ -54,7 +63,7 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     # Timers are resyncs: on SIGTERM cancel them at once instead of waiting for them (kopf's default is to wait).
     settings.background.instant_exit_timeout = 1.0
     settings.process.ultimate_exiting_timeout = 60
-    cfg = OperatorSettings.from_env()
+    cfg: OperatorSettings = memo["settings"]
     auth: Auth
     if cfg.auth == "jwt":
         from .auth import JwtAuth
@@ -67,7 +76,6 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
                 cfg.station_image)
 
 
-@kopf.on.cleanup()
 async def operator_cleanup(memo: Any, **_: Any) -> None:
     if "lattice" in memo:
         await _lattice(memo).close()
@@ -140,9 +148,6 @@ def _with_conditions(current: dict[str, Any] | None, new: dict[str, Any]) -> dic
 # --- Station ----------------------------------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, "stations")
-@kopf.on.create(GROUP, VERSION, "stations")
-@kopf.on.update(GROUP, VERSION, "stations", field="spec")
 async def station_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Station -> ServiceAccount, creds Secret (JWT mode), StatefulSet; scaling and spec changes roll the pods."""
     station = await _resource(Station, "stations", body)
@@ -166,7 +171,6 @@ async def station_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_
     await station_status(body, memo)
 
 
-@kopf.timer(GROUP, VERSION, "stations", interval=RESYNC_S, initial_delay=1.0)
 async def station_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
     await station_status(body, memo)
 
@@ -187,10 +191,6 @@ async def station_status(body: kopf.Body, memo: Any) -> None:
 # --- Agent -----------------------------------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, "agents")
-@kopf.on.create(GROUP, VERSION, "agents")
-@kopf.on.update(GROUP, VERSION, "agents", field="spec")
-@kopf.on.update(GROUP, VERSION, "agents", field="metadata.labels")
 async def agent_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Agent -> the org's agents bucket (stations that match load it live); a model key Secret reference ->
     the namespace's model-keys Secret, mounted by every station pod."""
@@ -214,7 +214,6 @@ async def agent_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
     await agent_status(body, memo, revision=revision)
 
 
-@kopf.timer(GROUP, VERSION, "agents", interval=RESYNC_S, initial_delay=1.0)
 async def agent_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
     await agent_status(body, memo)
 
@@ -232,7 +231,6 @@ async def agent_status(body: kopf.Body, memo: Any, revision: int | None = None) 
         await kube.patch_status("agents", namespace, agent.name, _with_conditions(current, new))
 
 
-@kopf.on.delete(GROUP, VERSION, "agents")
 async def agent_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Remove the agent from its org: stations drop it live."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -256,8 +254,6 @@ async def agent_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any
 # --- WorkItem ----------------------------------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, "workitems")
-@kopf.on.create(GROUP, VERSION, "workitems")
 async def workitem_submit(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """WorkItem -> work in the lattice, once: the work id derives from the resource uid, so a retry or an
     operator restart finds the existing work instead of submitting it again."""
@@ -280,7 +276,6 @@ async def workitem_submit(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
     runtime.mirror.offer(record)
 
 
-@kopf.timer(GROUP, VERSION, "workitems", interval=WORK_RESYNC_S, initial_delay=WORK_RESYNC_S)
 async def workitem_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Level-based safety net for the event-driven mirror, and the TTL of finished WorkItems."""
     found = await _quietly(WorkItem, body, memo)
@@ -303,7 +298,6 @@ async def workitem_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
             await kube.delete_custom("workitems", namespace, work_item.name)
 
 
-@kopf.on.delete(GROUP, VERSION, "workitems")
 async def workitem_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Deleting a WorkItem whose work is still queued or running cancels the work."""
     found = await _quietly(WorkItem, body, memo)
@@ -319,3 +313,40 @@ async def workitem_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
         logger.info("workitem %s deleted: work %s cancelled", work_item.name, work_id)
 
 
+
+
+# --- registration ------------------------------------------------------------------------------------------------
+
+
+def registry(cfg: OperatorSettings) -> kopf.OperatorRegistry:
+    """Every handler, registered with ``cfg``'s intervals."""
+    reg = kopf.OperatorRegistry()
+    # kopf puts its login through the Kubernetes client in its default registry only; ours needs it too (the
+    # `kubernetes` package: in-cluster service account, else the kubeconfig).
+    kopf.on.login(registry=reg)(kopf.login_via_client)
+    kopf.on.startup(registry=reg)(operator_startup)
+    kopf.on.cleanup(registry=reg)(operator_cleanup)
+    for plural, reconcile, resync in (("stations", station_reconcile, station_resync),
+                                      ("agents", agent_reconcile, agent_resync)):
+        kopf.on.resume(GROUP, VERSION, plural, registry=reg)(reconcile)
+        kopf.on.create(GROUP, VERSION, plural, registry=reg)(reconcile)
+        kopf.on.update(GROUP, VERSION, plural, field="spec", registry=reg)(reconcile)
+        # Status follows presence, which changes with every heartbeat; it is patched only when it changed.
+        kopf.timer(GROUP, VERSION, plural, interval=cfg.resync_s, initial_delay=1.0, registry=reg)(resync)
+    kopf.on.update(GROUP, VERSION, "agents", field="metadata.labels", registry=reg)(agent_reconcile)
+    kopf.on.delete(GROUP, VERSION, "agents", registry=reg)(agent_delete)
+    kopf.on.resume(GROUP, VERSION, "workitems", registry=reg)(workitem_submit)
+    kopf.on.create(GROUP, VERSION, "workitems", registry=reg)(workitem_submit)
+    # The mirror is event-driven; this timer is its level-based safety net and the finished items' TTL.
+    kopf.timer(GROUP, VERSION, "workitems", interval=cfg.work_resync_s, initial_delay=cfg.work_resync_s,
+               registry=reg)(workitem_resync)
+    kopf.on.delete(GROUP, VERSION, "workitems", registry=reg)(workitem_delete)
+    return reg
+
+
+def run(cfg: OperatorSettings, *, namespaces: list[str], liveness_port: int) -> None:
+    """Run the operator until SIGTERM: kopf standalone (one replica), every handler of :func:`registry`."""
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per liveness probe otherwise
+    kopf.run(registry=registry(cfg), memo=kopf.Memo(settings=cfg), standalone=True, clusterwide=not namespaces,
+             namespaces=namespaces, liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port
+             else None)

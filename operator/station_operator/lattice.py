@@ -1,13 +1,14 @@
-"""The operator's view of the lattice: per org, an admin client, a work controller (auctioneer + witness) and a
-mirror that copies work records into WorkItem status as they change. Created lazily on the first resource of
-an org and kept in kopf's ``memo``; everything they hold can be rebuilt from Kubernetes and KV after a restart."""
+"""The operator's view of the lattice: per org one runtime, an admin client (one NATS connection, one registry
+watch, one auctioneer), the work controller's witness on that client's parts, and a mirror that copies work
+records into WorkItem status as they change. Created lazily on the first resource of an org and kept in kopf's
+``memo``; everything they hold can be rebuilt from Kubernetes and KV after a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from station_runtime.api.models import WorkItem
@@ -148,11 +149,9 @@ class OrgRuntime:
     client: LatticeClient
     controller: WorkController
     mirror: WorkItemMirror
-    stations: list[StationRecord] = field(default_factory=list)
 
     def records(self) -> list[StationRecord]:
-        directory = self.controller.directory
-        return list(directory.records.values()) if directory is not None else []
+        return list(self.controller.work.directory.records.values())
 
 
 class Lattice:
@@ -171,14 +170,14 @@ class Lattice:
                 return runtime
             nats_settings = await self.auth.admin_settings(org)
             limits = StateLimits(presence_ttl_s=self.settings.station_heartbeat_s * 3)
-            client = LatticeClient(nats_settings, org, create_state=True, limits=limits)
+            client = LatticeClient(nats_settings, org, create_state=True, limits=limits, policy=WitnessPolicy(),
+                                   source="operator")
             await client.connect()
             await client.state()
-            assert client.nc is not None
             # The admin creates every stream the org's stations use (station users may not create streams).
-            await prepare_org_state(client.nc, org, limits)
-            controller = WorkController(nats_settings, org, policy=WitnessPolicy(),
-                                        interval_s=self.settings.witness_interval_s, limits=limits, name="operator")
+            await prepare_org_state(client.connection(), org, limits)
+            # The witness works on the client's own connection, directory and auctioneer: one runtime per org.
+            controller = WorkController(await client.org_work(), interval_s=self.settings.witness_interval_s)
             await controller.start()
             mirror = WorkItemMirror(org, client)
             mirror.start()

@@ -1,6 +1,7 @@
 """The user-facing resources (Station, Agent, WorkItem): one set of pydantic models for YAML manifests,
 ``lattice up`` and the Kubernetes CRDs generated from them."""
 
+from ..contract.selectors import LabelSelector, selector_matches
 from .models import (
     API_VERSION,
     GROUP,
@@ -18,7 +19,6 @@ from .models import (
     WorkItemSpec,
     WorkTimeouts,
 )
-from .selectors import LabelSelector, selector_matches
 
 __all__ = [
     "API_VERSION",

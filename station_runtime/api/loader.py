@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..errors import LatticeError
 from .models import API_VERSION, KINDS, Agent, Manifest, Station, WorkItem
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -31,7 +32,7 @@ class ManifestProblem:
         return f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
-class ManifestError(ValueError):
+class ManifestError(LatticeError, ValueError):
     """One or more manifests are invalid; ``problems`` lists each."""
 
     def __init__(self, problems: list[ManifestProblem]) -> None:

@@ -9,12 +9,19 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from ..contract.events import CloudEvent
 from ..contract.messages import AgentDefinition, InvokeResult, StationRecord, StationStatus, WorkRecord, utcnow
 from ..routing import is_live
+
+
+def cells(values: Sequence[Any]) -> list[RenderableType]:
+    """Table cells as text: a work id, a reason or an agent's output may contain ``[...]``, which rich would
+    otherwise read as markup (and fail on, or swallow)."""
+    return [Text(v) if isinstance(v, str) else v for v in values]
 
 
 def as_data(items: Sequence[BaseModel] | BaseModel) -> Any:
@@ -66,21 +73,37 @@ def stations_table(records: Sequence[StationRecord], *, wide: bool = False) -> T
         ]
         if wide:
             row += [",".join(f"{k}={v}" for k, v in r.labels.items()) or "-", r.version, str(r.pid or "-")]
-        table.add_row(*row)
+        table.add_row(*cells(row))
     return table
 
 
-def agents_table(agents: Sequence[AgentDefinition], stations: Sequence[StationRecord]) -> Table:
+def agent_problems(agent: str, stations: Sequence[StationRecord], now: datetime | None = None) -> list[str]:
+    """Pure: why live stations could not load ``agent`` (``station: error``), for its READY column."""
+    return [f"{s.station_id}: {s.agent_errors[agent]}" for s in stations
+            if agent in s.agent_errors and is_live(s, now)]
+
+
+def agents_table(agents: Sequence[AgentDefinition], stations: Sequence[StationRecord], *,
+                 wide: bool = False) -> Table:
     table = Table(box=None, header_style="bold")
-    for col in ("AGENT", "PROVIDER", "MODEL", "CAPABILITIES", "STATIONS", "READY"):
+    for col in ("AGENT", "PROVIDER", "MODEL", "CAPABILITIES", "STATIONS", "READY", "REASON"):
         table.add_column(col)
+    if wide:
+        table.add_column("HOSTED BY")
+        table.add_column("LABELS")
     now = utcnow()
     for a in agents:
         hosting = [s.station_id for s in stations if a.name in s.agents and is_live(s, now)]
         model = a.spec.model
         ready = Text("True", style="green") if hosting else Text("False", style="red")
-        table.add_row(a.name, model.provider, model.name or model.function or "-",
-                      ",".join(a.spec.capabilities) or "-", str(len(hosting)), ready)
+        problems = agent_problems(a.name, stations, now)
+        reason = "; ".join(problems) if problems else ("" if hosting else "no live station selects it")
+        row: list[RenderableType] = [Text(a.name), Text(model.provider), Text(model.name or model.function or "-"),
+                                     Text(",".join(a.spec.capabilities) or "-"), Text(str(len(hosting))), ready,
+                                     Text(reason, style="yellow" if reason else "")]
+        if wide:
+            row += [Text(",".join(hosting) or "-"), Text(",".join(f"{k}={v}" for k, v in a.labels.items()) or "-")]
+        table.add_row(*cells(row))
     return table
 
 
@@ -98,9 +121,10 @@ def results_table(rows: Sequence[tuple[int, str, InvokeResult | str, float]]) ->
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for index, agent, result, latency_ms in rows:
         if isinstance(result, str):
-            table.add_row(str(index), agent, "-", f"{latency_ms:.1f} ms", Text(result, style="red"))
+            table.add_row(*cells([str(index), agent, "-", f"{latency_ms:.1f} ms", Text(result, style="red")]))
         else:
-            table.add_row(str(index), agent, result.station_id, f"{latency_ms:.1f} ms", preview(result.output))
+            table.add_row(*cells([str(index), agent, result.station_id, f"{latency_ms:.1f} ms",
+                                  preview(result.output)]))
     return table
 
 
@@ -136,7 +160,7 @@ def work_table(records: Sequence[WorkRecord], *, wide: bool = False) -> Table:
                           progress, age(r.created_at, now)]
         if wide:
             row.append(r.reason or (r.error.message if r.error else ""))
-        table.add_row(*row)
+        table.add_row(*cells(row))
     return table
 
 
@@ -164,7 +188,7 @@ def work_detail(record: WorkRecord, result: Any) -> Table:
     if record.phase.value == "Succeeded":
         rows.append(("Result", result if isinstance(result, str) else json.dumps(result, indent=2)))
     for label, value in rows:
-        table.add_row(label, value)
+        table.add_row(*cells([label, value]))
     return table
 
 

@@ -1,4 +1,4 @@
-"""Errors of the wire contract.
+"""Errors of the wire contract (part of :mod:`station_runtime.errors`' tree).
 
     ContractError
     ├── InvalidIdError      an id that would become a subject token is malformed
@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+from ..errors import LatticeError
 
-class ContractError(Exception):
+
+class ContractError(LatticeError):
     """Base of every error raised by the wire contract."""
 
 

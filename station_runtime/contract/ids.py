@@ -7,6 +7,7 @@ system (manifests, CLI arguments, messages) and again where a subject is built.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated
 
@@ -64,3 +65,8 @@ StationId = Annotated[str, _checker("station id"), _SCHEMA]
 AgentName = Annotated[str, _checker("agent name"), _SCHEMA]
 WorkId = Annotated[str, _checker("work id"), _SCHEMA]
 Capability = Annotated[str, _checker("capability"), _SCHEMA]
+
+
+def new_attempt_id() -> str:
+    """A fresh attempt id: every assignment of a work item gets one, and every station write names it (fencing)."""
+    return os.urandom(8).hex()

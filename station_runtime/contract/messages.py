@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..api.models import AgentSpec, WorkItemSpec
 from .ids import AgentName, Capability, OrgId, StationId, WorkId
+from .specs import AgentSpec, WorkItemSpec
 
 
 def utcnow() -> datetime:
@@ -74,6 +74,9 @@ class StationRecord(WireModel):
     hostname: str | None = None
     #: Answers ``station.{id}.ping`` (older stations do not: they are never probed).
     answers_ping: bool = False
+    #: Agents selected for this station that it could not load (a module that does not import, a bad key
+    #: file), with why: so that `lattice get agents`, the Agent's status and an auction can say it.
+    agent_errors: dict[AgentName, str] = Field(default_factory=dict)
 
     def free(self) -> int:
         return max(self.capacity - self.load, 0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..contract.messages import AgentDefinition, ErrorCode, Payload
+from ..errors import LatticeError
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Outcome:
     usage: dict[str, int] = field(default_factory=dict)
 
 
-class AgentFailure(Exception):
+class AgentFailure(LatticeError):
     """The agent could not produce a result. ``code`` tells the caller whether retrying elsewhere may help."""
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.AGENT_ERROR) -> None:

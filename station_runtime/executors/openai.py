@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
+from ..backoff import compute_backoff
 from ..contract.messages import AgentDefinition, ErrorCode
-from .backoff import compute_backoff
 from .base import AgentFailure, Execution, Outcome, Progress
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """The local controller behind ``lattice up``: the Kubernetes operator's job, done with child processes.
 
-* starts an embedded nats-server (unless given a URL) and opens the org's state;
+* starts an embedded nats-server (unless given a URL) and opens the org's state; restarts that server with the
+  same configuration, store and port if it dies (everyone reconnects by themselves);
 * publishes the Agent manifests to the agents bucket;
 * runs ``replicas`` station processes per Station manifest with stable ids ``{name}-{i}``, and restarts a
   crashed one with the same id (so that it resumes its own work), with backoff if it keeps crashing;
@@ -25,10 +26,11 @@ from pathlib import Path
 
 from ..api.loader import ManifestSet
 from ..api.models import Station as StationManifest
+from ..backoff import compute_backoff
 from ..client import LatticeClient
-from ..executors.backoff import compute_backoff
+from ..errors import LatticeError
 from ..natsio.connect import NatsSettings
-from ..natsio.embedded import EmbeddedNats
+from ..natsio.embedded import EmbeddedNats, NatsServerError
 from ..natsio.procutil import die_with_parent, tail
 from ..work.controller import WorkController
 from ..work.policy import WitnessPolicy
@@ -79,19 +81,26 @@ def station_argv(manifest: StationManifest, index: int, org: str, *, heartbeat_s
     return station_id, argv
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Can a server listen on ``port``? Checked as servers bind, with ``SO_REUSEADDR``: without it, sockets of a
+    server that just died (TIME_WAIT, for about a minute) would make its own port look taken."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
 
 
+class PortInUse(LatticeError):
+    """The NATS port the user asked for is taken by another process."""
+
+
 class LocalLattice:
     def __init__(self, manifests: ManifestSet, *, org: str, state_dir: Path, nats_url: str | None = None,
-                 nats: NatsSettings | None = None, port: int = 4222, sync_always: bool = True,
-                 heartbeat_s: float = 2.0, drain_timeout_s: float = 10.0,
+                 nats: NatsSettings | None = None, port: int = 4222, port_required: bool = False,
+                 sync_always: bool = True, heartbeat_s: float = 2.0, drain_timeout_s: float = 10.0,
                  policy: WitnessPolicy | None = None, witness_interval_s: float = 1.0,
                  on_event: Callable[[str], None] | None = None) -> None:
         self.manifests = manifests
@@ -99,7 +108,10 @@ class LocalLattice:
         self.state_dir = state_dir
         self.nats_url = nats_url
         self.nats_settings = nats
+        #: -1: any free port. With ``port_required`` the port is kept or start() fails; without, a taken port
+        #: makes NATS take a free one, and say so.
         self.port = port
+        self.port_required = port_required
         self.sync_always = sync_always
         self.heartbeat_s = heartbeat_s
         self.drain_timeout_s = drain_timeout_s
@@ -110,34 +122,43 @@ class LocalLattice:
         self.policy = policy or WitnessPolicy()
         self.witness_interval_s = witness_interval_s
         self.stations: dict[str, StationProcess] = {}
+        #: Times the embedded nats-server was restarted after it died.
+        self.nats_restarts = 0
         self._stopping = False
 
     @property
     def url(self) -> str:
         return self.nats_url or (self.server.url if self.server else "")
 
+    def _pick_port(self) -> int:
+        if self.port <= 0 or port_free(self.port):
+            return self.port
+        if self.port_required:
+            raise PortInUse(f"port {self.port} is in use by another process: stop it, or choose another --port "
+                            "(or leave --port out and NATS takes a free one)")
+        self.on_event(f"port {self.port} is in use; NATS takes a free port (pass --port to insist on one)")
+        return -1
+
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         if self.nats_url is None:
-            port = self.port if self.port > 0 and _port_free(self.port) else -1
-            if port == -1 and self.port > 0:
-                self.on_event(f"port {self.port} is in use; NATS takes a free port")
-            self.server = EmbeddedNats(self.state_dir / "nats", port=port, sync_always=self.sync_always)
+            self.server = EmbeddedNats(self.state_dir / "nats", port=self._pick_port(), sync_always=self.sync_always)
             await self.server.start()
             self.on_event(f"nats-server {self.server.url} (JetStream in {self.state_dir / 'nats'}, "
                           f"log {self.server.log_path})")
         settings = self.nats_settings or NatsSettings()
         settings = dataclasses.replace(settings, url=self.url, name="lattice-up")
         self.nats_settings = settings
-        self.client = LatticeClient(settings, self.org, create_state=True)
+        # One runtime for the org: the client publishes the agents and places work, and the controller witnesses
+        # with the client's own connection, directory and auctioneer.
+        self.client = LatticeClient(settings, self.org, create_state=True, policy=self.policy, source="lattice-up")
         await self.client.connect()
         await self.client.state()
         for agent in self.manifests.agents:
             await self.client.put_agent(agent, org=agent.spec.org or self.org)
             self.on_event(f"agent {agent.name} published ({agent.spec.model.provider})")
-        self.controller = WorkController(settings, self.org, policy=self.policy, interval_s=self.witness_interval_s,
-                                         name="lattice-up")
+        self.controller = WorkController(await self.client.org_work(), interval_s=self.witness_interval_s)
         await self.controller.start()
         for manifest in self.manifests.stations:
             org = manifest.spec.org or self.org
@@ -150,16 +171,8 @@ class LocalLattice:
 
     def _child_env(self) -> dict[str, str]:
         assert self.nats_settings is not None
-        env = dict(os.environ)
-        env["LATTICE_NATS_URL"] = self.url
+        env = {**os.environ, **self.nats_settings.to_env()}
         env.setdefault("PYTHONUNBUFFERED", "1")
-        s = self.nats_settings
-        if s.token:
-            env["LATTICE_NATS_TOKEN"] = s.token
-        if s.creds_file:
-            env["LATTICE_NATS_CREDS"] = str(s.creds_file)
-        if s.nkey_seed_file:
-            env["LATTICE_NATS_NKEY_SEED_FILE"] = str(s.nkey_seed_file)
         return env
 
     async def _spawn(self, sp: StationProcess) -> None:
@@ -192,19 +205,45 @@ class LocalLattice:
             await self._spawn(sp)
 
     async def run_until(self, stop: asyncio.Event) -> int:
-        """Supervise until ``stop`` is set or the embedded NATS dies; returns an exit code."""
-        waits: set[asyncio.Task[object]] = {asyncio.create_task(stop.wait())}
-        if self.server is not None:
-            waits.add(asyncio.create_task(self.server.wait_exit()))
-        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        if stop.is_set():
+        """Supervise until ``stop`` is set. An embedded nats-server that dies is restarted with the same
+        configuration, store and port (stations, the controller and clients reconnect by themselves), with backoff
+        while it keeps failing; the stations keep running meanwhile."""
+        if self.server is None:
+            await stop.wait()
             return 0
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            while True:
+                exited = asyncio.create_task(self.server.wait_exit())
+                await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set():
+                    exited.cancel()
+                    return 0
+                await self._restart_nats(exited.result(), stop)
+                if stop.is_set():
+                    return 0
+        finally:
+            stopped.cancel()
+
+    async def _restart_nats(self, code: int, stop: asyncio.Event) -> None:
         assert self.server is not None
-        self.on_event(f"nats-server died unexpectedly; its log ({self.server.log_path}) ends with:\n"
-                      f"{self.server.last_log_lines(10)}")
-        return 1
+        self.on_event(f"nats-server exited unexpectedly (code {code}); restarting it on {self.server.url} with "
+                      f"the same store. Its log ({self.server.log_path}) ends with:\n{self.server.last_log_lines(5)}")
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self.server.start()
+            except NatsServerError as exc:
+                failures += 1
+                delay = compute_backoff(failures - 1, base_s=0.5, max_s=15.0)
+                self.on_event(f"nats-server did not start again ({exc}); retrying in {delay:.1f}s")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+                continue
+            self.nats_restarts += 1
+            self.on_event(f"nats-server restarted on {self.server.url} (restart {self.nats_restarts})")
+            return
 
     async def kill_station(self, station_id: str, *, restart: bool = True) -> int:
         """SIGKILL a station (fault injection for the demo and tests); the supervisor restarts it unless told
@@ -219,8 +258,9 @@ class LocalLattice:
     async def stop(self) -> None:
         self._stopping = True
         if self.controller is not None:
-            # First, so that work the stations hand back on drain waits in KV instead of being re-auctioned
-            # among stations that are all stopping.
+            # First, so that work the stations hand back on drain waits in KV for the next `lattice up` instead of
+            # being re-auctioned among stations that are all stopping (a single draining station's work is
+            # rescheduled at once: the controller is running then).
             await self.controller.stop()
             self.controller = None
         procs = [sp for sp in self.stations.values() if sp.alive]
@@ -240,8 +280,6 @@ class LocalLattice:
         for sp in self.stations.values():
             if sp.watcher is not None:
                 sp.watcher.cancel()
-        if self.controller is not None:
-            await self.controller.stop()
         if self.client is not None:
             await self.client.close()
         if self.server is not None:

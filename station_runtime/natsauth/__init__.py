@@ -7,6 +7,7 @@ I/O: :mod:`.provision` (pushing accounts, creating an org's JetStream state). Se
 
 from __future__ import annotations
 
+from ..contract.subjects import results_bucket, station_inbox_prefix
 from .authority import OperatorKeys, OrgAccount, OrgAuthority, user_public_key
 from .checks import UpdateReply, check_account_jwt, parse_update_reply
 from .claims import (
@@ -17,8 +18,6 @@ from .claims import (
     creds,
     org_admin_permissions,
     parse_creds,
-    results_bucket,
-    station_inbox_prefix,
     station_permissions,
     system_user_permissions,
 )

@@ -34,28 +34,6 @@ RESPONSE_TTL_S: Final = 3600.0 + 120.0
 ALL: Final = ">"
 
 
-# --- names derived from the contract -----------------------------------------------------------------------
-
-
-def station_inbox_prefix(station_id: str) -> str:
-    """The inbox prefix a station must connect with (``NatsSettings(inbox_prefix=...)``): its only subscribable
-    reply space, so that no station can read replies meant for another station of its org."""
-    return f"_INBOX_{validate_id(station_id, 'station id')}"
-
-
-def results_bucket(org: str) -> str:
-    """The org's object store for large work results (``WorkStore`` derives the same name)."""
-    return f"{subjects.bucket(org, 'work')}-results"
-
-
-def kv_stream(bucket: str) -> str:
-    return f"KV_{bucket}"
-
-
-def object_stream(bucket: str) -> str:
-    return f"OBJ_{bucket}"
-
-
 # --- limits ----------------------------------------------------------------------------------------------------
 
 
@@ -158,68 +136,66 @@ def _subject_permission(allow: tuple[str, ...], deny: tuple[str, ...]) -> dict[s
 
 
 def station_permissions(org: str, station_id: str) -> Permissions:
-    """Least privilege for station ``station_id`` of ``org``: what ``station_runtime.station`` needs, nothing more.
+    """Least privilege for station ``station_id`` of ``org``: what ``station_runtime.station`` needs, nothing more
+    (a test runs a station and checks both ways: every subject it uses is allowed, every permission is used).
 
-    Inside the org account a station can read what its org shares (agent definitions, work records), but it can
-    only *write* under its own name where the subject carries a name (its presence record), and it can only
-    *receive* requests addressed to it, the org's auction, and replies in its own inbox. Other orgs are out of
-    reach because they are other accounts. Payloads naming a station (heartbeats, bids, work notices) cannot be
-    bound to the sender by subject permissions; the KV records, written with compare-and-set and fenced by
-    attempt id, are what the lattice trusts.
+    Every entry is built by :mod:`station_runtime.contract.subjects`, the builders the station itself uses, so
+    the permissions cannot drift from the subjects they guard. Inside the org account a station can read what its
+    org shares (agent definitions, work records), but it can only *write* under its own name where the subject
+    carries a name (its presence record), and it can only *receive* requests addressed to it, the org's auction,
+    and replies in its own inbox. Other orgs are out of reach because they are other accounts. Payloads naming a
+    station (heartbeats, bids, work notices) cannot be bound to the sender by subject permissions; the KV records,
+    written with compare-and-set and fenced by attempt id, are what the lattice trusts.
     """
-    root = subjects.org_root(org)
     me = validate_id(station_id, "station id")
     stations, agents, work = (subjects.bucket(org, kind) for kind in ("stations", "agents", "work"))
-    results = results_bucket(org)
-    api = "$JS.API"
+    stations_stream, agents_stream, work_stream = (subjects.kv_stream(b) for b in (stations, agents, work))
+    results = subjects.results_bucket(org)
+    results_stream = subjects.object_stream(results)
     pub = (
         # Presence broadcasts: announce (start), heartbeat (every beat), goodbye (stop).
         subjects.presence(org, "announce"),
         subjects.presence(org, "heartbeat"),
         subjects.presence(org, "goodbye"),
         # Live progress of the work it runs (≤ 10/s); the outcome is the stored record, pushed by the server.
-        f"{root}.work.*.progress",
+        subjects.work_progress_all(org),
         # CloudEvents it records in the org's events stream: station.joined|left, work.started|progress|...
-        f"{root}.events.station.*",
-        f"{root}.events.work.*",
+        subjects.events_category(org, "station"),
+        subjects.events_category(org, "work"),
         # KV writes (create/update/delete) of its own presence record only: key = its station id.
-        f"$KV.{stations}.{me}",
+        subjects.kv_key(stations, me),
         # KV writes of work records: compare-and-set of the attempts it runs (any key: the record says whose).
-        f"$KV.{work}.>",
-        # Large results: chunks ($O.<b>.C.<nuid>) and metadata ($O.<b>.M.<name>) of the results object store.
-        f"$O.{results}.>",
-        # -- JetStream API, per stream, only what nats-py calls for these operations --
+        subjects.kv_all(work),
+        # Large results: chunks and metadata of the results object store.
+        subjects.object_all(results),
+        # -- JetStream API, per stream, only what the station calls --
         # Presence bucket: bind + status (reads the TTL); direct get of its own key after a CAS conflict.
-        f"{api}.STREAM.INFO.{kv_stream(stations)}",
-        f"{api}.DIRECT.GET.{kv_stream(stations)}.$KV.{stations}.{me}",
-        # Agents bucket: bind; the live watch, an ordered push consumer: create (nats-py 2.16 uses the form
-        # without consumer name), read its pending count, answer flow control when a watch moves a lot of data.
-        f"{api}.STREAM.INFO.{kv_stream(agents)}",
-        f"{api}.CONSUMER.CREATE.{kv_stream(agents)}",
-        f"{api}.CONSUMER.INFO.{kv_stream(agents)}.*",
-        f"$JS.FC.{kv_stream(agents)}.>",
-        # Work bucket: bind; direct get of a record (re-read after a CAS conflict or an outage); listing all
-        # records on start (propulsion: an ordered consumer, as for agents).
-        f"{api}.STREAM.INFO.{kv_stream(work)}",
-        f"{api}.DIRECT.GET.{kv_stream(work)}.>",
-        f"{api}.CONSUMER.CREATE.{kv_stream(work)}",
-        f"{api}.CONSUMER.INFO.{kv_stream(work)}.*",
-        f"$JS.FC.{kv_stream(work)}.>",
-        # Events stream: the existence check when it opens the org's state (publishing is the subject above).
-        f"{api}.STREAM.INFO.{subjects.events_stream(org)}",
-        # Results object store: bind; look up an object being replaced (last metadata message); purge the
-        # chunks of the object it replaces (a re-run attempt) or of a put that failed half way.
-        f"{api}.STREAM.INFO.{object_stream(results)}",
-        f"{api}.STREAM.MSG.GET.{object_stream(results)}",
-        f"{api}.STREAM.PURGE.{object_stream(results)}",
+        subjects.js_stream_info(stations_stream),
+        subjects.js_direct_get(stations_stream, subjects.kv_key(stations, me)),
+        # Agents bucket: bind; the live watch, an ordered push consumer: create, read its pending count, answer
+        # flow control when a watch moves a lot of data.
+        subjects.js_stream_info(agents_stream),
+        subjects.js_consumer_create(agents_stream),
+        subjects.js_consumer_info(agents_stream),
+        subjects.js_flow_control(agents_stream),
+        # Work bucket: bind; direct get of a record (re-read after a CAS conflict or an outage); the listing on
+        # start (propulsion), a batch direct get that leaves no consumer behind.
+        subjects.js_stream_info(work_stream),
+        subjects.js_direct_get(work_stream, ">"),
+        subjects.js_direct_get(work_stream),
+        # Results object store: bind; look up whether the object exists (its last metadata message). Each
+        # attempt writes its own object, so a station never replaces, deletes or purges one: no purge permission
+        # (with one, a station could purge the whole store in one request).
+        subjects.js_stream_info(results_stream),
+        subjects.js_stream_msg_get(results_stream),
     )
     sub = (
-        # Requests addressed to it: agent.invoke, workflow.run, work.assign, work.cancel.
-        f"{root}.station.{me}.>",
+        # Requests addressed to it: agent.invoke, work.assign, work.cancel, its auctions, ping.
+        subjects.station_all(org, me),
         # The org's auction broadcast, which it answers with a bid or a decline.
         subjects.auction_request(org),
         # Its own inbox: replies to its JetStream API calls, publish acks, KV watch deliveries.
-        f"{station_inbox_prefix(me)}.>",
+        subjects.inbox_all(subjects.station_inbox_prefix(me)),
     )
     # Replies to the requests it received (invoke, assign, bids): once each, into the requester's inbox, which
     # it may not publish to otherwise.
@@ -235,13 +211,13 @@ def org_admin_permissions(org: str) -> Permissions:
     return Permissions(
         pub_allow=(
             f"{root}.>",  # every lattice subject of the org: auctions, assignments, cancels, invokes, events
-            "$JS.API.>",  # JetStream API of the account: create/update/inspect the org's streams and consumers
+            f"{subjects.JS_API}.>",  # JetStream API of the account: the org's streams and consumers
             "$JS.ACK.>",  # acknowledgements of consumers with explicit acks
             "$JS.FC.>",  # flow control replies of push consumers (watches, event replays, object reads)
-            *(f"$KV.{b}.>" for b in buckets),  # KV writes: agents, work records, presence clean-up
-            f"$O.{results_bucket(org)}.>",  # reading/writing/deleting large results
+            *(subjects.kv_all(b) for b in buckets),  # KV writes: agents, work records, presence clean-up
+            subjects.object_all(subjects.results_bucket(org)),  # reading/writing/deleting large results
         ),
-        sub_allow=(f"{root}.>", "_INBOX.>"),
+        sub_allow=(f"{root}.>", subjects.inbox_all(subjects.INBOX_PREFIX)),
         responses=ResponsePermission(),
     )
 
@@ -250,12 +226,12 @@ def system_user_permissions() -> Permissions:
     """The operator's user in the system account: managing account JWTs, nothing else."""
     return Permissions(
         pub_allow=(
-            "$SYS.REQ.CLAIMS.UPDATE",  # push an account JWT to every full resolver
-            "$SYS.REQ.CLAIMS.LIST",  # list the stored accounts
-            "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE",  # push one account, checked against the subject's key
-            "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP",  # read back what a resolver stores
+            subjects.SYS_CLAIMS_UPDATE,  # push an account JWT to every full resolver
+            subjects.SYS_CLAIMS_LIST,  # list the stored accounts
+            subjects.sys_account_claims("*", "UPDATE"),  # push one account, checked against the subject's key
+            subjects.sys_account_claims("*", "LOOKUP"),  # read back what a resolver stores
         ),
-        sub_allow=("_INBOX.>",),
+        sub_allow=(subjects.inbox_all(subjects.INBOX_PREFIX),),
     )
 
 

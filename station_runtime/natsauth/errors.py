@@ -1,4 +1,5 @@
-"""Errors of :mod:`station_runtime.natsauth`, by what the caller does next::
+"""Errors of :mod:`station_runtime.natsauth` (part of :mod:`station_runtime.errors`' tree), by what the caller
+does next::
 
     NatsAuthError
      ├── InvalidKeyError        a seed or public key is malformed or of the wrong role: fix the data (permanent)
@@ -13,8 +14,10 @@ No message ever contains a seed or a token: only public keys, claim names and th
 
 from __future__ import annotations
 
+from ..errors import LatticeError
 
-class NatsAuthError(Exception):
+
+class NatsAuthError(LatticeError):
     """Root of every error raised by this package."""
 
 

@@ -21,15 +21,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import RawCredentials
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
+from ..contract import subjects
 from ..natsio.state import OrgState, StateLimits
-from . import claims, jwt
+from . import jwt
 from .authority import OrgAccount, OrgAuthority
 from .checks import UpdateReply, check_account_jwt, parse_update_reply, same_claims
 from .claims import AccountLimits, Permissions
@@ -38,12 +38,9 @@ from .keys import KeyPair, KeyRole, check_public_key
 
 log = logging.getLogger(__name__)
 
-CLAIMS_UPDATE: Final = "$SYS.REQ.CLAIMS.UPDATE"
-CLAIMS_LIST: Final = "$SYS.REQ.CLAIMS.LIST"
-
 
 def claims_lookup_subject(account: str) -> str:
-    return f"$SYS.REQ.ACCOUNT.{check_public_key(account, KeyRole.ACCOUNT)}.CLAIMS.LOOKUP"
+    return subjects.sys_account_claims(check_public_key(account, KeyRole.ACCOUNT), "LOOKUP")
 
 
 class AccountProvisioner:
@@ -63,7 +60,7 @@ class AccountProvisioner:
         :class:`PushRejectedError` (the resolver refused it), :class:`ResolverUnavailableError`, or
         :class:`ProvisioningError` when the resolver does not hold the JWT afterwards."""
         account = check_account_jwt(account_jwt, self.trusted_issuers).subject
-        reply = parse_update_reply(await self._request(CLAIMS_UPDATE, account_jwt.encode()), account)
+        reply = parse_update_reply(await self._request(subjects.SYS_CLAIMS_UPDATE, account_jwt.encode()), account)
         self.pushes += 1
         if reply.account != account:
             raise ProvisioningError(f"resolver confirmed account {reply.account}, but {account} was pushed")
@@ -83,7 +80,7 @@ class AccountProvisioner:
 
     async def list_accounts(self) -> list[str]:
         """Public keys of every account the resolver holds."""
-        data = await self._request(CLAIMS_LIST, b"")
+        data = await self._request(subjects.SYS_CLAIMS_LIST, b"")
         try:
             accounts = json.loads(data)["data"]
         except (ValueError, KeyError, TypeError):
@@ -201,10 +198,5 @@ async def prepare_org_state(nc: NatsClient, org: str, limits: StateLimits | None
     """Create (if missing) the org's KV buckets, events stream and results object store, as the org admin.
     Run it before the org's stations start: station users may not create streams (see ``station_permissions``)."""
     state = await OrgState.open(nc, org, limits, create=True)
-    bucket = claims.results_bucket(org)
-    try:
-        await state.js.object_store(bucket)
-    except (BucketNotFoundError, NotFoundError):
-        with contextlib.suppress(BadRequestError):  # created by someone else meanwhile
-            await state.js.create_object_store(bucket)
+    await state.results()
     return state

@@ -18,6 +18,9 @@ from nats.aio.client import Client as NatsClient
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+#: The environment variable of each connection setting (also the CLI's global options' ``envvar``).
+ENV = {"url": "LATTICE_NATS_URL", "token": "LATTICE_NATS_TOKEN", "nkey_seed_file": "LATTICE_NATS_NKEY_SEED_FILE",
+       "creds_file": "LATTICE_NATS_CREDS", "inbox_prefix": "LATTICE_NATS_INBOX_PREFIX"}
 
 
 @dataclass(frozen=True)
@@ -37,16 +40,21 @@ class NatsSettings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> NatsSettings:
+        """From the ``LATTICE_NATS_*`` variables (:data:`ENV`); ``overrides`` that are not None win."""
         env = os.environ
-        values: dict[str, Any] = {
-            "url": env.get("LATTICE_NATS_URL", DEFAULT_URL),
-            "token": env.get("LATTICE_NATS_TOKEN") or None,
-            "nkey_seed_file": Path(p) if (p := env.get("LATTICE_NATS_NKEY_SEED_FILE")) else None,
-            "creds_file": Path(p) if (p := env.get("LATTICE_NATS_CREDS")) else None,
-            "inbox_prefix": env.get("LATTICE_NATS_INBOX_PREFIX") or None,
-        }
+        values: dict[str, Any] = {"url": env.get(ENV["url"], DEFAULT_URL)}
+        for name in ("token", "inbox_prefix"):
+            values[name] = env.get(ENV[name]) or None
+        for name in ("nkey_seed_file", "creds_file"):
+            values[name] = Path(p) if (p := env.get(ENV[name])) else None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The variables :meth:`from_env` reads, for a child process (a station started by ``lattice up``)."""
+        values = {"url": self.url, "token": self.token, "nkey_seed_file": self.nkey_seed_file,
+                  "creds_file": self.creds_file, "inbox_prefix": self.inbox_prefix}
+        return {ENV[name]: str(value) for name, value in values.items() if value}
 
     def describe(self) -> str:
         """Where and how we connect, without any secret."""

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from ..errors import LatticeError
 from .procutil import die_with_parent, tail
 
 log = logging.getLogger(__name__)
 
 
-class NatsServerError(RuntimeError):
+class NatsServerError(LatticeError, RuntimeError):
     """The embedded nats-server could not start, or died."""
 
 
@@ -55,15 +56,27 @@ class NatsServerConfig:
     #: fsync every JetStream write. Without it NATS acknowledges writes that an OS crash can lose.
     sync_always: bool = True
     max_payload_bytes: int = 8 * 1024 * 1024
+    #: JetStream's bounds: every org's buckets and streams reserve their own bounds (``StateLimits``, about
+    #: 1.8 GiB for an org with the defaults) out of these, and a stream that would not fit is refused at creation.
+    #: None: the server's own default (75 % of the free disk for files).
+    max_file_store_bytes: int | None = 8 * 1024 ** 3
+    max_memory_store_bytes: int | None = 256 * 1024 ** 2
     extra_config: str = ""
 
     def render(self, ports_dir: Path) -> str:
-        sync = "\n  sync_interval: always" if self.sync_always else ""
+        js = [f'store_dir: "{self.store_dir / "js"}"']
+        if self.sync_always:
+            js.append("sync_interval: always")
+        if self.max_file_store_bytes is not None:
+            js.append(f"max_file_store: {self.max_file_store_bytes}")
+        if self.max_memory_store_bytes is not None:
+            js.append(f"max_memory_store: {self.max_memory_store_bytes}")
+        body = "".join(f"\n  {line}" for line in js)
         return (
             f'listen: "{self.host}:{self.port}"\n'
             f'ports_file_dir: "{ports_dir}"\n'
             f"max_payload: {self.max_payload_bytes}\n"
-            f'jetstream {{\n  store_dir: "{self.store_dir / "js"}"{sync}\n}}\n'
+            f"jetstream {{{body}\n}}\n"
             f"{self.extra_config}"
         )
 
@@ -72,12 +85,13 @@ class EmbeddedNats:
     """``async with EmbeddedNats(store_dir) as server: server.url``"""
 
     def __init__(self, store_dir: Path | str | None = None, *, port: int = -1, sync_always: bool = True,
-                 extra_config: str = "", start_timeout_s: float = 15.0) -> None:
+                 extra_config: str = "", start_timeout_s: float = 15.0,
+                 max_file_store_bytes: int | None = 8 * 1024 ** 3) -> None:
         self._tmp = None if store_dir else tempfile.TemporaryDirectory(prefix="lattice-nats-")
         root = Path(store_dir or self._tmp.name)  # type: ignore[union-attr]
         root.mkdir(parents=True, exist_ok=True)
         self.config = NatsServerConfig(store_dir=root, port=port, sync_always=sync_always,
-                                       extra_config=extra_config)
+                                       extra_config=extra_config, max_file_store_bytes=max_file_store_bytes)
         self.log_path = root / "nats-server.log"
         self.start_timeout_s = start_timeout_s
         self.url: str = ""
@@ -98,6 +112,8 @@ class EmbeddedNats:
         ports_dir.mkdir()
         conf = root / "nats-server.conf"
         conf.write_text(self.config.render(ports_dir))
+        # The log is appended to across restarts: readiness is judged on what this start writes.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as logf:
             self._proc = subprocess.Popen(
                 [find_nats_server(), "-c", str(conf)], stdout=logf, stderr=subprocess.STDOUT,
@@ -111,7 +127,7 @@ class EmbeddedNats:
                     f"{tail(str(self.log_path))}"
                 )
             ports = list(ports_dir.glob("*.ports"))
-            if ports and "Server is ready" in tail(str(self.log_path), 5):
+            if ports and b"Server is ready" in _read_from(self.log_path, offset):
                 with contextlib.suppress(json.JSONDecodeError, KeyError, IndexError):
                     self.url = json.loads(ports[0].read_text())["nats"][0]
                     # Remember the port: a restart must come back where the clients reconnect.
@@ -158,3 +174,12 @@ class EmbeddedNats:
         await self.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _read_from(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(limit)
+    except OSError:
+        return b""

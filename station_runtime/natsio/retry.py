@@ -11,7 +11,7 @@ from typing import TypeVar
 import nats.errors
 import nats.js.errors
 
-from ..executors.backoff import compute_backoff
+from ..backoff import compute_backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

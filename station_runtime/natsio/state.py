@@ -1,7 +1,10 @@
-"""The org's JetStream state: KV buckets ``stations``, ``agents``, ``work`` and the ``events`` stream.
+"""The org's JetStream state: KV buckets ``stations``, ``agents``, ``work``, the ``events`` stream and the results
+object store, each with a bound (:class:`StateLimits`).
 
 Buckets are created on first use by whoever gets there first (a station, ``lattice up``, the operator); creating
-an existing bucket with the same config is a no-op, so concurrent starters do not race.
+an existing bucket with the same config is a no-op, so concurrent starters do not race. Every bucket keeps one
+revision per key: the current state is what the lattice needs (the events stream is the history), and listings
+read the stream (:mod:`.listing`), so a superseded revision would only cost space and reading time.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RePublish, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, RePublish, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from ..contract import subjects
+from .inbox import Inbox
+from .listing import KvItem, list_bucket
 from .requests import Requests
 
 log = logging.getLogger(__name__)
@@ -31,83 +38,135 @@ DEFAULT_EVENTS_MAX_AGE_S: Final = 7 * 24 * 3600.0
 DEFAULT_EVENTS_MAX_BYTES: Final = 256 * 1024 * 1024
 
 
+MIB: Final = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class StateLimits:
+    """The bound of every store an org has. A full work, agents or results store refuses writes (the writer gets
+    a :class:`~station_runtime.errors.StoreFullError` naming the store); the events stream drops its oldest
+    events instead (it is the audit log, not the truth); presence records expire by themselves."""
+
+    #: A station's registry entry vanishes this long after its last heartbeat.
     presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S
     events_max_age_s: float = DEFAULT_EVENTS_MAX_AGE_S
     events_max_bytes: int = DEFAULT_EVENTS_MAX_BYTES
-    max_value_bytes: int = 1024 * 1024
+    #: The largest record (work records carry their input and an inline result of up to 64 KiB).
+    max_value_bytes: int = MIB
+    #: Work records, live and finished (finished ones are purged after the witness's retention, 24 h): a typical
+    #: record is 1-3 KiB, one with a 64 KiB inline result about 70 KiB.
+    work_max_bytes: int = 512 * MIB
+    #: Agent definitions (about 1 KiB each; at most ``max_value_bytes``).
+    agents_max_bytes: int = 16 * MIB
+    #: Presence records (about 1 KiB per station; they expire by themselves).
+    stations_max_bytes: int = 8 * MIB
+    #: Results larger than a record holds (up to 32 MiB each), deleted with their record.
+    results_max_bytes: int = 1024 * MIB
+
+    def total_bytes(self) -> int:
+        """What one org may take on disk at most: an embedded server's ``max_file_store`` must hold it."""
+        return (self.work_max_bytes + self.agents_max_bytes + self.stations_max_bytes + self.results_max_bytes
+                + self.events_max_bytes)
 
 
 class OrgState:
     """Handles on one org's buckets and stream, opened (and created if missing) by :meth:`open`."""
 
     def __init__(self, nc: NatsClient, js: JetStreamContext, org: str, stations: KeyValue, agents: KeyValue,
-                 work: KeyValue, presence_ttl_s: float) -> None:
+                 work: KeyValue, presence_ttl_s: float, limits: StateLimits | None = None) -> None:
         self.js = js
+        self.limits = limits or StateLimits()
+        #: The connection's reply inbox: requests, bids and batch reads all come back through it.
+        self.inbox = Inbox(nc)
         #: The hot path's requests (work record writes, assignments) on this connection.
-        self.requests = Requests(nc)
+        self.requests = Requests(self.inbox)
         self.org = org
         self.stations = stations
         self.agents = agents
         self.work = work
         self.presence_ttl_s = presence_ttl_s
 
+        self._results: ObjectStore | None = None
+
+    async def list(self, kind: subjects.Bucket) -> list[KvItem]:
+        """Every live key of one of the org's buckets, exactly, leaving no consumer behind."""
+        return await list_bucket(self.inbox, subjects.bucket(self.org, kind))
+
+    async def results(self) -> ObjectStore:
+        """The org's object store for large results, created (bounded) on first use if it is missing."""
+        if self._results is None:
+            name = subjects.results_bucket(self.org)
+            try:
+                self._results = await self.js.object_store(name)
+            except (BucketNotFoundError, NotFoundError):
+                try:
+                    self._results = await self.js.create_object_store(
+                        name, ObjectStoreConfig(max_bytes=self.limits.results_max_bytes, storage=StorageType.FILE))
+                except BadRequestError:  # created by someone else meanwhile
+                    self._results = await self.js.object_store(name)
+        return self._results
+
     @classmethod
     async def open(cls, nc: NatsClient, org: str, limits: StateLimits | None = None,
                    *, create: bool = True) -> OrgState:
         limits = limits or StateLimits()
         js = nc.jetstream()
-        stations = await _bucket(js, subjects.bucket(org, "stations"), create, history=1,
-                                 ttl=limits.presence_ttl_s, max_value_size=64 * 1024)
-        agents = await _bucket(js, subjects.bucket(org, "agents"), create, history=5,
-                               max_value_size=limits.max_value_bytes)
+        stations = await _bucket(js, subjects.bucket(org, "stations"), create, ttl=limits.presence_ttl_s,
+                                 max_value_size=64 * 1024, max_bytes=limits.stations_max_bytes)
+        agents = await _bucket(js, subjects.bucket(org, "agents"), create, max_value_size=limits.max_value_bytes,
+                               max_bytes=limits.agents_max_bytes)
         src, dest = subjects.work_record_republish(org)
-        work = await _bucket(js, subjects.bucket(org, "work"), create, history=8,
-                             max_value_size=limits.max_value_bytes, republish=RePublish(src=src, dest=dest))
+        work = await _bucket(js, subjects.bucket(org, "work"), create, max_value_size=limits.max_value_bytes,
+                             max_bytes=limits.work_max_bytes, republish=RePublish(src=src, dest=dest))
         if create:
             await _stream(js, subjects.events_stream(org), [subjects.events_all(org)],
                           limits.events_max_age_s, limits.events_max_bytes)
         status = await stations.status()
         ttl = status.ttl or limits.presence_ttl_s
-        return cls(nc, js, org, stations, agents, work, presence_ttl_s=ttl)
+        return cls(nc, js, org, stations, agents, work, presence_ttl_s=ttl, limits=limits)
 
 
 async def _bucket(js: JetStreamContext, name: str, create: bool, *, republish: RePublish | None = None,
-                  **config: Any) -> KeyValue:
+                  max_bytes: int, **config: Any) -> KeyValue:
     try:
         kv = await js.key_value(name)
     except BucketNotFoundError:
         if not create:
             raise
     else:
-        return await _upgrade(js, name, kv, republish) if create else kv
+        return await _upgrade(js, name, kv, republish, max_bytes) if create else kv
     try:
         # Direct get: a read is one plain request answered from the stream, instead of the JSON stream API
         # (base64 and an email-header parser in nats-py): a third of the CPU of every record read.
         return await js.create_key_value(KeyValueConfig(bucket=name, storage=StorageType.FILE, direct=True,
-                                                        republish=republish, **config))
+                                                        history=1, republish=republish, max_bytes=max_bytes,
+                                                        **config))
     except BadRequestError:
         # Another process created it between our lookup and our create, possibly with other settings.
         return await js.key_value(name)
 
 
-async def _upgrade(js: JetStreamContext, name: str, kv: KeyValue, republish: RePublish | None) -> KeyValue:
-    """Give a bucket created by an older version direct get and its republish mapping (nats-py, unlike the Go
-    client, does not turn on direct get by itself)."""
+async def _upgrade(js: JetStreamContext, name: str, kv: KeyValue, republish: RePublish | None,
+                   max_bytes: int) -> KeyValue:
+    """Bring a bucket created by an older version up to date: direct get and the republish mapping (nats-py,
+    unlike the Go client, does not turn on direct get by itself), one revision per key, and a bound."""
     try:
-        info = await js.stream_info(f"KV_{name}")
+        info = await js.stream_info(subjects.kv_stream(name))
         cfg = info.config
         wanted_republish = republish is not None and (cfg.republish is None or cfg.republish.dest != republish.dest)
-        if cfg.allow_direct and not wanted_republish:
+        unbounded = cfg.max_bytes is None or cfg.max_bytes < 0
+        if cfg.allow_direct and not wanted_republish and cfg.max_msgs_per_subject == 1 and not unbounded:
             return kv
         cfg.allow_direct = True
+        cfg.max_msgs_per_subject = 1
+        if unbounded:
+            cfg.max_bytes = max_bytes
         if wanted_republish:
             cfg.republish = republish
         await js.update_stream(cfg)
         return await js.key_value(name)
-    except Exception as exc:  # no permission to update streams: keep what the bucket has
-        log.info("bucket %s: could not enable direct get / republish: %s", name, exc)
+    except (nats.js.errors.APIError, nats.errors.TimeoutError) as exc:  # not allowed to update streams: keep it
+        log.info("bucket %s: could not bring its settings up to date: %s", name, exc)
         return kv
 
 
@@ -120,31 +179,6 @@ async def _stream(js: JetStreamContext, name: str, subjects_: list[str], max_age
     with contextlib.suppress(BadRequestError):
         await js.add_stream(StreamConfig(name=name, subjects=subjects_, max_age=max_age_s, max_bytes=max_bytes,
                                          storage=StorageType.FILE))
-
-
-@dataclass(frozen=True)
-class KvItem:
-    key: str
-    value: bytes
-    revision: int
-
-
-async def read_all(kv: KeyValue, timeout_s: float = 5.0) -> list[KvItem]:
-    """Every live key with its value and revision, read through one ordered consumer (no N+1 gets)."""
-    items = []
-    watcher = await kv.watchall(ignore_deletes=True)
-    try:
-        while True:
-            entry = await watcher.updates(timeout=timeout_s)
-            if entry is None:
-                break
-            if entry.value is not None:
-                items.append(KvItem(entry.key, entry.value, entry.revision or 0))
-            if entry.delta == 0:
-                break
-    finally:
-        await watcher.stop()
-    return items
 
 
 EntryHandler = Callable[[Any, bool], Awaitable[None]]

@@ -16,10 +16,10 @@ from typing import Any
 
 from nats.js.kv import KeyValue
 
-from ..api.selectors import LabelSelector, selector_matches
 from ..contract.codec import decode
 from ..contract.errors import DecodeError
 from ..contract.messages import AgentDefinition
+from ..contract.selectors import LabelSelector, selector_matches
 from ..executors import AgentFailure, Executor, build_executor
 from ..natsio.state import follow
 
@@ -89,11 +89,12 @@ class AgentHost:
     def get(self, name: str) -> HostedAgent | None:
         return self.agents.get(name)
 
-    def by_capability(self, capability: str) -> list[HostedAgent]:
-        return [a for a in self.agents.values() if capability in a.definition.spec.capabilities]
-
     def capabilities(self) -> set[str]:
         return {c for a in self.agents.values() for c in a.definition.spec.capabilities}
+
+    def hosted(self) -> list[tuple[str, list[str], int]]:
+        """(name, capabilities, runs in flight) of every hosted agent, for :func:`.admission.pick_agent`."""
+        return [(a.name, a.definition.spec.capabilities, a.inflight) for a in self.agents.values()]
 
     async def start(self, timeout_s: float = 10.0) -> None:
         self._task = asyncio.create_task(self._run(), name="agent-watch")
@@ -145,17 +146,15 @@ class AgentHost:
         try:
             definition = decode(value, AgentDefinition)
         except DecodeError as exc:
-            self.load_errors[key] = str(exc)
             log.warning("ignoring agent %r: %s", key, exc)
-            return await self._remove(key, "invalid definition")
+            return await self._failed(key, f"invalid definition: {exc}")
         if not agent_selected(definition, self._org, self._labels, self._selector):
             return await self._remove(key, "not selected")
         try:
             executor = build_executor(definition)
         except AgentFailure as exc:
-            self.load_errors[key] = str(exc)
             log.error("cannot load agent %r: %s", key, exc)
-            return await self._remove(key, "failed to load")
+            return await self._failed(key, str(exc))
         self.load_errors.pop(key, None)
         self.agents[key] = HostedAgent(definition, executor, revision)
         if current is not None:
@@ -163,10 +162,18 @@ class AgentHost:
         log.info("%s agent %s (revision %d)", "reloaded" if current else "loaded", key, revision)
         return True
 
-    async def _remove(self, key: str, why: str) -> bool:
+    async def _failed(self, key: str, why: str) -> bool:
+        """The agent cannot be hosted: drop it and remember why (the registry record says it, so that users and
+        auctions learn it); changed if it was hosted or the reason is new."""
+        new = self.load_errors.get(key) != why
+        self.load_errors[key] = why
+        return await self._remove(key, "failed to load", keep_error=True) or new
+
+    async def _remove(self, key: str, why: str, *, keep_error: bool = False) -> bool:
+        error = None if keep_error else self.load_errors.pop(key, None)
         current = self.agents.pop(key, None)
         if current is None:
-            return False
+            return error is not None
         log.info("dropped agent %s: %s", key, why)
         current.retire()
         return True

@@ -8,9 +8,10 @@ more wait; beyond that a request is answered ``busy`` at once so that the caller
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from nats.aio.msg import Msg
 from pydantic import ValidationError
@@ -19,13 +20,19 @@ from ..contract.codec import decode, encode
 from ..contract.errors import DecodeError
 from ..contract.messages import ErrorCode, InvokeError, InvokeRequest, InvokeResult, utcnow
 from ..executors import AgentFailure, Execution
+from ..work.scoring import Requirements
+from . import admission
 from .agents import AgentHost, HostedAgent
 
 log = logging.getLogger(__name__)
 
 
 class Slots:
-    """Counts running and waiting runs against the cap; shared by invoke and work execution."""
+    """Counts running and waiting runs against the cap; shared by invoke and work execution.
+
+    A request is counted the moment it is admitted (:meth:`reserve`), before its task starts, so that a burst
+    cannot overshoot the queue; the task then turns its :class:`Reservation` into a run, waiting for a free run
+    slot, or gives it back if it never runs."""
 
     def __init__(self, capacity: int, queue_limit: int) -> None:
         self.capacity = capacity
@@ -41,34 +48,62 @@ class Slots:
     def full(self) -> bool:
         return self.load >= self.capacity + self.queue_limit
 
-    async def __aenter__(self) -> None:
+    def reserve(self) -> Reservation:
         self.waiting += 1
-        try:
-            await self._sem.acquire()
-        finally:
-            self.waiting -= 1
-        self.running += 1
+        return Reservation(self)
 
-    async def __aexit__(self, *_: object) -> None:
-        self.running -= 1
-        self._sem.release()
+    def _unreserve(self) -> None:
+        self.waiting -= 1
+
+    @contextlib.asynccontextmanager
+    async def _run(self) -> AsyncIterator[None]:
+        await self._sem.acquire()
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._sem.release()
+
+
+class Reservation:
+    """One admitted request's place in the queue: :meth:`run` it once, or :meth:`cancel` it (idempotent)."""
+
+    def __init__(self, slots: Slots) -> None:
+        self._slots = slots
+        self._open = True
+
+    def cancel(self) -> None:
+        if self._open:
+            self._open = False
+            self._slots._unreserve()
+
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Wait for a free run slot (the reservation counts as waiting meanwhile) and hold it for the block."""
+        if not self._open:
+            raise RuntimeError("a reservation runs once")
+        try:
+            async with self._slots._run():
+                self.cancel()  # now counted as running
+                yield
+        finally:
+            self.cancel()
 
 
 def pick_agent(agents: AgentHost, request: InvokeRequest) -> HostedAgent | InvokeError:
-    if request.agent:
-        agent = agents.get(request.agent)
-        if agent is None:
-            return InvokeError(request_id=request.request_id, code=ErrorCode.NOT_FOUND,
-                               message=f"agent {request.agent!r} is not hosted on this station")
-        return agent
-    if request.capability:
-        candidates = agents.by_capability(request.capability)
-        if not candidates:
-            return InvokeError(request_id=request.request_id, code=ErrorCode.NOT_FOUND,
-                               message=f"no agent with capability {request.capability!r} on this station")
-        return min(candidates, key=lambda a: (a.inflight, a.name))
-    return InvokeError(request_id=request.request_id, code=ErrorCode.BAD_REQUEST,
-                       message="invoke request names neither an agent nor a capability")
+    req = Requirements(agent=request.agent, capabilities=(request.capability,) if request.capability else ())
+    if not req.agent and not req.capabilities:
+        return InvokeError(request_id=request.request_id, code=ErrorCode.BAD_REQUEST,
+                           message="invoke request names neither an agent nor a capability")
+    name = admission.pick_agent(agents.hosted(), req)
+    if name is None:
+        what = f"agent {request.agent!r} is" if request.agent else f"no agent with capability {request.capability!r} is"
+        return InvokeError(request_id=request.request_id, code=ErrorCode.NOT_FOUND,
+                           message=f"{what} hosted on this station")
+    agent = agents.get(name)
+    assert agent is not None
+    return agent
 
 
 class InvokeService:
@@ -92,22 +127,21 @@ class InvokeService:
             await self._reply(msg, InvokeError(station_id=self.station_id, code=ErrorCode.BUSY,
                                                message=f"station at capacity ({self.slots.load} runs)"))
             return
-        # Count the request as waiting before the task starts, so a burst cannot overshoot the queue.
-        self.slots.waiting += 1
-        task = asyncio.create_task(self._serve(msg))
+        task = asyncio.create_task(self._serve(msg, self.slots.reserve()))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _serve(self, msg: Msg) -> None:
-        self.slots.waiting -= 1
+    async def _serve(self, msg: Msg, reservation: Reservation) -> None:
         try:
-            reply = await self._handle(msg)
+            reply = await self._handle(msg, reservation)
         except Exception as exc:  # a bug must cost one request, never the station
             log.exception("invoke failed unexpectedly")
             reply = InvokeError(station_id=self.station_id, code=ErrorCode.INTERNAL, message=str(exc))
+        finally:
+            reservation.cancel()
         await self._reply(msg, reply)
 
-    async def _handle(self, msg: Msg) -> InvokeResult | InvokeError:
+    async def _handle(self, msg: Msg, reservation: Reservation) -> InvokeResult | InvokeError:
         try:
             request = decode(msg.data, InvokeRequest)
         except DecodeError as exc:
@@ -117,7 +151,7 @@ class InvokeService:
         if isinstance(picked, InvokeError):
             return picked.model_copy(update={"station_id": self.station_id})
         deadline = time.monotonic() + request.timeout_s
-        async with self.slots:
+        async with reservation.run():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return self._error(request, ErrorCode.TIMEOUT, "timed out waiting for a free slot")

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from nats.aio.client import Client as NatsClient
@@ -27,10 +28,27 @@ from .settings import StationSettings
 
 log = logging.getLogger(__name__)
 
+#: A station record names at most this many agents it could not load, each error cut to this many characters.
+MAX_AGENT_ERRORS = 32
+MAX_AGENT_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class StationSnapshot:
+    """What a heartbeat reports that changes while the station runs."""
+
+    load: int
+    agents: list[str]
+    #: Capabilities of the hosted agents (the station's own come from its settings).
+    agent_capabilities: set[str]
+    status: StationStatus
+    #: Agents selected for this station that it could not load, with why.
+    agent_errors: dict[str, str] = field(default_factory=dict)
+
 
 class Presence:
     def __init__(self, nc: NatsClient, kv: KeyValue, settings: StationSettings,
-                 snapshot: Callable[[], tuple[int, list[str], set[str], StationStatus]]) -> None:
+                 snapshot: Callable[[], StationSnapshot]) -> None:
         self._nc = nc
         self._kv = kv
         self._settings = settings
@@ -42,13 +60,14 @@ class Presence:
         self.duplicate_warnings = 0
 
     def record(self) -> StationRecord:
-        load, agents, agent_caps, status = self._snapshot()
+        now = self._snapshot()
         s = self._settings
         return StationRecord(
-            org=s.org, station_id=s.station_id, capabilities=sorted(set(s.capabilities) | agent_caps),
-            labels=s.labels, capacity=s.max_concurrency, load=load, agents=sorted(agents), version=__version__,
-            status=status, heartbeat_interval_s=self.heartbeat_interval_s, started_at=self.started_at,
-            last_heartbeat=utcnow(), pid=os.getpid(), hostname=socket.gethostname(), answers_ping=True,
+            org=s.org, station_id=s.station_id, capabilities=sorted(set(s.capabilities) | now.agent_capabilities),
+            labels=s.labels, capacity=s.max_concurrency, load=now.load, agents=sorted(now.agents),
+            version=__version__, status=now.status, heartbeat_interval_s=self.heartbeat_interval_s,
+            started_at=self.started_at, last_heartbeat=utcnow(), pid=os.getpid(), hostname=socket.gethostname(),
+            answers_ping=True, agent_errors=agent_errors(now.agent_errors),
         )
 
     async def announce(self) -> StationRecord:
@@ -107,3 +126,12 @@ class Presence:
             self.duplicate_warnings += 1
             log.error("another process (pid %s on %s) uses station id %r; station ids must be unique",
                       other.pid, other.hostname, other.station_id)
+
+
+def agent_errors(errors: dict[str, str]) -> dict[str, str]:
+    """Pure: the load errors a station record carries, bounded (a record is read by every auction)."""
+    out = {}
+    for name in sorted(errors)[:MAX_AGENT_ERRORS]:
+        message = errors[name]
+        out[name] = message if len(message) <= MAX_AGENT_ERROR_CHARS else message[: MAX_AGENT_ERROR_CHARS - 1] + "…"
+    return out

@@ -29,7 +29,7 @@ from ..work.store import WorkStore
 from .agents import AgentHost
 from .health import HealthServer
 from .invoke import InvokeService, Slots
-from .presence import Presence
+from .presence import Presence, StationSnapshot
 from .settings import StationSettings
 from .work import WorkService
 
@@ -66,11 +66,12 @@ class Station:
     def ready(self) -> bool:
         return self._started and not self.draining and self.nc is not None and self.nc.is_connected
 
-    def _snapshot(self) -> tuple[int, list[str], set[str], StationStatus]:
-        agents = self.agents.agents if self.agents else {}
-        caps = self.agents.capabilities() if self.agents else set()
-        status = StationStatus.DRAINING if self.draining else StationStatus.READY
-        return self.slots.load, list(agents), caps, status
+    def _snapshot(self) -> StationSnapshot:
+        host = self.agents
+        return StationSnapshot(load=self.slots.load, agents=list(host.agents) if host else [],
+                               agent_capabilities=host.capabilities() if host else set(),
+                               status=StationStatus.DRAINING if self.draining else StationStatus.READY,
+                               agent_errors=dict(host.load_errors) if host else {})
 
     async def start(self) -> None:
         s = self.settings

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..api.selectors import LabelSelector
 from ..contract.ids import validate_id
+from ..contract.selectors import LabelSelector
 from ..natsio.connect import NatsSettings
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
@@ -34,14 +35,15 @@ from ..contract.messages import (
     WorkRecord,
     utcnow,
 )
+from ..errors import LatticeError, ResultTooLarge
 from ..executors import AgentFailure, Execution, Progress
 from ..natsio.retry import is_transient, retry_transient
 from ..work import phases, scoring
-from ..work.auction import requirements
 from ..work.policy import Action, requeue_or_escalate
-from ..work.store import ResultTooLarge, Versioned, WorkStore
+from ..work.store import Versioned, WorkStore
+from .admission import StationView, judge, pick_agent
 from .agents import AgentHost, HostedAgent
-from .invoke import Slots
+from .invoke import Reservation, Slots
 from .settings import StationSettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ PROGRESS_RECORD_INTERVAL_S = 1.0
 QUIET_START_S = 0.0
 
 
-class Superseded(Exception):
+class Superseded(LatticeError):
     """The record belongs to another attempt now: stop, write nothing."""
 
 
@@ -108,50 +110,45 @@ class WorkService:
 
     # --- bidding and accepting ------------------------------------------------------------------------------
 
-    def _capabilities(self) -> set[str]:
-        return set(self.settings.capabilities) | self.agents.capabilities()
-
-    def _fits(self, req: scoring.Requirements) -> bool:
-        return scoring.fits(req, agents=self.agents.agents, capabilities=self._capabilities(),
-                            labels=self.settings.labels)
+    def view(self) -> StationView:
+        """What the station is right now, for :func:`.admission.judge`."""
+        slots, agents = self.slots, self.agents
+        return StationView(station_id=self.station_id, draining=self.is_draining(), load=slots.load,
+                           capacity=slots.capacity, queue_limit=slots.queue_limit, agents=frozenset(agents.agents),
+                           capabilities=frozenset(self.settings.capabilities) | agents.capabilities(),
+                           labels=self.settings.labels)
 
     async def on_auction(self, msg: Msg) -> None:
         request = decode_or_log(msg.data, AuctionRequest, what="auction request", logger=log)
-        if request is None:
+        if request is None or not msg.reply:
             return
-        req = scoring.Requirements(agent=request.agent, capabilities=tuple(request.capabilities),
-                                   labels=request.labels, prefer_labels=request.prefer_labels)
-        bid = AuctionBid(auction_id=request.auction_id, station_id=self.station_id, load=self.slots.load,
-                         capacity=self.slots.capacity)
-        if self.is_draining():
-            bid = bid.model_copy(update={"declined": True, "reason": "draining"})
-        elif not self._fits(req):
-            bid = bid.model_copy(update={"declined": True, "reason": "does not fit"})
-        elif self.slots.full():
-            bid = bid.model_copy(update={"declined": True, "reason": "full"})
-        else:
-            bid = bid.model_copy(update={"score": scoring.score(req, capacity=self.slots.capacity,
-                                                                 load=self.slots.load,
-                                                                 capabilities=self._capabilities(),
-                                                                 labels=self.settings.labels)})
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(encode(bid))
+        view = self.view()
+        verdict = judge(view, scoring.requested(request), bid=True)
+        bid = AuctionBid(auction_id=request.auction_id, station_id=self.station_id, load=view.load,
+                         capacity=view.capacity, score=verdict.score, declined=not verdict.ok, reason=verdict.reason)
+        try:
+            await msg.respond(encode(bid))
+        except (nats.errors.Error, OSError) as exc:  # NATS away: the auction treats us as silent
+            log.debug("could not send bid for %s: %s", request.work_id, exc)
 
     async def on_assign(self, msg: Msg) -> None:
         assign = decode_or_log(msg.data, WorkAssign, what="assignment", logger=log)
         if assign is None:
             return
         record = assign.record
-        reason = self._refusal(record, assign.offer_max_load)
-        accepted = not reason and record.attempt_id is not None
+        verdict = judge(self.view(), scoring.requirements(record.spec), assigned_to=record.station_id,
+                        running=record.work_id in self.runs, offer_max_load=assign.offer_max_load)
+        accepted = verdict.ok and record.attempt_id is not None
 
         async def reply() -> None:
-            if msg.reply:
-                with contextlib.suppress(Exception):
-                    await msg.respond(encode(WorkAccept(work_id=record.work_id, attempt_id=record.attempt_id or "",
-                                                        station_id=self.station_id, accepted=accepted,
-                                                        reason=reason)))
+            if not msg.reply:
+                return
+            answer = WorkAccept(work_id=record.work_id, attempt_id=record.attempt_id or "",
+                                station_id=self.station_id, accepted=accepted, reason=verdict.reason)
+            try:
+                await msg.respond(encode(answer))
+            except (nats.errors.Error, OSError) as exc:  # NATS away: the auctioneer's timeout tries the next bid
+                log.debug("could not answer the assignment of %s: %s", record.work_id, exc)
 
         if accepted:
             # The run answers first thing, before it waits for a slot: the answer then leaves in the same socket
@@ -160,30 +157,12 @@ class WorkService:
         else:
             await reply()
 
-    def _refusal(self, record: WorkRecord, offer_max_load: int | None = None) -> str:
-        if self.is_draining():
-            return "draining"
-        if record.station_id != self.station_id:
-            return f"assigned to {record.station_id}, not to {self.station_id}"
-        if record.work_id in self.runs:
-            return "already running"
-        if record.spec.agent and self.agents.get(record.spec.agent) is None:
-            return f"agent {record.spec.agent!r} not hosted"
-        if not self._fits(requirements(record.spec)):
-            return "does not fit"
-        if self.slots.full():
-            return "full"
-        if offer_max_load is not None and self.slots.capacity <= self.slots.load > offer_max_load:
-            return f"offer declined at load {self.slots.load}"
-        return ""
-
     def _start(self, versioned: Versioned, accept: Callable[[], Awaitable[None]] | None = None) -> None:
         record = versioned.record
         assert record.attempt_id is not None
         run = Run(record.work_id, record.attempt_id, versioned, accept=accept)
         self.runs[record.work_id] = run
-        self.slots.waiting += 1
-        run.task = asyncio.create_task(self._execute(run), name=f"work-{record.work_id}")
+        run.task = asyncio.create_task(self._execute(run, self.slots.reserve()), name=f"work-{record.work_id}")
 
     # --- execution ------------------------------------------------------------------------------------------
 
@@ -210,12 +189,11 @@ class WorkService:
             run.current = result
             return result
 
-    async def _execute(self, run: Run) -> None:
-        self.slots.waiting -= 1
+    async def _execute(self, run: Run, reservation: Reservation) -> None:
         if run.accept is not None:
             await run.accept()
         try:
-            async with self.slots:
+            async with reservation.run():
                 await self._run_attempt(run)
         except Superseded as exc:
             await self._rejected(run, str(exc))
@@ -226,6 +204,7 @@ class WorkService:
         except Exception:
             log.exception("work %s: unexpected failure", run.work_id)
         finally:
+            reservation.cancel()
             self.runs.pop(run.work_id, None)
 
     async def _run_attempt(self, run: Run) -> None:
@@ -284,7 +263,7 @@ class WorkService:
                 # Safe even mid-write: every write is a CAS, so the next one re-reads if this one landed.
                 run.marker.cancel()
         try:
-            result, ref = await self.store.store_result(run.work_id, outcome.output)
+            result, ref = await self.store.store_result(run.work_id, run.attempt_id, outcome.output)
         except (ResultTooLarge, TypeError, ValueError) as exc:
             await self._finish(run, P.FAILED, error=WorkError(code=ErrorCode.AGENT_ERROR, message=str(exc)))
             return
@@ -307,13 +286,8 @@ class WorkService:
             log.warning("work %s: could not record Running: %s", run.work_id, exc)
 
     def _pick_agent(self, record: WorkRecord) -> HostedAgent | None:
-        if record.spec.agent:
-            return self.agents.get(record.spec.agent)
-        req = requirements(record.spec)
-        for agent in sorted(self.agents.agents.values(), key=lambda a: (a.inflight, a.name)):
-            if set(req.capabilities) <= set(agent.definition.spec.capabilities):
-                return agent
-        return None
+        name = pick_agent(self.agents.hosted(), scoring.requirements(record.spec), self.settings.capabilities)
+        return None if name is None else self.agents.get(name)
 
     async def _progress(self, run: Run, progress: Progress) -> None:
         now = time.monotonic()

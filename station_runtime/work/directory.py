@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class StationDirectory:
-    def __init__(self, kv: KeyValue, on_join: Callable[[StationRecord], Awaitable[None]] | None = None) -> None:
+    def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
-        self._on_join = on_join
+        #: Called with the record of every station that joins (or restarts) after the first snapshot.
+        self.on_join: list[Callable[[StationRecord], Awaitable[None]]] = []
         self.records: dict[str, StationRecord] = {}
         #: Bumped on every change of ``records``: lets an auctioneer cache what it derives from them.
         self.version = 0
@@ -91,5 +92,6 @@ class StationDirectory:
         self.version += 1
         if previous is None or previous.started_at != record.started_at:
             self.last_join = utcnow()
-            if not initial and self._on_join is not None:
-                await self._on_join(record)
+            if not initial:
+                for listener in list(self.on_join):
+                    await listener(record)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ..contract.messages import WorkPhase, WorkRecord, utcnow
+from ..errors import LatticeError
 
 P = WorkPhase
 
@@ -28,7 +29,7 @@ _ALLOWED: Final[dict[WorkPhase, frozenset[WorkPhase]]] = {
 _ALWAYS: Final = frozenset({P.CANCELLED, P.FAILED, P.ESCALATED})
 
 
-class IllegalTransition(ValueError):
+class IllegalTransition(LatticeError, ValueError):
     def __init__(self, record: WorkRecord, to: WorkPhase) -> None:
         self.record = record
         self.to = to

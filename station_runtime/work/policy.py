@@ -7,8 +7,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from ..backoff import compute_backoff
 from ..contract.messages import WorkPhase, WorkRecord
-from ..executors.backoff import compute_backoff
 
 P = WorkPhase
 

@@ -1,4 +1,5 @@
-"""Pure auction logic: which stations may bid, how a station scores a bid, and how the winner is picked."""
+"""Pure auction logic: what work requires, which stations may bid, how a station scores a bid, and how the
+winner is picked."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..contract.messages import AuctionBid, StationRecord, StationStatus
+from ..contract.messages import AuctionBid, AuctionRequest, StationRecord, StationStatus
+from ..contract.specs import WorkItemSpec
 from ..routing import is_live
 
 #: Weights of the score's terms; the score is in [-1, 1].
@@ -25,6 +27,10 @@ class Requirements:
     labels: Mapping[str, str] = field(default_factory=dict)
     prefer_labels: Mapping[str, str] = field(default_factory=dict)
 
+    def cache_key(self) -> tuple[object, ...]:
+        """What decides which stations fit (preferences only rank them)."""
+        return self.agent, self.capabilities, tuple(sorted(self.labels.items()))
+
     def describe(self) -> str:
         parts = []
         if self.agent:
@@ -36,13 +42,40 @@ class Requirements:
         return " and ".join(parts) or "anything"
 
 
+def requirements(spec: WorkItemSpec) -> Requirements:
+    """Pure: what a work item needs from a station."""
+    return Requirements(agent=spec.agent, capabilities=tuple(spec.required_capabilities),
+                        labels=spec.constraints.labels, prefer_labels=spec.constraints.prefer_labels)
+
+
+def requested(request: AuctionRequest) -> Requirements:
+    """Pure: the requirements an auction request states."""
+    return Requirements(agent=request.agent, capabilities=tuple(request.capabilities), labels=request.labels,
+                        prefer_labels=request.prefer_labels)
+
+
+def perfect_score(req: Requirements) -> float:
+    """Pure: the best score any station can bid for ``req`` (idle, every preferred label, exactly the
+    capabilities); a bid this good cannot be beaten but by a tie-break, so an auction may close on it."""
+    return round(W_FREE + (W_PREFER if req.prefer_labels else 0.0) + (W_FIT if req.capabilities else 0.0), 6)
+
+
+def misfit(req: Requirements, *, agents: Iterable[str], capabilities: Iterable[str],
+           labels: Mapping[str, str]) -> str | None:
+    """Pure: why a station with these agents, capabilities and labels cannot run the work at all, in a few words;
+    None if it can."""
+    if req.agent is not None and req.agent not in set(agents):
+        return f"does not host {req.agent!r}"
+    if missing := set(req.capabilities) - set(capabilities):
+        return f"lacks {sorted(missing)}"
+    if not all(labels.get(k) == v for k, v in req.labels.items()):
+        return "labels do not match"
+    return None
+
+
 def fits(req: Requirements, *, agents: Iterable[str], capabilities: Iterable[str], labels: Mapping[str, str]) -> bool:
     """Pure: can a station with these agents, capabilities and labels run the work at all?"""
-    if req.agent is not None and req.agent not in set(agents):
-        return False
-    if not set(req.capabilities) <= set(capabilities):
-        return False
-    return all(labels.get(k) == v for k, v in req.labels.items())
+    return misfit(req, agents=agents, capabilities=capabilities, labels=labels) is None
 
 
 def fits_station(record: StationRecord, req: Requirements) -> bool:
@@ -55,12 +88,10 @@ def ineligibility(record: StationRecord, req: Requirements, now: datetime | None
     """Pure: why this registered station is not asked for ``req`` (None: it is eligible), in a few words."""
     if record.status != StationStatus.READY:
         return str(record.status)
-    if req.agent is not None and req.agent not in record.agents:
-        return f"does not host {req.agent!r}"
-    if not set(req.capabilities) <= set(record.capabilities):
-        return f"lacks {sorted(set(req.capabilities) - set(record.capabilities))}"
-    if not all(record.labels.get(k) == v for k, v in req.labels.items()):
-        return "labels do not match"
+    if (why := misfit(req, agents=record.agents, capabilities=record.capabilities, labels=record.labels)) is not None:
+        if req.agent is not None and req.agent in record.agent_errors:
+            why += f": {record.agent_errors[req.agent]}"
+        return why
     if not is_live(record, now):
         return f"last heartbeat {record.age_s(now):.1f}s ago"
     return None

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 from pydantic import TypeAdapter
 
@@ -23,9 +23,11 @@ from ..contract.codec import decode, encode
 from ..contract.errors import DecodeError
 from ..contract.events import Category
 from ..contract.messages import Payload, WorkRecord
+from ..errors import ResultTooLarge
 from ..natsio.events import EventPublisher
+from ..natsio.listing import KvItem
 from ..natsio.requests import kv_write
-from ..natsio.state import KvItem, OrgState, read_all
+from ..natsio.state import OrgState
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,6 @@ log = logging.getLogger(__name__)
 MAX_INLINE_RESULT_BYTES: Final = 64 * 1024
 #: Results larger than this are refused (the work fails with a clear error).
 MAX_RESULT_BYTES: Final = 32 * 1024 * 1024
-
-
-class ResultTooLarge(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -53,9 +51,8 @@ class WorkStore:
         self.state = state
         self.kv = state.work
         self.events = events
-        self._objects: ObjectStore | None = None
         self._bucket = subjects.bucket(state.org, "work")
-        self._results_bucket = f"{self._bucket}-results"
+        self._results_bucket = subjects.results_bucket(state.org)
 
     async def create(self, record: WorkRecord) -> tuple[Versioned, bool]:
         """Create the record unless the id exists; returns the stored version and whether it was created here.
@@ -115,7 +112,7 @@ class WorkStore:
 
     async def all(self) -> list[Versioned]:
         out = []
-        for item in await read_all(self.kv):
+        for item in await self.state.list("work"):
             versioned = self._parse(item)
             if versioned is not None:
                 out.append(versioned)
@@ -129,12 +126,15 @@ class WorkStore:
             log.warning("skipping malformed work record %r: %s", item.key, exc)
             return None
 
-    async def purge(self, work_id: str, revision: int) -> bool:
+    async def purge(self, versioned: Versioned) -> bool:
+        """Delete a (finished) record if it is still at its revision, and its large result."""
+        record = versioned.record
         try:
-            await self.kv.delete(work_id, last=revision)
+            await self.kv.delete(record.work_id, last=versioned.revision)
         except (KeyWrongLastSequenceError, KeyNotFoundError):
             return False
-        await self._delete_object(work_id)
+        if record.result_ref is not None:
+            await self._delete_object(record.result_ref)
         return True
 
     async def emit(self, category: Category, type_: str, record: WorkRecord, **data: object) -> None:
@@ -147,37 +147,42 @@ class WorkStore:
     # --- results -------------------------------------------------------------------------------------------
 
     async def _object_store(self) -> ObjectStore:
-        if self._objects is None:
-            try:
-                self._objects = await self.state.js.object_store(self._results_bucket)
-            except (BucketNotFoundError, NotFoundError):
-                self._objects = await self.state.js.create_object_store(self._results_bucket)
-        return self._objects
+        return await self.state.results()
 
-    async def store_result(self, work_id: str, result: Payload) -> tuple[Payload, str | None]:
-        """``(inline result, None)`` or ``(None, reference)`` for a large one; raises ResultTooLarge."""
+    async def store_result(self, work_id: str, attempt_id: str, result: Payload) -> tuple[Payload, str | None]:
+        """``(inline result, None)`` or ``(None, reference)`` for a large one; raises ResultTooLarge. A large
+        result is stored under its attempt (``{work}/{attempt}``): a superseded attempt that finishes late writes
+        beside the accepted one, never over it."""
         data = encode_payload(result)
         if len(data) <= MAX_INLINE_RESULT_BYTES:
             return result, None
         if len(data) > MAX_RESULT_BYTES:
             raise ResultTooLarge(f"result of {len(data)} bytes exceeds the limit of {MAX_RESULT_BYTES} bytes")
+        name = f"{work_id}/{attempt_id}"
         store = await self._object_store()
-        await store.put(work_id, data)
-        return None, f"obj://{self._results_bucket}/{work_id}"
+        await store.put(name, data)
+        return None, f"obj://{self._results_bucket}/{name}"
 
     async def load_result(self, record: WorkRecord) -> Payload:
+        """The result of finished work: inline, or read from the object store by its reference."""
         if record.result_ref is None:
             return record.result
         store = await self._object_store()
-        obj = await store.get(record.work_id)
+        obj = await store.get(self._object_name(record.result_ref))
         return _PAYLOAD.validate_json(obj.data or b"null")
 
-    async def _delete_object(self, work_id: str) -> None:
+    def _object_name(self, ref: str) -> str:
+        prefix = f"obj://{self._results_bucket}/"
+        if not ref.startswith(prefix):
+            raise ValueError(f"result reference {ref!r} is not in this org's results store ({prefix}...)")
+        return ref[len(prefix):]
+
+    async def _delete_object(self, ref: str) -> None:
         try:
             store = await self._object_store()
-            await store.delete(work_id)
-        except Exception:
-            pass
+            await store.delete(self._object_name(ref))
+        except (NotFoundError, ObjectNotFoundError, ValueError) as exc:  # gone already: what purging wants
+            log.debug("result %s not deleted: %s", ref, exc)
 
 
 _PAYLOAD: Final[TypeAdapter[Payload]] = TypeAdapter(Payload)

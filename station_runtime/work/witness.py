@@ -159,8 +159,7 @@ class Witness:
             result = await self.auctioneer.schedule(versioned)
             return self._count(action, versioned, result)
         if action == Action.PURGE:
-            return self._count(action, versioned, versioned if await self.store.purge(
-                versioned.record.work_id, versioned.revision) else None)
+            return self._count(action, versioned, versioned if await self.store.purge(versioned) else None)
 
         def apply(r: WorkRecord) -> WorkRecord | None:
             fresh = self._decide(r)  # the freshest record must still call for this action
@@ -197,7 +196,7 @@ class Witness:
         record = parent.record
         if record.phase.terminal:
             if decide(record, live_stations=(), now=utcnow(), policy=self.policy).action == Action.PURGE:
-                await self.store.purge(record.work_id, parent.revision)
+                await self.store.purge(parent)
             return 0
         child_key = workflow.child_id(record.work_id, record.step_index)
         child = by_id.get(child_key)

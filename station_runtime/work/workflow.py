@@ -10,8 +10,8 @@ import json
 import re
 from typing import Any
 
-from ..api.models import WorkflowStep, WorkItemSpec
 from ..contract.messages import ErrorCode, Payload, WorkError, WorkPhase, WorkRecord
+from ..contract.specs import WorkflowStep, WorkItemSpec
 from . import phases
 
 P = WorkPhase

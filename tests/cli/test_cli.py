@@ -62,13 +62,13 @@ async def test_invoke_from_another_process(client: LatticeClient, nats_url: str,
 
 async def test_bad_arguments_get_clear_errors(nats_url: str, org: str) -> None:
     result = await lattice("--nats", nats_url, "--org", "a.b", "get", "stations")
-    assert result.code == 1 and "invalid org id 'a.b'" in result.stderr
+    assert result.code == 2 and "invalid org id 'a.b'" in result.stderr
 
     result = await lattice("--nats", nats_url, "--org", org, "invoke", "bad*agent", "x")
-    assert result.code == 1 and "invalid agent name 'bad*agent'" in result.stderr
+    assert result.code == 2 and "invalid agent name 'bad*agent'" in result.stderr
 
     result = await lattice("--nats", nats_url, "--org", org, "get", "stations", "-o", "xml")
-    assert result.code == 1 and "unknown output format 'xml'" in result.stderr
+    assert result.code == 2 and "'xml' is not one of" in result.stderr
 
     result = await lattice("--nats", nats_url, "--org", "nobody-here", "get", "stations")
     assert result.code == 1 and "has no lattice state" in result.stderr
@@ -77,7 +77,7 @@ async def test_bad_arguments_get_clear_errors(nats_url: str, org: str) -> None:
     assert result.code == 1 and "cannot connect to NATS" in result.stderr and "lattice up" in result.stderr
 
     result = await lattice("--nats", nats_url, "--org", org, "invoke", "--json", "echo", "{not json")
-    assert result.code == 1 and "not JSON" in result.stderr
+    assert result.code == 2 and "not JSON" in result.stderr
 
 
 async def test_apply_publishes_agents(client: LatticeClient, nats_url: str, org: str, tmp_path: object) -> None:
@@ -93,7 +93,7 @@ async def test_apply_publishes_agents(client: LatticeClient, nats_url: str, org:
     path.write_text("apiVersion: lattice.station.dev/v1alpha1\nkind: Agent\nmetadata: {name: greeter}\n"
                     "spec: {model: {provider: python}}\n")
     result = await lattice("--nats", nats_url, "--org", org, "apply", "-f", str(path))
-    assert result.code == 1 and "spec.model" in result.stderr and "agent.yaml[0]" in result.stderr
+    assert result.code == 2 and "spec.model" in result.stderr and "agent.yaml[0]" in result.stderr
 
 
 async def test_async_work_from_other_processes(client: LatticeClient, nats_url: str, org: str) -> None:

@@ -45,7 +45,6 @@ def test_subjects_follow_the_contract() -> None:
     assert subjects.presence("acme", "heartbeat") == "lattice.v1.acme.presence.heartbeat"
     assert subjects.presence_all("acme") == "lattice.v1.acme.presence.*"
     assert subjects.agent_invoke("acme", "s1") == "lattice.v1.acme.station.s1.agent.invoke"
-    assert subjects.workflow_run("acme", "s1") == "lattice.v1.acme.station.s1.workflow.run"
     assert subjects.work_assign("acme", "s1") == "lattice.v1.acme.station.s1.work.assign"
     assert subjects.auction_request("acme") == "lattice.v1.acme.auction.request"
     assert subjects.station_auction("acme", "s1") == "lattice.v1.acme.station.s1.auction.request"
@@ -58,6 +57,36 @@ def test_subjects_follow_the_contract() -> None:
     assert subjects.events_all("acme") == "lattice.v1.acme.events.>"
     assert subjects.bucket("acme", "stations") == "lattice-acme-stations"
     assert subjects.events_stream("acme") == "lattice-acme-events"
+    # The wildcard forms, for subscriptions and permissions.
+    assert subjects.station_all("acme", "s1") == "lattice.v1.acme.station.s1.>"
+    assert subjects.work_progress_all("acme") == "lattice.v1.acme.work.*.progress"
+    assert subjects.events_category("acme", "work") == "lattice.v1.acme.events.work.*"
+    assert subjects.inbox_all(subjects.station_inbox_prefix("s1")) == "_INBOX_s1.>"
+    # JetStream names.
+    assert subjects.results_bucket("acme") == "lattice-acme-work-results"
+    assert subjects.kv_key("lattice-acme-work", "w1") == "$KV.lattice-acme-work.w1"
+    assert subjects.js_direct_get("KV_b") == "$JS.API.DIRECT.GET.KV_b"
+    assert subjects.js_direct_get("KV_b", "$KV.b.k") == "$JS.API.DIRECT.GET.KV_b.$KV.b.k"
+    assert subjects.sys_account_claims("*", "LOOKUP") == "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP"
+
+
+@pytest.mark.parametrize(("pattern", "subject", "match"), [
+    ("a.b", "a.b", True), ("a.b", "a.c", False), ("a.*", "a.b", True), ("a.*", "a.b.c", False),
+    ("a.>", "a.b", True), ("a.>", "a.b.c", True), ("a.>", "a", False), ("*.b", "a.b", True),
+    ("a.*.c", "a.b.c", True), ("a.*.c", "a.b.d", False), ("a.b", "a.b.c", False), (">", "x", True),
+])
+def test_subject_patterns_match_as_nats_does(pattern: str, subject: str, match: bool) -> None:
+    assert subjects.matches(pattern, subject) is match
+
+
+def test_subjects_parse_back() -> None:
+    assert subjects.parse_work_update(subjects.work_update("acme", "w-1", "record")) == ("w-1", "record")
+    assert subjects.parse_work_update(subjects.work_update("work", "w1", "progress")) == ("w1", "progress")
+    assert subjects.parse_work_update("lattice.v1.acme.work.w1.other") is None
+    assert subjects.parse_work_update("lattice.v1.acme.presence.heartbeat") is None
+    assert subjects.parse_work_update("elsewhere.work.w1.record") is None
+    assert subjects.reply_token("_INBOX_s1.abc.d", "_INBOX_s1") == "abc.d"
+    assert subjects.reply_token("_INBOX_s12.abc", "_INBOX_s1") is None
 
 
 @pytest.mark.parametrize("builder", [

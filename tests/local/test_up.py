@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from station_runtime.api.models import WorkItemSpec
 from station_runtime.client import LatticeClient
-from station_runtime.contract.messages import StationRecord
+from station_runtime.contract.messages import StationRecord, WorkPhase
+from station_runtime.local.controller import port_free
 from station_runtime.natsio.connect import NatsSettings
 from tests.support.waiting import eventually, wait_sync
 
@@ -138,16 +141,71 @@ async def test_up_refuses_bad_manifests_with_the_location(tmp_path: Path) -> Non
         sys.executable, "-m", "station_runtime", "up", "-f", str(tmp_path), stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "COLUMNS": "200"})
     _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "bad.yaml[0] spec.replicas" in err.decode()
 
 
-@pytest.mark.timeout(90)
-async def test_up_tells_the_user_when_nats_dies_and_cleans_up(up: Up) -> None:
+@pytest.mark.timeout(120)
+async def test_a_killed_nats_server_comes_back_on_its_port_and_the_lattice_carries_on(up: Up) -> None:
+    """SIGKILL of the embedded nats-server: `lattice up` restarts it with the same store on the same port; the
+    stations (not restarted) reconnect, work from before is still there, new work runs, `lattice up` runs on."""
     url = up.url()
-    children = [r.pid for r in await live_stations(url, 2) if r.pid]
-    os.kill(nats_pid(up), signal.SIGKILL)
-    code = await asyncio.to_thread(up.proc.wait, 60)
-    assert code == 1
-    assert "nats-server died unexpectedly" in up.output() and "its log" in up.output()
-    await eventually(lambda: _none_alive(children), timeout_s=10, what="the stations to be stopped")
+    before = {r.station_id: r.pid for r in await live_stations(url, 2)}
+    async with LatticeClient(NatsSettings(url=url), "local") as client:
+        first = await client.submit(WorkItemSpec(agent="echo", input="before"), watch=True)
+        assert (await client.wait_work(first.work_id, timeout_s=10)).phase == WorkPhase.SUCCEEDED
+    old = nats_pid(up)
+    os.kill(old, signal.SIGKILL)
+
+    def restarted() -> int | None:
+        try:
+            pid = nats_pid(up)
+        except (IndexError, ValueError):
+            return None
+        return pid if pid != old and alive(pid) else None
+
+    await asyncio.to_thread(wait_sync, restarted, timeout_s=30, what=f"nats-server to be restarted ({up.output()})")
+    assert up.proc.poll() is None, up.output()
+    assert up.url() == url  # the same port: clients waiting there get their outcome
+    async with LatticeClient(NatsSettings(url=url), "local") as client:
+        again = await client.wait_for_stations(2, agent="echo", timeout_s=30)
+        assert {r.station_id: r.pid for r in again} == before  # the stations kept running and reconnected
+        assert (await client.get_work(first.work_id)).phase == WorkPhase.SUCCEEDED  # type: ignore[union-attr]
+        second = await client.submit(WorkItemSpec(agent="echo", input="after"), watch=True)
+        assert (await client.wait_work(second.work_id, timeout_s=10)).result == "after"
+    assert "nats-server exited unexpectedly" in up.output() and "nats-server restarted on" in up.output()
+    up.proc.send_signal(signal.SIGINT)
+    assert await asyncio.to_thread(up.proc.wait, 30) == 0, up.output()
+
+
+async def test_up_keeps_the_port_it_was_given_or_fails_saying_so(tmp_path: Path) -> None:
+    (tmp_path / "lattice.yaml").write_text(MANIFESTS)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "station_runtime", "up", "-f", str(tmp_path), "--state-dir", str(tmp_path / "s"),
+            "--port", str(port), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")})
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1, out.decode()
+    assert f"port {port} is in use" in err.decode() and "--port" in err.decode()
+
+
+def test_a_port_left_in_time_wait_is_free_for_a_server() -> None:
+    """A server that just died leaves its port in TIME_WAIT for about a minute: a plain bind says "in use" (what
+    made `lattice up` move NATS to a random port), a server's bind with SO_REUSEADDR succeeds."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end of the connection stays in TIME_WAIT
+        client.recv(1)
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))
+    assert port_free(port)

@@ -20,7 +20,8 @@ from station_runtime.natsio.embedded import EmbeddedNats
 
 def start_operator_server(root: Path, authority: OrgAuthority) -> EmbeddedNats:
     """A real nats-server trusting ``authority``'s operator, with a full resolver and JetStream under ``root``."""
-    server = EmbeddedNats(root, sync_always=False, extra_config=authority.server_config(root / "jwt"))
+    server = EmbeddedNats(root, sync_always=False, extra_config=authority.server_config(root / "jwt"),
+                          max_file_store_bytes=None)
     asyncio.run(server.start())
     return server
 

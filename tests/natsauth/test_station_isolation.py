@@ -32,7 +32,7 @@ from station_runtime.natsauth import (
 )
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.embedded import EmbeddedNats
-from station_runtime.natsio.state import OrgState, StateLimits, read_all
+from station_runtime.natsio.state import OrgState
 from station_runtime.station.runtime import Station
 from station_runtime.station.settings import StationSettings
 from station_runtime.work.auction import AuctionConfig
@@ -40,11 +40,12 @@ from station_runtime.work.controller import WorkController
 from station_runtime.work.store import WorkStore, encode_payload
 from tests.natsauth.conftest import connected, server_log_since, write_creds
 from tests.support.lattice import echo_agent
+from tests.support.limits import TEST_LIMITS
 from tests.support.work import FAST, event_types
 
 pytestmark = pytest.mark.timeout(90)
 
-LIMITS = StateLimits(presence_ttl_s=1.5)
+LIMITS = TEST_LIMITS
 ORG_A, ORG_B = "orga", "orgb"
 
 
@@ -82,9 +83,9 @@ async def test_a_least_privilege_station_runs_the_whole_runtime(
         if isinstance(update, WorkProgress):
             progress.append(update)
 
-    async with LatticeClient(admin, ORG_A, create_state=True, limits=LIMITS) as client, \
-            WorkController(admin, ORG_A, policy=FAST, interval_s=0.2, limits=LIMITS,
-                           auction=AuctionConfig(deadline_s=0.5, assign_timeout_s=2.0)):
+    async with LatticeClient(admin, ORG_A, create_state=True, limits=LIMITS, policy=FAST,
+                             auction=AuctionConfig(deadline_s=0.5, assign_timeout_s=2.0)) as client, \
+            WorkController(await client.org_work(), interval_s=0.2):
         await client.put_agent(echo_agent("echo", prefix="done: "))
         await client.put_agent(echo_agent("slow", delaySeconds=0.6, steps=3))
         station = Station(StationSettings(org=ORG_A, station_id="s1", nats=station_nats, heartbeat_interval_s=0.5,
@@ -223,7 +224,7 @@ async def test_a_station_cannot_listen_to_another_station_or_its_replies(
 async def test_the_recovery_paths_of_a_station_are_allowed_too(
         server: EmbeddedNats, tenancy: Tenancy, org_a: OrgAccount) -> None:
     """What a station does off the happy path: re-read its presence record and a work record after a CAS
-    conflict, replace a large result (a re-run attempt purges the old chunks), report a failure, and list many
+    conflict, store the large result of a re-run attempt beside the first one's, report a failure, and list many
     large records on start."""
     log_offset = server.log_path.stat().st_size
     async with connected(server.url, tenancy.issue_station_creds(org_a, "s1"), inbox_prefix="_INBOX_s1") as (
@@ -232,17 +233,19 @@ async def test_the_recovery_paths_of_a_station_are_allowed_too(
         chunk = b"r" * 60_000
         for i in range(200):
             await admin_state.work.put(f"w{i}", chunk)
-        state = await OrgState.open(s1, ORG_A, LIMITS)  # as the station opens it (create=True)
+        state = await OrgState.open(s1, ORG_A, LIMITS, create=False)  # as a station with creds opens it
         await state.stations.create("s1", b"me")
         assert (await state.stations.get("s1")).value == b"me"
         assert (await state.work.get("w1")).value == chunk
-        assert len(await read_all(state.work)) == 200
+        assert len(await state.list("work")) == 200
         store = WorkStore(state)
-        for attempt in ("first", "second"):
-            _, ref = await store.store_result("w1", attempt * 40_000)
-            assert ref
-        stored = await (await admin.jetstream().object_store(results_bucket(ORG_A))).get("w1")
-        assert stored.data == encode_payload("second" * 40_000)
+        refs = {}
+        for attempt in ("first", "second"):  # a re-run attempt stores beside the first, never over it
+            _, refs[attempt] = await store.store_result("w1", attempt, attempt * 40_000)
+        results = await admin.jetstream().object_store(results_bucket(ORG_A))
+        for attempt, ref in refs.items():
+            assert ref == f"obj://{results_bucket(ORG_A)}/w1/{attempt}"
+            assert (await results.get(f"w1/{attempt}")).data == encode_payload(attempt * 40_000)
         await s1.publish(subjects.work_update(ORG_A, "w1", "progress"), b"{}")
         await s1.flush()
     assert observed.violations() == []

@@ -20,9 +20,9 @@ from station_runtime.api.models import (
     WorkItem,
     WorkItemSpec,
 )
-from station_runtime.api.selectors import parse_selector
 from station_runtime.api.status import MAX_STATUS_RESULT_CHARS
 from station_runtime.contract.messages import ErrorCode, StationRecord, WorkError, WorkPhase, WorkRecord
+from station_runtime.contract.selectors import parse_selector
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

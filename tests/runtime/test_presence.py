@@ -128,7 +128,7 @@ def encode_request(text: str) -> bytes:
 
 async def test_agents_load_live_follow_updates_and_respect_selectors(client: LatticeClient, nats_url: str,
                                                                      org: str) -> None:
-    from station_runtime.api.selectors import parse_selector
+    from station_runtime.contract.selectors import parse_selector
 
     async with listen(client, subjects.presence(org, "announce")) as announces, \
             running_station(nats_url, org, "s1", labels={"zone": "a"},

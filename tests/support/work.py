@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 
 from station_runtime.client import LatticeClient
 from station_runtime.natsio.connect import NatsSettings
-from station_runtime.natsio.state import StateLimits
 from station_runtime.work.auction import AuctionConfig
 from station_runtime.work.controller import WorkController
 from station_runtime.work.policy import WitnessPolicy
+from tests.support.limits import TEST_LIMITS
 from tests.support.waiting import eventually
 
 #: Tight timings for tests: stations beat every 0.5 s, the witness sweeps every 0.2 s.
@@ -20,15 +20,15 @@ FAST = WitnessPolicy(accept_timeout_s=2.0, stuck_threshold_s=30.0, pending_grace
 
 
 @asynccontextmanager
-async def controller(url: str, org: str, name: str = "controller", **kwargs: object) -> AsyncIterator[WorkController]:
-    c = WorkController(NatsSettings(url=url), org, policy=kwargs.pop("policy", FAST),  # type: ignore[arg-type]
-                       interval_s=0.2, limits=StateLimits(presence_ttl_s=1.5), name=name,
-                       auction=AuctionConfig(deadline_s=1.0, assign_timeout_s=1.0), **kwargs)  # type: ignore[arg-type]
-    await c.start()
-    try:
+async def controller(url: str, org: str, name: str = "controller", *, policy: WitnessPolicy = FAST,
+                     interval_s: float = 0.2) -> AsyncIterator[WorkController]:
+    """A controller as `lattice controller run` runs one: its own client (connection, directory, auctioneer) and
+    a witness on it."""
+    async with LatticeClient(NatsSettings(url=url, name=f"lattice-{name}-{org}"), org, create_state=True,
+                             limits=TEST_LIMITS, policy=policy, source=name,
+                             auction=AuctionConfig(deadline_s=1.0, assign_timeout_s=1.0)) as client, \
+            WorkController(await client.org_work(), interval_s=interval_s) as c:
         yield c
-    finally:
-        await c.stop()
 
 
 #: The events that end an item's history.

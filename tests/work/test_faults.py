@@ -4,6 +4,7 @@ at once. Each asserts that every submitted item ends Succeeded exactly once and 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 import time
@@ -21,8 +22,8 @@ from station_runtime.contract.codec import encode
 from station_runtime.contract.messages import StationRecord, WorkPhase, WorkRecord, utcnow
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.embedded import EmbeddedNats
-from station_runtime.natsio.state import StateLimits
 from tests.support.lattice import StationProcess, echo_agent
+from tests.support.limits import TEST_LIMITS
 from tests.support.waiting import eventually
 from tests.support.work import controller, event_counts, event_types
 
@@ -96,7 +97,7 @@ async def test_an_overdue_station_without_a_responder_is_lost_at_once(nats_url: 
     no responder for is lost at the next sweep; the one that answers the probe keeps its work."""
     beat = 5.0
     async with LatticeClient(NatsSettings(url=nats_url), org, create_state=True,
-                             limits=StateLimits(presence_ttl_s=60)) as client:
+                             limits=dataclasses.replace(TEST_LIMITS, presence_ttl_s=60)) as client:
         state = await client.state()
         store = await client.work_store()
         assert client.nc is not None
@@ -157,7 +158,7 @@ async def test_nothing_is_lost_when_nats_restarts_mid_run(org: str, tmp_path: Pa
     async with EmbeddedNats(tmp_path / "nats", sync_always=True) as server:
         settings = NatsSettings(url=server.url)
         async with LatticeClient(settings, org, create_state=True,
-                                 limits=StateLimits(presence_ttl_s=1.5)) as client:
+                                 limits=TEST_LIMITS) as client:
             await client.state()
             await client.put_agent(echo_agent("slow", delaySeconds=0.4, steps=2))
             procs = stations(server.url, org, tmp_path, "a", "b")

@@ -198,7 +198,7 @@ def test_child_ids_are_deterministic_and_bounded() -> None:
 
 
 def test_a_perfect_score_is_the_best_any_station_can_bid() -> None:
-    from station_runtime.work.auction import perfect_score
+    from station_runtime.work.scoring import perfect_score
 
     for req in (scoring.Requirements(agent="echo"), scoring.Requirements(capabilities=("a",)),
                 scoring.Requirements(prefer_labels={"gpu": "yes"}),

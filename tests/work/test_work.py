@@ -25,6 +25,7 @@ from station_runtime.contract.messages import (
     WorkRecord,
     utcnow,
 )
+from station_runtime.errors import ConflictError
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.station.invoke import Slots
 from station_runtime.station.work import WorkService
@@ -197,7 +198,10 @@ async def test_submitting_the_same_work_id_twice_is_idempotent(client: LatticeCl
         await client.wait_for_stations(1, agent="echo", timeout_s=5)
         a = await client.submit(WorkItemSpec(agent="echo", input="1"), work_id="fixed-id")
         await client.wait_work("fixed-id", timeout_s=5)
-        b = await client.submit(WorkItemSpec(agent="echo", input="2"), work_id="fixed-id")
+        b = await client.submit(WorkItemSpec(agent="echo", input="1"), work_id="fixed-id")
+        # Another spec under the same id is another piece of work: refused, saying so, never the old result.
+        with pytest.raises(ConflictError, match="'fixed-id' exists with a different spec"):
+            await client.submit(WorkItemSpec(agent="echo", input="2"), work_id="fixed-id")
     assert b.spec.input == "1" and b.phase == P.SUCCEEDED and a.work_id == b.work_id
     assert (await event_types(client, "fixed-id")).count("work.submitted") == 1
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from station_runtime.api.selectors import (
+from station_runtime.contract.selectors import (
     LabelSelector,
     SelectorRequirement,
     parse_labels,

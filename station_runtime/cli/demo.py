@@ -8,19 +8,35 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-from .api.loader import load_manifests
-from .api.models import WorkItemSpec
-from .cli import render
-from .client import LatticeError
-from .contract.messages import InvokeResult, WorkPhase
-from .examples import DEMO_DIR
-from .local.controller import LocalLattice
-from .work.policy import WitnessPolicy
+from ..api.loader import load_manifests
+from ..contract.messages import InvokeResult, WorkPhase
+from ..contract.specs import WorkItemSpec
+from ..errors import LatticeError
+from ..examples import DEMO_DIR
+from ..local.controller import LocalLattice
+from ..work.policy import WitnessPolicy
+from . import render
+from .common import console, live_view, run
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)
+
+
+def demo(
+    invocations: Annotated[int, typer.Option("--invocations", "-n", min=1, max=10_000)] = 20,
+    stations: Annotated[int, typer.Option("--stations", min=1, max=20)] = 3,
+) -> None:
+    """Run a whole lattice on this machine: embedded NATS, stations, agents, invocations, teardown."""
+    raise typer.Exit(run(run_demo(console, invocations=invocations, stations=stations)))
 
 TEXTS = [
     "the lattice places work by auction and the best bid wins",
@@ -46,7 +62,7 @@ async def async_work_act(console: Console, lattice: LocalLattice, agent: str) ->
     victim: str | None = None
     moved: list[str] = []
     started = time.monotonic()
-    with Live(console=console, refresh_per_second=8, transient=False) as live:
+    with Live(console=console, refresh_per_second=8, transient=False) as live, live_view(console):
         while True:
             records = [r for r in await asyncio.gather(*(client.get_work(i) for i in ids)) if r is not None]
             live.update(render.work_table(records))
@@ -90,7 +106,7 @@ async def run_demo(console: Console, *, invocations: int = 20, stations: int = 3
     with tempfile.TemporaryDirectory(prefix="lattice-demo-") as tmp:
         lattice = LocalLattice(manifests, org="demo", state_dir=Path(tmp), port=-1, heartbeat_s=HEARTBEAT_S,
                                policy=WitnessPolicy(accept_timeout_s=3.0), witness_interval_s=0.25,
-                               on_event=lambda m: console.print(f"[dim]· {m}[/dim]", highlight=False))
+                               on_event=lambda m: console.print(Text(f"· {m}", style="dim")))
         try:
             console.rule("[bold]Station Lattice demo")
             await lattice.start()
@@ -119,7 +135,7 @@ async def run_demo(console: Console, *, invocations: int = 20, stations: int = 3
 
             columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TimeElapsedColumn())
-            with Progress(*columns, console=console) as progress:
+            with Progress(*columns, console=console) as progress, live_view(console):
                 task = progress.add_task("invoking agents", total=invocations)
                 await asyncio.gather(*(one(i, progress, task) for i in range(invocations)))
             rows.sort()
