@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import BucketNotFoundError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
 from .api.models import Agent, WorkItemSpec
 from .contract import subjects
@@ -117,6 +117,8 @@ class LatticeClient:
         self._watches: dict[str, _Watch] = {}
         #: Held while a lazily opened part (state, directory, auctioneer) is being opened.
         self._opening = asyncio.Lock()
+        #: Called after the connection came back (a controller's work index rebuilds its watch).
+        self._on_reconnect: list[Callable[[], None]] = []
 
     async def __aenter__(self) -> LatticeClient:
         await self.connect()
@@ -139,6 +141,8 @@ class LatticeClient:
     async def _reconnected(self) -> None:
         if self._directory is not None:
             self._directory.rewatch()
+        for hook in list(self._on_reconnect):
+            hook()
 
     async def _disconnected(self) -> None:
         if self._directory is not None:
@@ -195,22 +199,29 @@ class LatticeClient:
         return sorted(out, key=lambda a: a.name)
 
     async def put_agent(self, agent: Agent, *, org: str | None = None) -> int:
-        """Publish (create or update) an agent; stations that match load it live. Idempotent."""
+        """Publish (create or update) an agent; stations that match load it live. Idempotent: the same definition
+        again writes nothing."""
         state = await self.state()
         definition = AgentDefinition(org=org or agent.spec.org or self.org, name=agent.name,
                                      labels=agent.metadata.labels, spec=agent.spec,
                                      generation=agent.metadata.generation or 1)
         data = encode(definition)
-        entry = None
-        with contextlib.suppress(Exception):
+        try:
             entry = await state.agents.get(definition.name)
+        except KeyNotFoundError:
+            entry = None
         if entry is not None and entry.value == data:
             return entry.revision or 0
-        return await state.agents.put(definition.name, data)
+        revision: int = await state.agents.put(definition.name, data)
+        await (await self.work_store()).note("agent", "updated" if entry is not None and entry.value else "registered",
+                                             subject=definition.name, revision=revision,
+                                             provider=agent.spec.model.provider)
+        return revision
 
     async def delete_agent(self, name: str) -> None:
         state = await self.state()
         await state.agents.delete(name)
+        await (await self.work_store()).note("agent", "removed", subject=name)
 
     async def wait_for_stations(self, count: int, *, agent: str | None = None, timeout_s: float = 30.0) -> list[
             StationRecord]:
@@ -318,7 +329,7 @@ class LatticeClient:
         """This client's work machinery (store, directory, auctioneer, policy), for a controller to share."""
         auctioneer = await self.auctioneer()
         assert self._store is not None and self._directory is not None
-        return OrgWork(self.connection(), self._store, self._directory, auctioneer, self.policy)
+        return OrgWork(self.connection(), self._store, self._directory, auctioneer, self.policy, self._on_reconnect)
 
     async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None, watch: bool = False) -> WorkRecord:
         """Create the work and auction it at once; idempotent on ``work_id``. Returns the record as it stands
@@ -369,7 +380,10 @@ class LatticeClient:
         return watch
 
     async def get_work(self, work_id: str) -> WorkRecord | None:
-        found = await (await self.work_store()).get(work_id)
+        try:
+            found = await (await self.work_store()).get(work_id)
+        except DecodeError as exc:
+            raise LatticeError(_unreadable(work_id, exc)) from exc
         return found.record if found else None
 
     async def list_work(self) -> list[WorkRecord]:
@@ -399,7 +413,9 @@ class LatticeClient:
         record = result.record
         if record.phase == WorkPhase.CANCELLED:
             await store.emit("work", "cancelled", record)
-        elif record.station_id:
+        else:
+            await store.emit("work", "cancel_requested", record)
+        if record.phase != WorkPhase.CANCELLED and record.station_id:
             await self.connection().publish(subjects.work_cancel(self.org, record.station_id),
                                      encode(WorkCancel(work_id=work_id, attempt_id=record.attempt_id,
                                                        reason=reason)))
@@ -442,15 +458,27 @@ class LatticeClient:
         sub = await self.connection().subscribe(subjects.work_updates_all(self.org, work_id), cb=queue.put)
         reported: WorkRecord | None = None
         read = True
+        unreadable: DecodeError | None = None
         try:
             while True:
                 if read:
-                    found = await retry_transient(lambda: store.get(work_id), what=f"reading work {work_id}")
-                    if found is None:
-                        raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
-                    latest = _newer(latest, found)
                     read = False
-                assert latest is not None
+                    try:
+                        found = await retry_transient(lambda: store.get(work_id), what=f"reading work {work_id}")
+                    except DecodeError as exc:  # a controller quarantines it: a readable Failed record follows
+                        unreadable = exc
+                    else:
+                        if found is None:
+                            raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
+                        latest = _newer(latest, found)
+                if latest is None:
+                    if deadline is not None and loop.time() >= deadline:
+                        raise LatticeError(_unreadable(work_id, unreadable))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(poll_s):
+                            await queue.get()
+                    read = True
+                    continue
                 record = latest.record
                 if on_progress is not None and (reported is None or record.updated_at != reported.updated_at):
                     await on_progress(record)
@@ -496,6 +524,11 @@ class LatticeClient:
         async for event in read_events(self.connection(), self.org, follow=follow, subject_filter=subject):
             if work_id is None or event.subject == work_id:
                 yield event
+
+
+def _unreadable(work_id: str, exc: DecodeError | None) -> str:
+    return (f"work {work_id}: its stored record cannot be read ({exc}); a running controller (`lattice up`, "
+            "`lattice controller run`, the operator) replaces it by a Failed record that says why")
 
 
 def _revision(msg: Msg) -> int:

@@ -9,18 +9,18 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from station_runtime.api.models import WorkItem
 from station_runtime.client import LatticeClient
-from station_runtime.contract.codec import decode
-from station_runtime.contract.errors import DecodeError
 from station_runtime.contract.messages import StationRecord, WorkRecord
 from station_runtime.natsauth import prepare_org_state
 from station_runtime.natsio.connect import NatsSettings
-from station_runtime.natsio.state import StateLimits, follow
+from station_runtime.natsio.state import StateLimits
 from station_runtime.work.controller import WorkController
+from station_runtime.work.index import WorkIndex
 from station_runtime.work.policy import WitnessPolicy
+from station_runtime.work.store import Versioned
 
 from . import builders, kube
 from .config import OperatorSettings
@@ -65,11 +65,12 @@ class Tracked:
 
 
 class WorkItemMirror:
-    """Follows the org's work bucket and patches the status of the WorkItems it tracks, coalescing bursts."""
+    """Patches the status of the WorkItems it tracks as their records change, coalescing bursts. It reads the
+    org's work index (the controller's one watch of the work bucket), not a watch of its own."""
 
-    def __init__(self, org: str, client: LatticeClient) -> None:
+    def __init__(self, org: str, index: WorkIndex) -> None:
         self.org = org
-        self.client = client
+        self.index = index
         self.tracked: dict[str, Tracked] = {}
         self._pending: dict[str, WorkRecord] = {}
         self._wake = asyncio.Event()
@@ -80,11 +81,13 @@ class WorkItemMirror:
         self.patches = 0
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._watch(), name=f"mirror-watch-{self.org}"),
-                       asyncio.create_task(self._flush(), name=f"mirror-flush-{self.org}")]
+        self.index.listeners.append(self._on_version)
+        self._tasks = [asyncio.create_task(self._flush(), name=f"mirror-flush-{self.org}")]
 
     async def stop(self) -> None:
         self._stopping = True  # wait_for may swallow a cancel (Python 3.11): the flush loop checks this too
+        if self._on_version in self.index.listeners:
+            self.index.listeners.remove(self._on_version)
         self._wake.set()
         for task in self._tasks:
             task.cancel()
@@ -106,14 +109,8 @@ class WorkItemMirror:
             if record.phase.terminal:
                 self._urgent.set()
 
-    async def _watch(self) -> None:
-        state = await self.client.state()
-        await follow(state.work, self._on_entry, what=f"work mirror for org {self.org}")
-
-    async def _on_entry(self, entry: Any, initial: bool) -> None:
-        if entry.value and entry.key.startswith("wi-"):
-            with contextlib.suppress(DecodeError):
-                self.offer(decode(entry.value, WorkRecord))
+    def _on_version(self, versioned: Versioned) -> None:
+        self.offer(versioned.record)
 
     async def _flush(self) -> None:
         while not self._stopping:
@@ -179,7 +176,7 @@ class Lattice:
             # The witness works on the client's own connection, directory and auctioneer: one runtime per org.
             controller = WorkController(await client.org_work(), interval_s=self.settings.witness_interval_s)
             await controller.start()
-            mirror = WorkItemMirror(org, client)
+            mirror = WorkItemMirror(org, controller.index)
             mirror.start()
             runtime = OrgRuntime(org, client, controller, mirror)
             self.orgs[org] = runtime

@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import LatticeError
+from . import boundedyaml
 from .models import API_VERSION, KINDS, Agent, Manifest, Station, WorkItem
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -98,34 +99,41 @@ def load_manifests(*paths: Path | str) -> ManifestSet:
     """Load every ``*.yaml``/``*.yml`` under the given files or directories; raise :class:`ManifestError`
     listing every problem if any document is invalid."""
     result, problems = ManifestSet(), []
+    #: Where each (kind, org, name) was first defined: a second definition names both places.
+    defined: dict[tuple[str, str | None, str], tuple[Path, int]] = {}
     for root in paths:
         for file in _files(Path(root)):
-            if file.stat().st_size > MAX_MANIFEST_BYTES:
-                problems.append(ManifestProblem(file, 0, "", f"file is larger than {MAX_MANIFEST_BYTES} bytes"))
-                continue
-            try:
-                docs = list(yaml.safe_load_all(file.read_text()))
-            except yaml.YAMLError as exc:
-                problems.append(ManifestProblem(file, 0, "", f"not valid YAML: {exc}"))
+            docs, problem = _read(file)
+            if problem is not None:
+                problems.append(problem)
                 continue
             for index, doc in enumerate(d for d in docs if d is not None):
                 manifest, errs = parse_document(doc, file, index)
                 problems.extend(errs)
-                if manifest is not None:
-                    result.add(manifest)
-    problems.extend(_duplicates(result))
+                if manifest is None:
+                    continue
+                key = (manifest.kind, manifest.spec.org, manifest.name)
+                if (first := defined.get(key)) is not None:
+                    problems.append(ManifestProblem(file, index, "metadata.name",
+                                                    f"duplicate {manifest.kind} {manifest.name!r} (first defined at "
+                                                    f"{first[0]}[{first[1]}])"))
+                    continue
+                defined[key] = (file, index)
+                result.add(manifest)
     if problems:
         raise ManifestError(problems)
     return result
 
 
-def _duplicates(manifests: ManifestSet) -> list[ManifestProblem]:
-    seen: set[tuple[str, str | None, str]] = set()
-    out = []
-    everything: list[Manifest] = [*manifests.stations, *manifests.agents, *manifests.work_items]
-    for m in everything:
-        key = (m.kind, m.spec.org, m.name)
-        if key in seen:
-            out.append(ManifestProblem(Path(), 0, "metadata.name", f"duplicate {m.kind} {m.name!r}"))
-        seen.add(key)
-    return out
+def _read(file: Path) -> tuple[list[Any], ManifestProblem | None]:
+    """The YAML documents of one file, or the problem with it (too large, not UTF-8, not YAML, beyond bounds)."""
+    if file.stat().st_size > MAX_MANIFEST_BYTES:
+        return [], ManifestProblem(file, 0, "", f"file is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [], ManifestProblem(file, 0, "", f"not UTF-8 text (byte {exc.start}): save it as UTF-8")
+    try:
+        return boundedyaml.load_all(text), None
+    except yaml.YAMLError as exc:
+        return [], ManifestProblem(file, 0, "", f"not valid YAML: {' '.join(str(exc).split())}")

@@ -22,7 +22,8 @@ def utcnow() -> datetime:
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    # Non-finite numbers have no JSON form: refused at the edge rather than stored as null and unreadable after.
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     SCHEMA: ClassVar[str]
     VERSION: ClassVar[int] = 1

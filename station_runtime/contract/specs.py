@@ -19,7 +19,9 @@ from .selectors import LabelSelector
 
 
 class ApiModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    # No inf or NaN anywhere: `.inf` in a manifest (or `--timeout inf`) used to be accepted, stored as JSON null,
+    # and then no process could read the record back.
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False)
 
 
 class SecretKeyRef(ApiModel):

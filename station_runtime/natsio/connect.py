@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from nats.aio.client import Client as NatsClient
 
@@ -62,26 +63,73 @@ class NatsSettings:
         return f"{self.url} (auth: {auth})"
 
 
+class OutageLog:
+    """One log line per change of a connection's state: lost; still down after 10 s, 1 min, 5 min, ... ; back
+    after how long. nats-py reports every failed reconnect attempt (one every ``reconnect_wait_s``): logged as they
+    come, a minute's outage was 130 lines from one process, and live views were torn by them."""
+
+    #: Seconds into an outage at which it is said to go on (then every hour).
+    REMINDERS: Final = (10.0, 60.0, 300.0, 900.0, 3600.0)
+
+    def __init__(self, name: str, logger: logging.Logger = log, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._log = logger
+        self._clock = clock
+        self.down_since: float | None = None
+        self._reminded = 0
+        self.lines = 0
+
+    def lost(self) -> None:
+        if self.down_since is not None:
+            return
+        self.down_since, self._reminded = self._clock(), 0
+        self._say(logging.WARNING, "NATS connection lost (%s); reconnecting", self.name)
+
+    def error(self, exc: BaseException) -> None:
+        """A failed reconnect attempt while down (silent but for the reminders), or an error while connected."""
+        if self.down_since is None:
+            self._say(logging.WARNING, "NATS error (%s): %s", self.name, exc)
+            return
+        down_s = self._clock() - self.down_since
+        due = self.REMINDERS[self._reminded] if self._reminded < len(self.REMINDERS) else \
+            self.REMINDERS[-1] * (self._reminded - len(self.REMINDERS) + 2)
+        if down_s >= due:
+            self._reminded += 1
+            self._say(logging.WARNING, "NATS still down (%s) after %.0fs: %s", self.name, down_s, exc)
+
+    def back(self) -> None:
+        if self.down_since is None:
+            return
+        down_s, self.down_since = self._clock() - self.down_since, None
+        self._say(logging.WARNING, "NATS back (%s) after %.1fs", self.name, down_s)
+
+    def _say(self, level: int, message: str, *args: object) -> None:
+        self.lines += 1
+        self._log.log(level, message, *args)
+
+
 async def connect(
     settings: NatsSettings,
     *,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
 ) -> NatsClient:
+    outage = OutageLog(settings.name)
+
     async def error_cb(exc: Exception) -> None:
-        log.warning("NATS error (%s): %s", settings.name, exc)
+        outage.error(exc)
 
     nc = NatsClient()
 
     async def disconnected_cb() -> None:
         if nc.is_closed or nc.is_draining:
             return
-        log.warning("NATS disconnected (%s); reconnecting", settings.name)
+        outage.lost()
         if on_disconnect:
             await on_disconnect()
 
     async def reconnected_cb() -> None:
-        log.info("NATS reconnected (%s)", settings.name)
+        outage.back()
         if on_reconnect:
             await on_reconnect()
 

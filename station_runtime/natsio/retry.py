@@ -36,18 +36,33 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT)
 
 
-async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str, deadline_s: float = 120.0) -> T:
-    """Run ``op``; on a transient NATS failure retry with backoff until ``deadline_s`` has passed."""
+#: While an operation keeps failing, it is said to at most this often (after the first failure).
+REMIND_EVERY_S = 30.0
+
+
+async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str, deadline_s: float | None = 120.0) -> T:
+    """Run ``op``; on a transient NATS failure retry with backoff until ``deadline_s`` has passed (None: until it
+    succeeds or the task is cancelled: an outcome that must not be lost). Logs the first failure, a reminder every
+    half minute while it goes on, and the success after failures: not a line per attempt."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + deadline_s
+    started = loop.time()
     attempt = 0
+    reminded = started
     while True:
         try:
-            return await op()
-        except Exception as exc:
-            if not is_transient(exc) or loop.time() >= deadline:
+            result = await op()
+        except Exception as exc:  # narrowed just below: anything not transient is re-raised at once
+            now = loop.time()
+            if not is_transient(exc) or (deadline_s is not None and now - started >= deadline_s):
                 raise
-            delay = compute_backoff(attempt, base_s=0.1, max_s=2.0)
-            log.warning("%s failed (%s); retrying in %.2fs", what, type(exc).__name__, delay)
-            await asyncio.sleep(delay)
+            if attempt == 0:
+                log.warning("%s failed (%s); retrying until NATS answers", what, type(exc).__name__)
+            elif now - reminded >= REMIND_EVERY_S:
+                reminded = now
+                log.warning("%s still failing after %.0fs (%s)", what, now - started, type(exc).__name__)
+            await asyncio.sleep(compute_backoff(attempt, base_s=0.1, max_s=2.0))
             attempt += 1
+            continue
+        if attempt:
+            log.warning("%s done after %.1fs and %d retries", what, loop.time() - started, attempt)
+        return result

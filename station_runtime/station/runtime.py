@@ -135,12 +135,17 @@ class Station:
 
     async def _heartbeat_loop(self) -> None:
         assert self.presence is not None
+        failing = False
         while True:
             await asyncio.sleep(self.presence.heartbeat_interval_s)
             try:
                 await self.presence.heartbeat()
-            except Exception as exc:  # NATS down: keep beating, the reconnect will catch up
-                log.warning("heartbeat failed: %s", exc)
+            except Exception as exc:  # NATS down (any of nats-py's errors): keep beating, the reconnect catches up
+                if not failing:  # once per outage: the connection's own log says when it is back
+                    log.warning("heartbeat failed (%s); beating on until NATS answers", exc or type(exc).__name__)
+                failing = True
+            else:
+                failing = False
 
     async def stop(self, reason: str = "shutdown") -> None:
         if self._stopped.is_set():

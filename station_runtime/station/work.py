@@ -166,8 +166,12 @@ class WorkService:
 
     # --- execution ------------------------------------------------------------------------------------------
 
-    async def _write(self, run: Run, fn: Callable[[WorkRecord], WorkRecord]) -> Versioned:
-        """CAS a change to our attempt's record; raise Superseded if the record is no longer ours."""
+    async def _write(self, run: Run, fn: Callable[[WorkRecord], WorkRecord], *, outcome: bool = False) -> Versioned:
+        """CAS a change to our attempt's record; raise Superseded if the record is no longer ours. Through a NATS
+        outage a write is retried with backoff: for two minutes, or for an ``outcome`` (the attempt's result, its
+        hand-back) until NATS is back, however long: a finished run is never thrown away and run again because
+        the lattice was unreachable when it ended. The write stays fenced by the attempt: if the witness moved
+        the work on meanwhile, it is refused, not applied."""
 
         def guarded(r: WorkRecord) -> WorkRecord | None:
             if r.attempt_id != run.attempt_id or r.station_id != self.station_id or r.phase.terminal:
@@ -183,7 +187,8 @@ class WorkService:
                 raise
 
         async with run.lock:
-            result = await retry_transient(attempt, what=f"work {run.work_id}: record update")
+            result = await retry_transient(attempt, what=f"work {run.work_id}: record update",
+                                           deadline_s=None if outcome else 120.0)
             if result is None:
                 raise Superseded("record is gone")
             run.current = result
@@ -327,7 +332,7 @@ class WorkService:
                 return phases.transition(r, P.CANCELLED, reason="cancelled", **started)
             return phases.transition(r, phase, **started, **changes)
 
-        done = await self._write(run, finish)
+        done = await self._write(run, finish, outcome=True)
         self.completed += 1
         # Waiters need no word from us: the server pushed the stored record on work.{id}.record.
         await self.store.emit("work", done.record.phase.value.lower(), done.record)
@@ -335,7 +340,7 @@ class WorkService:
     async def _give_up(self, run: Run, action: Action, reason: str, code: ErrorCode) -> None:
         if action == Action.REQUEUE:
             requeued = await self._write(run, lambda r: phases.transition(r, P.PENDING, reason=reason,
-                                                                          retry_at=utcnow()))
+                                                                          retry_at=utcnow()), outcome=True)
             await self.store.emit("work", "requeued", requeued.record)
         else:
             await self._finish(run, P.ESCALATED, reason=reason, error=WorkError(code=code, message=reason))
@@ -343,7 +348,8 @@ class WorkService:
     async def _cancelled(self, run: Run) -> None:
         if run.cancel_reason == "drain":
             requeued = await self._write(run, lambda r: phases.transition(
-                r, P.PENDING, reason=f"handed back: station {self.station_id} stopped", retry_at=utcnow()))
+                r, P.PENDING, reason=f"handed back: station {self.station_id} stopped", retry_at=utcnow()),
+                outcome=True)
             await self.store.emit("work", "requeued", requeued.record)
             return
         await self._finish(run, P.CANCELLED, reason=run.cancel_reason or "cancelled")

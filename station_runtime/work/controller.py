@@ -11,6 +11,7 @@ its own either: everything is in KV, so a restarted controller simply carries on
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -18,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 
 from .auction import Auctioneer
 from .directory import StationDirectory
+from .index import WorkIndex
 from .policy import WitnessPolicy
 from .store import WorkStore
 from .witness import Witness
@@ -35,34 +37,47 @@ class OrgWork:
     directory: StationDirectory
     auctioneer: Auctioneer
     policy: WitnessPolicy
+    #: Called after the connection came back (the client calls them): watches are rebuilt.
+    on_reconnect: list[Callable[[], None]]
 
 
 class WorkController:
+    """The witness of one org, with the index of its work (one watch of the work bucket) that the witness and
+    anyone else in the process (the operator's WorkItem mirror) read."""
+
     def __init__(self, work: OrgWork, *, interval_s: float = 1.0) -> None:
         self.work = work
         self.org = work.store.state.org
         self.interval_s = interval_s
+        self.index = WorkIndex(work.store.kv, work.policy)
         self.witness: Witness | None = None
 
     async def start(self) -> None:
         w = self.work
-        self.witness = Witness(w.nc, w.store, w.auctioneer, w.directory, policy=w.policy, interval_s=self.interval_s)
+        # The witness first: it handles what the index cannot read, from the index's first snapshot on.
+        self.witness = Witness(w.nc, w.store, w.auctioneer, w.directory, self.index, policy=w.policy,
+                               interval_s=self.interval_s)
+        await self.index.start()
+        w.on_reconnect.append(self.index.rewatch)
         w.directory.on_join.append(self._joined)
         self.witness.start()
-        log.info("work controller for org %s started", self.org)
+        log.info("work controller for org %s started (%d unfinished, %d finished records)", self.org,
+                 len(self.index.live), len(self.index.finished))
 
     async def _joined(self, _: object) -> None:
         if self.witness is not None:
             self.witness.wake()
 
     async def stop(self) -> None:
-        """Stop the witness; the connection and the parts stay with their owner (the client)."""
+        """Stop the witness and the index; the connection and the parts stay with their owner (the client)."""
         if self.witness is None:
             return
         await self.witness.stop()
         self.witness = None
-        if self._joined in self.work.directory.on_join:
-            self.work.directory.on_join.remove(self._joined)
+        await self.index.stop()
+        for hooks, hook in ((self.work.directory.on_join, self._joined), (self.work.on_reconnect, self.index.rewatch)):
+            if hook in hooks:
+                hooks.remove(hook)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> WorkController:
         await self.start()

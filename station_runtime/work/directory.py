@@ -36,6 +36,10 @@ class StationDirectory:
         self.version = 0
         self.last_join: datetime | None = None
         self.healthy = False
+        #: When the current view was (re)built, and whether it follows a lost one (our connection was down, NATS
+        #: restarted): then a station seen by an older heartbeat may not have had the chance to beat since.
+        self.healthy_since: datetime | None = None
+        self.resumed = False
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -46,12 +50,14 @@ class StationDirectory:
 
     def rewatch(self) -> None:
         self.healthy = False
+        self.resumed = True
         if self._task is not None:
             self._task.cancel()
         self._task = asyncio.create_task(self._run(), name="station-directory")
 
     def disconnected(self) -> None:
         self.healthy = False
+        self.resumed = True
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -75,6 +81,7 @@ class StationDirectory:
             self.records.pop(gone, None)
             self.version += 1
         self.healthy = True
+        self.healthy_since = utcnow()
         self._ready.set()
 
     async def _on_entry(self, entry: Any, initial: bool) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..backoff import compute_backoff
-from ..contract.messages import WorkPhase, WorkRecord
+from ..contract.messages import ErrorCode, WorkPhase, WorkRecord
 
 P = WorkPhase
 
@@ -30,6 +30,9 @@ class WitnessPolicy:
     #: Unschedulable retry backoff.
     unschedulable_base_s: float = 1.0
     unschedulable_max_s: float = 30.0
+    #: A station enforces its attempt's startToClose itself, to the millisecond; the witness steps in (for a
+    #: station that cannot: hung, cut off) this much later, so that the two do not race for the same outcome.
+    deadline_grace_s: float = 1.0
 
 
 class Action(enum.StrEnum):
@@ -46,6 +49,8 @@ class Action(enum.StrEnum):
 class Decision:
     action: Action
     reason: str = ""
+    #: For a failure or an escalation: what kind it is (a deadline is a timeout, a lost station is not).
+    code: ErrorCode = ErrorCode.INTERNAL
 
 
 NOTHING = Decision(Action.NONE)
@@ -59,11 +64,11 @@ def retries_left(record: WorkRecord) -> bool:
     return record.attempt <= record.spec.max_retries
 
 
-def requeue_or_escalate(record: WorkRecord, reason: str) -> Decision:
+def requeue_or_escalate(record: WorkRecord, reason: str, code: ErrorCode = ErrorCode.INTERNAL) -> Decision:
     """Pure: a failed attempt is retried while retries remain, then escalated."""
     if retries_left(record):
-        return Decision(Action.REQUEUE, reason)
-    return Decision(Action.ESCALATE, f"{reason}; retries exhausted after {record.attempt} attempt(s)")
+        return Decision(Action.REQUEUE, reason, code)
+    return Decision(Action.ESCALATE, f"{reason}; retries exhausted after {record.attempt} attempt(s)", code)
 
 
 def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime, policy: WitnessPolicy,
@@ -85,7 +90,7 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
         return NOTHING
     limit = timeouts.schedule_to_start_seconds
     if limit and phase in (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE) and _age(record.created_at, now) > limit:
-        return Decision(Action.FAIL, f"not started within scheduleToStart {limit:g}s")
+        return Decision(Action.FAIL, f"not started within scheduleToStart {limit:g}s", ErrorCode.TIMEOUT)
     if phase == P.PENDING:
         if record.retry_at and now < record.retry_at:
             return NOTHING
@@ -109,11 +114,12 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
         return requeue_or_escalate(record, f"station {record.station_id} did not start the work within "
                                            f"{policy.accept_timeout_s:g}s")
     if phase == P.RUNNING:
-        if _age(record.started_at, now) > timeouts.start_to_close_seconds:
-            return requeue_or_escalate(record, f"attempt exceeded startToClose {timeouts.start_to_close_seconds:g}s")
+        if _age(record.started_at, now) > timeouts.start_to_close_seconds + policy.deadline_grace_s:
+            return requeue_or_escalate(record, f"attempt exceeded startToClose {timeouts.start_to_close_seconds:g}s",
+                                       ErrorCode.TIMEOUT)
         last = record.last_progress_at or record.started_at
         if _age(last, now) > policy.stuck_threshold_s:
-            return requeue_or_escalate(record, f"no progress for {policy.stuck_threshold_s:g}s")
+            return requeue_or_escalate(record, f"no progress for {policy.stuck_threshold_s:g}s", ErrorCode.TIMEOUT)
     return NOTHING
 
 
@@ -121,3 +127,38 @@ def unschedulable_retry_at(record: WorkRecord, now: datetime, policy: WitnessPol
     delay = compute_backoff(record.schedule_attempts, base_s=policy.unschedulable_base_s,
                             max_s=policy.unschedulable_max_s)
     return now + timedelta(seconds=delay)
+
+
+def _at(ts: datetime | None, seconds: float | None) -> datetime | None:
+    return None if ts is None or seconds is None else ts + timedelta(seconds=seconds)
+
+
+def next_check(record: WorkRecord, policy: WitnessPolicy) -> datetime | None:
+    """Pure: the earliest time at which :func:`decide` may answer differently for ``record`` because of the clock
+    alone (a deadline, a backoff, a grace period, the retention); None if only a change of the record or of the
+    stations can. The witness keeps these in a timer heap, so that its cost follows what changes and what is due,
+    not what is stored. Station loss is not a time of the record's: the witness checks the stations that hold
+    work on every tick."""
+    phase = record.phase
+    if phase.terminal:
+        return _at(record.finished_at, policy.retention_s)
+    if record.is_workflow:
+        return None  # driven when it or its current step changes
+    times: list[datetime | None] = []
+    if record.cancel_requested:
+        times.append(_at(record.updated_at, policy.cancel_grace_s))
+    if phase in (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE):
+        times.append(_at(record.created_at, record.spec.timeouts.schedule_to_start_seconds))
+    if phase == P.PENDING:
+        times.append(record.retry_at or _at(record.updated_at, policy.pending_grace_s))
+    elif phase == P.SCHEDULING:
+        times.append(_at(record.updated_at, policy.scheduling_timeout_s))
+    elif phase == P.UNSCHEDULABLE:
+        times.append(record.retry_at or record.updated_at)
+    elif phase == P.ASSIGNED:
+        times.append(_at(record.assigned_at, policy.accept_timeout_s))
+    elif phase == P.RUNNING:
+        times.append(_at(record.started_at, record.spec.timeouts.start_to_close_seconds + policy.deadline_grace_s))
+        times.append(_at(record.last_progress_at or record.started_at, policy.stuck_threshold_s))
+    due = [t for t in times if t is not None]
+    return min(due) if due else None

@@ -12,17 +12,18 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from ..contract import subjects
 from ..contract.codec import decode, encode
 from ..contract.errors import DecodeError
 from ..contract.events import Category
-from ..contract.messages import Payload, WorkRecord
+from ..contract.messages import ErrorCode, Payload, WorkError, WorkPhase, WorkRecord, utcnow
+from ..contract.specs import WorkItemSpec
 from ..errors import ResultTooLarge
 from ..natsio.events import EventPublisher
 from ..natsio.listing import KvItem
@@ -126,16 +127,38 @@ class WorkStore:
             log.warning("skipping malformed work record %r: %s", item.key, exc)
             return None
 
-    async def purge(self, versioned: Versioned) -> bool:
-        """Delete a (finished) record if it is still at its revision, and its large result."""
-        record = versioned.record
+    async def purge(self, work_id: str, revision: int, result_ref: str | None = None) -> bool:
+        """Delete a (finished) record if it is still at ``revision``, and its large result."""
         try:
-            await self.kv.delete(record.work_id, last=versioned.revision)
+            await self.kv.delete(work_id, last=revision)
         except (KeyWrongLastSequenceError, KeyNotFoundError):
             return False
-        if record.result_ref is not None:
-            await self._delete_object(record.result_ref)
+        if result_ref is not None:
+            await self._delete_object(result_ref)
         return True
+
+    async def note(self, category: Category, type_: str, *, subject: str, **data: object) -> None:
+        """An event that is not about a stored version of a record (a station lost, a record purged)."""
+        if self.events is not None:
+            await self.events.emit(category, type_, subject=subject, data=data)
+
+    async def quarantine(self, work_id: str, revision: int, data: bytes, why: str) -> Versioned | None:
+        """Replace an unreadable record (CAS on ``revision``) by a Failed one that says why; its bytes are kept in
+        the results store (``quarantine/{work}/{revision}``). None if the record changed meanwhile."""
+        name = f"quarantine/{work_id}/{revision}"
+        await (await self._object_store()).put(name, data[:MAX_RESULT_BYTES])
+        message = (f"the stored record could not be read ({why[:300]}); it was quarantined, its bytes are kept in "
+                   f"{self._results_bucket} as {name}")
+        now = utcnow()
+        record = WorkRecord(org=self.state.org, work_id=work_id, spec=salvage_spec(data), phase=WorkPhase.FAILED,
+                            reason=message, error=WorkError(code=ErrorCode.BAD_REQUEST, message=message),
+                            created_at=now, updated_at=now, finished_at=now)
+        try:
+            stored = Versioned(record, await self.write(record, revision))
+        except KeyWrongLastSequenceError:
+            return None
+        await self.emit("work", "failed", record, quarantined=True)
+        return stored
 
     async def emit(self, category: Category, type_: str, record: WorkRecord, **data: object) -> None:
         if self.events is not None:
@@ -190,3 +213,42 @@ _PAYLOAD: Final[TypeAdapter[Payload]] = TypeAdapter(Payload)
 
 def encode_payload(value: Payload) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def salvage_spec(data: bytes) -> WorkItemSpec:
+    """Pure: as much of an unreadable record's spec as still validates (fields that do not are dropped, so that
+    their defaults apply), or a spec that names only its agent (``"unknown"`` if even that is unreadable)."""
+    try:
+        raw = json.loads(data)
+        spec = dict(raw.get("spec") or {}) if isinstance(raw, dict) else {}
+    except (ValueError, TypeError):
+        spec = {}
+    for _ in range(10):
+        try:
+            return WorkItemSpec.model_validate(spec)
+        except ValidationError as exc:
+            for error in exc.errors():
+                _drop(spec, error["loc"])
+    agent = spec.get("agent")
+    try:
+        return WorkItemSpec(agent=agent if isinstance(agent, str) else "unknown")
+    except ValidationError:
+        return WorkItemSpec(agent="unknown")
+
+
+def _drop(tree: dict[str, Any], loc: tuple[int | str, ...]) -> None:
+    """Remove what ``loc`` points at (a field, or a list item) from ``tree``, if it is there."""
+    if not loc:
+        return
+    *path, leaf = loc
+    node: Any = tree
+    for part in path:
+        found = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
+        if not found:
+            return
+        node = node[part]
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+    elif isinstance(node, list) and isinstance(leaf, int) and 0 <= leaf < len(node):
+        node.pop(leaf)

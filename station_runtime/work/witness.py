@@ -1,11 +1,18 @@
 """The witness: finds work that needs a hand and gives it one, idempotently, from any number of processes.
 
-Each sweep reads the org's work records and applies :func:`~.policy.decide` to each: schedule what nobody
-scheduled (its submitter died, it was unschedulable and a station joined), requeue the attempts of lost or stuck
+It works from the org's :class:`~.index.WorkIndex` (one watch of the work bucket), never from a read of every
+record: each tick it looks only at what is due (a deadline, a backoff, a grace period, a retention: a timer heap)
+and at the work of stations that are lost or late, so an idle lattice costs it nothing whatever its history. For
+each record it looks at, :func:`~.policy.decide` says what to do: schedule what nobody scheduled (its submitter
+died, it was unschedulable and a station joined, it waited for room), requeue the attempts of lost or stuck
 stations, escalate when retries are exhausted, enforce deadlines, finish cancellations, drive workflows, purge old
-records. Every action is a CAS that re-checks the decision on the freshest record, so two witnesses never act
-twice. The witness holds back while it cannot see the registry (its own NATS connection is down): a blind
-witness must not declare every station lost.
+records, quarantine a record nobody can read. Every action is a CAS that re-checks the decision on the freshest
+record, so two witnesses never act twice.
+
+The witness holds back while it cannot see the lattice (its own NATS connection is down, or its view of the
+registry or the work is being rebuilt), and for a few heartbeats after its view comes back: when NATS restarts,
+stations need a moment to reconnect and beat again, and a witness that judged them by their old heartbeats would
+requeue work that is still running (and whose outcome is on its way).
 """
 
 from __future__ import annotations
@@ -13,26 +20,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 
 from ..contract import subjects
 from ..contract.codec import encode
-from ..contract.messages import (
-    ErrorCode,
-    StationRecord,
-    WorkCancel,
-    WorkError,
-    WorkPhase,
-    WorkRecord,
-    utcnow,
-)
-from ..routing import overdue
+from ..contract.errors import DecodeError
+from ..contract.messages import ErrorCode, WorkCancel, WorkError, WorkPhase, WorkRecord, utcnow
+from ..errors import LatticeError
+from ..routing import MISSED_BEATS_LOST, overdue
 from . import phases, workflow
-from .auction import Auctioneer
+from .auction import DEFAULT_HEARTBEAT_S, Auctioneer
 from .directory import StationDirectory
+from .index import Finished, WorkIndex
 from .policy import Action, Decision, WitnessPolicy, decide
 from .store import Versioned, WorkStore
 
@@ -44,30 +46,34 @@ PROBE_TIMEOUT_S = 0.5
 
 class Witness:
     def __init__(self, nc: NatsClient, store: WorkStore, auctioneer: Auctioneer, directory: StationDirectory,
-                 *, policy: WitnessPolicy | None = None, interval_s: float = 1.0) -> None:
+                 index: WorkIndex, *, policy: WitnessPolicy | None = None, interval_s: float = 1.0) -> None:
         self.nc = nc
         self.store = store
         self.org = store.state.org
         self.auctioneer = auctioneer
         self.directory = directory
+        self.index = index
         self.policy = policy or WitnessPolicy()
         self.interval_s = interval_s
         self.actions: dict[str, int] = {}
+        #: Ticks run, and records looked at (decided on) in them: what the witness's cost follows.
+        self.ticks = 0
+        self.examined = 0
         #: Stations proven dead by a probe, with the heartbeat they were last seen with (a new beat revives them).
         self._gone: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._held_back = False
+        self._last_join: datetime | None = None
+        index.on_undecodable = self.quarantine
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="witness")
 
     def wake(self) -> None:
-        """Sweep now (a station joined, a submitter asked)."""
+        """Look now (a station joined, a submitter asked)."""
         self._wake.set()
-
-    async def on_station_join(self, _: StationRecord) -> None:
-        self.wake()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -78,62 +84,114 @@ class Witness:
                 await self._task
 
     async def _loop(self) -> None:
-        # Python 3.11's wait_for can swallow a cancellation that lands as the awaited thing completes (and the
-        # sweep awaits many), so the loop also checks a flag: stop() must never wait forever.
+        # Python 3.11's wait_for can swallow a cancellation that lands as the awaited thing completes (and a tick
+        # awaits many), so the loop also checks a flag: stop() must never wait forever.
         while not self._stopping:
             try:
-                await self.sweep()
+                await self.tick()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                log.warning("witness sweep failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval_s):
-                    await self._wake.wait()
-            self._wake.clear()
+            except (LatticeError, OSError, TimeoutError) as exc:  # and nats-py's errors, which derive from these
+                log.warning("witness tick failed: %s", exc)
+            except Exception:  # a bug in one tick must not end the witness: it is logged whole, and the next runs
+                log.exception("witness tick failed")
+            await self._sleep()
 
-    async def sweep(self) -> int:
-        """One pass over every record; returns how many actions were taken."""
-        if not self.nc.is_connected or not self.directory.healthy:
-            log.info("witness holding back: no fresh view of the lattice")
+    async def _sleep(self) -> None:
+        """Until the next look is due, something changed, or a tick's time (stations may be lost meanwhile)."""
+        timeout = self.interval_s
+        if (due := self.index.next_due()) is not None:
+            timeout = min(timeout, max((due - utcnow()).total_seconds(), 0.0))
+        changed = asyncio.ensure_future(self.index.changed.wait())
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({changed, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            woken.cancel()
+        self.index.changed.clear()
+        self._wake.clear()
+
+    # --- one tick ----------------------------------------------------------------------------------------------
+
+    async def tick(self) -> int:
+        """Look at what is due and at the work of lost or late stations; returns how many actions were taken."""
+        self.ticks += 1
+        if not self.nc.is_connected or not self.directory.healthy or not self.index.healthy:
+            if not self._held_back:
+                log.info("witness holding back: no fresh view of the lattice")
+            self._held_back = True
             return 0
-        records = await self.store.all()
-        await self._probe(records)
-        by_id = {v.record.work_id: v for v in records}
-        # One view of the registry for the whole pass (every action re-decides on a fresh one before it writes).
-        live = self._live_ids()
+        self._held_back = False
+        now = utcnow()
+        live_due, finished_due = self.index.due(now)
+        await self._probe(now)
+        live = self._live_ids(now)
+        todo = {v.record.work_id: v for v in live_due}
+        if self.directory.last_join != self._last_join:
+            # A station joined (or restarted): unschedulable work may fit it now.
+            self._last_join = self.directory.last_join
+            todo.update((v.record.work_id, v) for v in self.index.in_phase(P.UNSCHEDULABLE))
+        for station in self.index.holding_stations():
+            if station not in live:
+                for versioned in self.index.held_by(station):
+                    todo.setdefault(versioned.record.work_id, versioned)
         taken = 0
-        for versioned in records:
-            if versioned.record.is_workflow:
-                taken += await self._drive_workflow(versioned, by_id)
+        for versioned in todo.values():
+            current = self.index.get(versioned.record.work_id) or versioned
+            self.examined += 1
+            if current.record.is_workflow:
+                taken += await self._drive_workflow(current)
                 continue
-            decision = self._decide(versioned.record, live)
+            decision = self._decide(current.record, live, now)
             if decision.action != Action.NONE:
-                taken += await self.act(versioned, decision)
+                taken += await self.act(current, decision)
+            else:
+                self.index.recheck(current)
+        for done in finished_due:
+            taken += await self._purge(done)
         return taken
 
-    def _decide(self, record: WorkRecord, live: set[str] | None = None) -> Decision:
-        return decide(record, live_stations=self._live_ids() if live is None else live, now=utcnow(),
+    def _decide(self, record: WorkRecord, live: set[str] | None = None, now: datetime | None = None) -> Decision:
+        now = now or utcnow()
+        return decide(record, live_stations=self._live_ids(now) if live is None else live, now=now,
                       policy=self.policy, station_joined_since=self.directory.last_join)
 
-    def _live_ids(self) -> set[str]:
-        live = self.directory.live_ids()
+    def _live_ids(self, now: datetime) -> set[str]:
+        """Stations to consider alive: heartbeating ones, minus those a probe proved dead, plus those given time to
+        come back (:meth:`_sheltered`)."""
+        live = self.directory.live_ids(now)
         for station_id, beat in list(self._gone.items()):
             record = self.directory.records.get(station_id)
             if record is None or record.last_heartbeat != beat:
                 del self._gone[station_id]  # gone from the registry, or beating again (restarted)
             else:
                 live.discard(station_id)
-        return live
+        return live | self._sheltered(now)
 
-    async def _probe(self, records: list[Versioned]) -> None:
+    def _sheltered(self, now: datetime) -> set[str]:
+        """Stations holding work that are not judged yet, for three heartbeats after the view was built: after our
+        view came back from an outage, every one (its last beat may be from before; it may be reconnecting);
+        on a fresh start, those with no record at all (they may be being restarted, as `lattice up` does, and
+        will resume their own work)."""
+        since = self.directory.healthy_since
+        beats = [r.heartbeat_interval_s for r in self.directory.records.values()] or [DEFAULT_HEARTBEAT_S]
+        if since is not None and now - since >= timedelta(seconds=MISSED_BEATS_LOST * max(beats)):
+            return set()
+        holding = set(self.index.holding_stations()) - set(self._gone)
+        if self.directory.resumed or since is None:
+            return holding
+        return {s for s in holding if s not in self.directory.records}
+
+    async def _probe(self, now: datetime) -> None:
         """Ask the stations that hold work and are late with their beat whether they are there. For a station
         whose connection is gone NATS answers "no responders" at once: its work is requeued now instead of
-        after three missed beats. A slow station that answers, or a probe that times out, proves nothing."""
-        holding = {v.record.station_id for v in records if v.record.phase in (P.ASSIGNED, P.RUNNING)}
-        now = utcnow()
-        suspects = [r for sid, r in self.directory.records.items()
-                    if sid in holding and overdue(r, now) and self._gone.get(sid) != r.last_heartbeat]
+        after three missed beats. A slow station that answers, or a probe that times out, proves nothing. Not a
+        station given time to come back (it may still be reconnecting)."""
+        sheltered = self._sheltered(now)
+        suspects = [r for sid in self.index.holding_stations()
+                    if sid not in sheltered and (r := self.directory.records.get(sid)) is not None
+                    and overdue(r, now) and self._gone.get(sid) != r.last_heartbeat]
         if not suspects:
             return
         answers = await asyncio.gather(*(self._ping(r.station_id) for r in suspects))
@@ -142,6 +200,8 @@ class Witness:
                 log.warning("station %s: %.1fs since its last beat and no responder on NATS: lost", record.station_id,
                             record.age_s(now))
                 self._gone[record.station_id] = record.last_heartbeat
+                await self.store.note("station", "lost", subject=record.station_id,
+                                      seconds_since_heartbeat=round(record.age_s(now), 1), proven_by="probe")
 
     async def _ping(self, station_id: str) -> bool:
         """True if NATS says nobody answers for the station."""
@@ -153,23 +213,27 @@ class Witness:
             return False
         return False
 
+    # --- acting --------------------------------------------------------------------------------------------------
+
     async def act(self, versioned: Versioned, decision: Decision) -> int:
         action = decision.action
         if action == Action.SCHEDULE:
             result = await self.auctioneer.schedule(versioned)
-            return self._count(action, versioned, result)
+            return self._count(action, result)
         if action == Action.PURGE:
-            return self._count(action, versioned, versioned if await self.store.purge(versioned) else None)
+            record = versioned.record
+            return await self._purge(Finished(record.work_id, versioned.revision, None, record.result_ref))
 
         def apply(r: WorkRecord) -> WorkRecord | None:
             fresh = self._decide(r)  # the freshest record must still call for this action
             if fresh.action != action:
                 return None
-            return _apply(r, action, fresh.reason)
+            return _apply(r, fresh)
 
         result = await self.store.mutate(versioned.record.work_id, apply, current=versioned)
         if result is None:
             return 0
+        self.index.put(result)
         record = result.record
         event = {Action.REQUEUE: "requeued", Action.ESCALATE: "escalated", Action.FAIL: "failed",
                  Action.CANCEL: "cancelled"}[action]
@@ -184,26 +248,41 @@ class Witness:
                                                             attempt_id=versioned.record.attempt_id,
                                                             reason="requeued by the witness")))
             await self.auctioneer.schedule(result)
-        return self._count(action, versioned, result)
+        return self._count(action, result)
 
-    def _count(self, action: Action, _: Versioned, result: object) -> int:
+    async def _purge(self, done: Finished) -> int:
+        purged = await self.store.purge(done.work_id, done.revision, done.result_ref)
+        if purged:
+            await self.store.note("work", "purged", subject=done.work_id, reason="retention expired")
+        return self._count(Action.PURGE, done if purged else None)
+
+    def _count(self, action: Action, result: object) -> int:
         if result is None:
             return 0
         self.actions[action.value] = self.actions.get(action.value, 0) + 1
         return 1
 
-    async def _drive_workflow(self, parent: Versioned, by_id: dict[str, Versioned]) -> int:
+    async def quarantine(self, work_id: str, revision: int, data: bytes, exc: DecodeError) -> None:
+        """A stored record nobody can decode: replace it (once, CAS on its revision) by a Failed record that says
+        why, keeping its bytes in the results store, so that waiters get an answer and nobody reads it again."""
+        try:
+            replaced = await self.store.quarantine(work_id, revision, data, str(exc))
+        except LatticeError as err:
+            log.warning("work %s: could not quarantine its unreadable record: %s", work_id, err)
+            return
+        if replaced is not None:
+            self._count(Action.FAIL, replaced)
+            log.warning("work %s: unreadable record quarantined: %s", work_id, replaced.record.reason)
+
+    async def _drive_workflow(self, parent: Versioned) -> int:
         record = parent.record
-        if record.phase.terminal:
-            if decide(record, live_stations=(), now=utcnow(), policy=self.policy).action == Action.PURGE:
-                await self.store.purge(parent)
-            return 0
         child_key = workflow.child_id(record.work_id, record.step_index)
-        child = by_id.get(child_key)
+        child = self.index.get(child_key) or await self.store.get(child_key)
         updated = await self.store.mutate(record.work_id, lambda r: workflow.advance(r, child.record if child
                                                                                     else None), current=parent)
         current = updated or parent
         if updated is not None:
+            self.index.put(updated)
             await self.store.emit("work", _workflow_event(updated.record), updated.record,
                                   step=updated.record.step_index)
             if updated.record.phase.terminal:
@@ -211,7 +290,7 @@ class Witness:
         rec = current.record
         if rec.phase == P.RUNNING:
             key = workflow.child_id(rec.work_id, rec.step_index)
-            if key not in by_id or updated is not None:
+            if updated is not None or (self.index.get(key) is None and await self.store.get(key) is None):
                 step = rec.spec.steps[rec.step_index]
                 try:
                     spec = workflow.step_spec(rec, step)
@@ -228,15 +307,13 @@ def _workflow_event(record: WorkRecord) -> str:
     return {P.SUCCEEDED: "succeeded", P.FAILED: "failed", P.CANCELLED: "cancelled"}.get(record.phase, "progress")
 
 
-def _apply(record: WorkRecord, action: Action, reason: str) -> WorkRecord:
+def _apply(record: WorkRecord, decision: Decision) -> WorkRecord:
+    action, reason = decision.action, decision.reason
     if action == Action.REQUEUE:
         return phases.transition(record, P.PENDING, reason=reason, retry_at=utcnow())
-    if action == Action.ESCALATE:
-        return phases.transition(record, P.ESCALATED, reason=reason,
-                                 error=WorkError(code=ErrorCode.INTERNAL, message=reason))
-    if action == Action.FAIL:
-        return phases.transition(record, P.FAILED, reason=reason,
-                                 error=WorkError(code=ErrorCode.TIMEOUT, message=reason))
+    if action in (Action.ESCALATE, Action.FAIL):
+        return phases.transition(record, P.ESCALATED if action == Action.ESCALATE else P.FAILED, reason=reason,
+                                 error=WorkError(code=decision.code, message=reason))
     if action == Action.CANCEL:
         return phases.transition(record, P.CANCELLED, reason=reason)
     raise ValueError(f"witness cannot apply {action}")

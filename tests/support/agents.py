@@ -28,3 +28,14 @@ def with_context(text: Any, ctx: Any) -> dict[str, Any]:
 
 def not_json(_: Any) -> object:
     return object()
+
+
+def counted(text: Any) -> str:
+    """Appends its input to the file ``$LATTICE_TEST_RUNS`` (one line per run, so a test counts the runs of each
+    item), then takes 1.5 s: long enough for a test to cut NATS away while it runs."""
+    import os
+
+    with open(os.environ["LATTICE_TEST_RUNS"], "a") as runs:
+        runs.write(f"{text}\n")
+    time.sleep(1.5)
+    return str(text)

@@ -22,7 +22,7 @@ from station_runtime.contract.codec import encode
 from station_runtime.contract.messages import StationRecord, WorkPhase, WorkRecord, utcnow
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.embedded import EmbeddedNats
-from tests.support.lattice import StationProcess, echo_agent
+from tests.support.lattice import StationProcess, echo_agent, python_agent
 from tests.support.limits import TEST_LIMITS
 from tests.support.waiting import eventually
 from tests.support.work import controller, event_counts, event_types
@@ -181,6 +181,40 @@ async def test_nothing_is_lost_when_nats_restarts_mid_run(org: str, tmp_path: Pa
                     p.stop()
             assert [r.phase for r in records] == [P.SUCCEEDED] * len(ids)
             assert [r.result for r in records] == [f"item-{i}" for i in range(len(ids))]
+
+
+async def test_outcomes_finished_while_nats_is_down_are_written_when_it_is_back_and_nothing_runs_twice(
+        org: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 of nats-server while 16 runs are in progress; they all end during the outage. Each station keeps
+    its outcome and writes it (fenced by its attempt) once NATS is back, and the witness gives the stations time
+    to come back instead of requeueing their work: every item ran once (it used to be 14 of 100 twice)."""
+    runs = tmp_path / "runs.txt"
+    monkeypatch.setenv("LATTICE_TEST_RUNS", str(runs))
+    async with EmbeddedNats(tmp_path / "nats", sync_always=True) as server, \
+            LatticeClient(NatsSettings(url=server.url), org, create_state=True, limits=TEST_LIMITS) as client:
+        await client.put_agent(python_agent("counted", "tests.support.agents:counted"))
+        procs = stations(server.url, org, tmp_path, "a", "b", concurrency=8)
+        try:
+            async with controller(server.url, org):
+                await client.wait_for_stations(2, agent="counted", timeout_s=30)
+                ids = [(await client.submit(WorkItemSpec(agent="counted", input=f"item-{i}", max_retries=5)))
+                       .work_id for i in range(16)]
+                await eventually(lambda: _all_running(client, ids), timeout_s=20, what="all 16 to be running")
+                await server.stop(kill=True)
+                await asyncio.sleep(2.5)  # the outage: every run ends while NATS is away
+                await server.start()
+                records = await finals(client, ids, timeout_s=60)
+        finally:
+            for p in procs:
+                p.stop()
+    assert [r.phase for r in records] == [P.SUCCEEDED] * 16
+    assert Counter(runs.read_text().split()) == {f"item-{i}": 1 for i in range(16)}
+    assert {r.attempt for r in records} == {1}
+
+
+async def _all_running(client: LatticeClient, ids: list[str]) -> bool:
+    records = [await client.get_work(i) for i in ids]
+    return all(r is not None and r.phase == P.RUNNING for r in records)
 
 
 async def _some_done(client: LatticeClient, ids: list[str]) -> bool:

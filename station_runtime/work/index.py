@@ -1,0 +1,229 @@
+"""A live index of an org's work, fed by one watch of the work bucket: what the witness (and the operator's
+WorkItem mirror) need, at a cost that follows what changes, not what is stored.
+
+* ``live``: every unfinished record (the witness's whole working set), and per station the work it holds;
+* a timer heap: when each record next needs a look (:func:`.policy.next_check`: a deadline, a backoff, the end
+  of a grace period, a finished record's retention), so that an idle lattice with 20,000 finished records costs
+  the witness nothing until something is due;
+* listeners, told of every record version as it arrives (the WorkItem mirror).
+
+A record that cannot be decoded (written by a newer or broken writer, or by hand) is reported once per revision
+to ``on_undecodable`` (the witness quarantines it), never re-read in a loop. The watch is rebuilt after any failure
+and re-delivers every current value; the index reconciles that snapshot with what it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from nats.js.kv import KeyValue
+
+from ..contract.codec import decode
+from ..contract.errors import DecodeError
+from ..contract.messages import WorkPhase, WorkRecord, utcnow
+from ..natsio.state import follow
+from .policy import WitnessPolicy, next_check
+from .store import Versioned
+
+log = logging.getLogger(__name__)
+P = WorkPhase
+
+#: A look is scheduled this long after the instant a deadline passes: the witness's decisions compare with ">".
+SLACK: Final = timedelta(milliseconds=1)
+HOLDING = (P.ASSIGNED, P.RUNNING)
+#: Undecodable records reported (once per revision) remembered at most: bounds the map.
+MAX_REPORTED: Final = 10_000
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What the index keeps of a finished record: enough to purge it when its retention is over."""
+
+    work_id: str
+    revision: int
+    purge_at: datetime | None
+    result_ref: str | None
+
+Listener = Callable[[Versioned], None]
+Undecodable = Callable[[str, int, bytes, DecodeError], Awaitable[None]]
+
+
+class WorkIndex:
+    def __init__(self, kv: KeyValue, policy: WitnessPolicy, *, on_undecodable: Undecodable | None = None) -> None:
+        self._kv = kv
+        self.policy = policy
+        self.on_undecodable = on_undecodable
+        #: Unfinished records, by work id.
+        self.live: dict[str, Versioned] = {}
+        #: Work ids each station holds (Assigned or Running there).
+        self.by_station: dict[str, set[str]] = {}
+        #: Finished records, by work id (a few dozen bytes each: what purging them takes).
+        self.finished: dict[str, Finished] = {}
+        self.listeners: list[Listener] = []
+        #: (when, tie-break, work id, revision): a record's next look. Stale entries (the record changed since)
+        #: are skipped when they come up.
+        self._heap: list[tuple[datetime, int, str, int]] = []
+        self._seq = itertools.count()
+        #: Set when something became due earlier than the witness planned to wake.
+        self.changed = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.healthy = False
+        #: Decoded versions (the cost the index has: one decode per stored version).
+        self.decoded = 0
+        self._reported: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        self._task = asyncio.create_task(self._run(), name="work-index")
+        async with asyncio.timeout(timeout_s):
+            await self.ready.wait()
+
+    def rewatch(self) -> None:
+        """Rebuild the watch (after a reconnect): a fresh snapshot follows."""
+        self.healthy = False
+        if self._task is not None:
+            self._task.cancel()
+        self._task = asyncio.create_task(self._run(), name="work-index")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        await follow(self._kv, self._on_entry, what="work index", on_snapshot=self._on_snapshot,
+                     on_failure=self._failed)
+
+    def _failed(self) -> None:
+        self.healthy = False
+
+    # --- what the witness asks ---------------------------------------------------------------------------------
+
+    def get(self, work_id: str) -> Versioned | None:
+        return self.live.get(work_id)
+
+    def due(self, now: datetime | None = None) -> tuple[list[Versioned], list[Finished]]:
+        """The unfinished records whose next look is due, and the finished ones whose retention is over, each
+        once (the current version only); they leave the heap. A record that still needs looks later is put back
+        by :meth:`recheck` or by its next change."""
+        now = now or utcnow()
+        live: list[Versioned] = []
+        finished: list[Finished] = []
+        seen: set[str] = set()
+        while self._heap and self._heap[0][0] <= now:
+            _, _, work_id, revision = heapq.heappop(self._heap)
+            if work_id in seen:
+                continue
+            current = self.live.get(work_id)
+            if current is not None and current.revision == revision:
+                seen.add(work_id)
+                live.append(current)
+            elif (done := self.finished.get(work_id)) is not None and done.revision == revision:
+                seen.add(work_id)
+                finished.append(done)
+        return live, finished
+
+    def next_due(self) -> datetime | None:
+        return self._heap[0][0] if self._heap else None
+
+    def recheck(self, versioned: Versioned, when: datetime | None = None) -> None:
+        """Look at ``versioned`` again at ``when`` (default: its own next check) if it is still current."""
+        record = versioned.record
+        when = when or next_check(record, self.policy)
+        if when is not None:
+            heapq.heappush(self._heap, (when + SLACK, next(self._seq), record.work_id, versioned.revision))
+
+    def held_by(self, station_id: str) -> list[Versioned]:
+        return [self.live[w] for w in self.by_station.get(station_id, ()) if w in self.live]
+
+    def holding_stations(self) -> list[str]:
+        return [s for s, ids in self.by_station.items() if ids]
+
+    def in_phase(self, phase: WorkPhase) -> list[Versioned]:
+        return [v for v in self.live.values() if v.record.phase == phase]
+
+    # --- the watch ----------------------------------------------------------------------------------------------
+
+    async def _on_snapshot(self, seen: set[str]) -> None:
+        for gone in set(self.live) - seen:
+            self._forget(gone)
+        for gone in set(self.finished) - seen:
+            del self.finished[gone]
+        self.healthy = True
+        self.ready.set()
+        self.changed.set()
+
+    async def _on_entry(self, entry: Any, initial: bool) -> None:
+        key: str = entry.key
+        revision = int(entry.revision or 0)
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._forget(key)
+            self.finished.pop(key, None)
+            return
+        try:
+            record = decode(entry.value, WorkRecord)
+        except DecodeError as exc:
+            await self._undecodable(key, revision, entry.value, exc)
+            return
+        self.decoded += 1
+        self.put(Versioned(record, revision))
+
+    def put(self, versioned: Versioned) -> None:
+        """Take a version we learned of (from the watch, or from our own write) unless we know a later one."""
+        record, key = versioned.record, versioned.record.work_id
+        current = self.live.get(key)
+        if current is not None and current.revision >= versioned.revision:
+            return
+        done = self.finished.get(key)
+        if done is not None and done.revision >= versioned.revision:
+            return
+        self._forget(key)
+        if record.phase.terminal:
+            self.finished[key] = Finished(key, versioned.revision, next_check(record, self.policy), record.result_ref)
+        else:
+            self.live[key] = versioned
+            if record.phase in HOLDING and record.station_id:
+                self.by_station.setdefault(record.station_id, set()).add(key)
+        self.recheck(versioned)
+        if record.parent_id is not None and (parent := self.live.get(record.parent_id)) is not None:
+            # A workflow step changed: its workflow may move on now.
+            self.recheck(parent, utcnow())
+        if record.is_workflow and not record.phase.terminal:
+            self.recheck(versioned, utcnow())
+        if self._heap and self._heap[0][2] == key:
+            self.changed.set()
+        for listener in list(self.listeners):
+            listener(versioned)
+
+    def _forget(self, key: str) -> None:
+        current = self.live.pop(key, None)
+        if current is not None and (station := current.record.station_id) is not None:
+            held = self.by_station.get(station)
+            if held is not None:
+                held.discard(key)
+                if not held:
+                    del self.by_station[station]
+
+    async def _undecodable(self, key: str, revision: int, data: bytes, exc: DecodeError) -> None:
+        self._forget(key)
+        if self._reported.get(key) == revision:
+            return
+        if len(self._reported) >= MAX_REPORTED:
+            self._reported.clear()
+        self._reported[key] = revision
+        log.warning("work record %r (revision %d) cannot be decoded: %s", key, revision, exc)
+        if self.on_undecodable is not None:
+            await self.on_undecodable(key, revision, data, exc)
+
+

@@ -1,0 +1,146 @@
+"""What a user's second day found, each reproduced on a real nats-server: a witness whose cost follows what
+changes (not what is stored), unreadable records quarantined once, listings that are exact, contention that spends
+no retry, an agent that cannot load failing fast with its reason."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import pytest
+
+from station_runtime.api.models import WorkItemSpec
+from station_runtime.client import LatticeClient
+from station_runtime.contract.messages import WorkPhase, WorkRecord, utcnow
+from station_runtime.work.auction import AuctionConfig
+from tests.support.lattice import echo_agent, python_agent, running_station
+from tests.support.waiting import eventually
+from tests.support.work import FAST, controller, event_types
+
+pytestmark = pytest.mark.timeout(120)
+P = WorkPhase
+
+
+async def _finished_records(client: LatticeClient, count: int) -> None:
+    """``count`` Succeeded records, written as a station's outcome would be (in batches: a few seconds for 20k)."""
+    store = await client.work_store()
+    now = utcnow()
+    template = WorkRecord(org=client.org, work_id="x", spec=WorkItemSpec(agent="echo", input="done"),
+                          phase=P.SUCCEEDED, attempt=1, station_id="gone", result="done", created_at=now,
+                          updated_at=now, started_at=now, finished_at=now)
+    for start in range(0, count, 500):
+        batch = [template.model_copy(update={"work_id": f"old-{i}"}) for i in range(start, min(start + 500, count))]
+        await asyncio.gather(*(store.create(r) for r in batch))
+
+
+async def _ticks(witness: object, more: int) -> None:
+    start = witness.ticks  # type: ignore[attr-defined]
+    await eventually(lambda: _at_least(witness, start + more), timeout_s=10, what=f"{more} witness ticks")
+
+
+async def _at_least(witness: object, ticks: int) -> bool:
+    return bool(witness.ticks >= ticks)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+async def test_an_idle_witness_looks_at_nothing_whatever_the_history(client: LatticeClient, nats_url: str,
+                                                                     org: str) -> None:
+    """With 0 and then 20,000 finished records kept, an idle witness decides on no record at all (it used to read
+    and decode every record every second: 0.6 of a core with 15,000)."""
+    counts = []
+    for finished in (0, 20_000):
+        if finished:
+            await _finished_records(client, finished)
+        async with controller(nats_url, org) as c:
+            witness, index = c.witness, c.index
+            assert witness is not None
+            assert len(index.finished) == finished and not index.live
+            decoded = index.decoded
+            await _ticks(witness, 10)
+            counts.append((witness.examined, index.decoded - decoded))
+    assert counts == [(0, 0), (0, 0)]
+
+
+async def test_finished_records_are_purged_when_their_retention_is_over(client: LatticeClient, nats_url: str,
+                                                                       org: str) -> None:
+    await _finished_records(client, 50)
+    async with controller(nats_url, org, policy=dataclasses.replace(FAST, retention_s=0.5)) as c:
+        await eventually(lambda: _all_gone(client), timeout_s=10, what="the finished records to be purged")
+        assert c.witness is not None and c.witness.actions.get("purge") == 50
+    purged = [e async for e in client.events(category="work") if e.short_type == "work.purged"]
+    assert len(purged) == 50
+
+
+async def _all_gone(client: LatticeClient) -> bool:
+    return not await client.list_work()
+
+
+async def test_an_unreadable_record_is_quarantined_once_and_its_waiter_answered(client: LatticeClient,
+                                                                               nats_url: str, org: str) -> None:
+    """A record no process can decode (here: a deadline stored as null, what `.inf` used to become) is replaced
+    once by a Failed record saying why, its bytes kept; the witness does not read it again and again."""
+    state = await client.state()
+    poison = {"schema": "lattice.work.record/v1", "org": org, "work_id": "poison", "phase": "Pending",
+              "spec": {"agent": "echo", "input": "x", "timeouts": {"startToCloseSeconds": None}},
+              "created_at": utcnow().isoformat(), "updated_at": utcnow().isoformat()}
+    revision = await state.work.put("poison", json.dumps(poison).encode())
+    async with controller(nats_url, org) as c:
+        final = await client.wait_work("poison", timeout_s=10)
+        assert c.witness is not None
+        await _ticks(c.witness, 5)
+        assert c.witness.actions.get("fail") == 1
+    assert final.phase == P.FAILED and final.error is not None
+    assert "could not be read" in final.reason and f"quarantine/poison/{revision}" in final.reason
+    assert final.spec.agent == "echo" and final.spec.timeouts.start_to_close_seconds == 600  # what still held
+    kept = await (await state.results()).get(f"quarantine/poison/{revision}")
+    assert json.loads(kept.data or b"") == poison
+    assert "work.failed" in await event_types(client, "poison")
+
+
+async def test_listings_are_exact_however_many_at_once(client: LatticeClient) -> None:
+    """nats-py's listing (an ordered consumer) returned nothing in 1-5 of 300 calls, 13-15 of 100 with 10 at
+    once: its end marker could come before the entries. A listing is exact, and leaves no consumer behind."""
+    state = await client.state()
+    await asyncio.gather(*(state.work.put(f"k{i}", b"v") for i in range(300)))
+    for _ in range(30):
+        sizes = await asyncio.gather(*(state.list("work") for _ in range(10)))
+        assert sizes and all(len(s) == 300 for s in sizes), [len(s) for s in sizes]
+    info = await state.js.stream_info(f"KV_{state.work._name}")
+    assert info.state.consumer_count == 0
+
+
+async def test_contention_spends_no_retries(client: LatticeClient, nats_url: str, org: str) -> None:
+    """Four run slots, no queues, 60 items at once that may not be retried: every item waits its turn and
+    succeeds on its first attempt; being placed again is not a failed attempt (it used to escalate items)."""
+    await client.put_agent(echo_agent("slow", delaySeconds=0.1, steps=1))
+    client.auction_config = AuctionConfig(deadline_s=0.5, assign_timeout_s=1.0)
+    async with controller(nats_url, org), \
+            running_station(nats_url, org, "s1", max_concurrency=2, max_queue=0), \
+            running_station(nats_url, org, "s2", max_concurrency=2, max_queue=0):
+        await client.wait_for_stations(2, agent="slow", timeout_s=10)
+        records = await asyncio.gather(*(client.submit(WorkItemSpec(agent="slow", input=f"i{i}", max_retries=0),
+                                                       watch=True) for i in range(60)))
+        finals = await asyncio.gather(*(client.wait_work(r.work_id, timeout_s=60) for r in records))
+        auctioneer = await client.auctioneer()
+    assert [f.phase for f in finals] == [P.SUCCEEDED] * 60
+    assert {f.attempt for f in finals} == {1}
+    assert auctioneer.contended > 0  # the stations were full: contention did happen
+
+
+async def test_an_agent_no_station_can_load_fails_its_work_at_once_saying_why(client: LatticeClient,
+                                                                            nats_url: str, org: str) -> None:
+    """An Agent whose module does not import used to look configured; its work waited for ever. The station
+    reports why it cannot load it, and work for it fails at once with that reason."""
+    await client.put_agent(python_agent("broken", "no_such_module_here:run"))
+    async with running_station(nats_url, org, "s1"):
+        async def reported() -> str | None:
+            return next((r.agent_errors.get("broken") for r in await client.stations()), None)
+
+        why = await eventually(reported, timeout_s=10, what="s1 to report that it cannot load the agent")
+        assert "no_such_module_here" in why
+        record = await client.submit(WorkItemSpec(agent="broken", input="x"), watch=True)
+        final = await client.wait_work(record.work_id, timeout_s=10)
+    assert final.phase == P.FAILED and final.error is not None
+    assert "cannot be loaded by any station" in final.reason and "s1: " in final.reason
+    assert "no_such_module_here" in final.reason
