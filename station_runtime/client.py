@@ -46,7 +46,7 @@ from .contract.messages import (
 from .errors import LatticeError, NoLatticeError, NoStationError
 from .natsio.connect import NatsSettings, connect
 from .natsio.events import EventPublisher, read_events
-from .natsio.retry import retry_transient
+from .natsio.retry import NATS_FAILURES, retry_transient
 from .natsio.state import OrgState, StateLimits
 from .routing import candidates
 from .work import phases
@@ -78,7 +78,7 @@ class _Watch:
         if self.pushed.done() and not self.pushed.cancelled():
             return  # it had its one message: the server has dropped the subscription
         self.pushed.cancel()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*NATS_FAILURES):
             await self.sub.unsubscribe()
 
 
@@ -157,7 +157,7 @@ class LatticeClient:
         if self._directory is not None:
             await self._directory.stop()
         if self.nc is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*NATS_FAILURES):
                 await self.nc.drain()
             self.nc = None
 
@@ -351,7 +351,7 @@ class LatticeClient:
 
         try:
             versioned, _ = await auctioneer.submit(spec, work_id=work_id, on_created=follow if watch else None)
-        except BaseException:
+        except BaseException:  # whatever ended the submit (a cancellation too): close the watch opened for it
             if (opened := self._watches.pop(work_id, None)) is not None:
                 await opened.disarm()
             raise
@@ -508,7 +508,7 @@ class LatticeClient:
                     with contextlib.suppress(DecodeError):
                         await on_progress(decode(msg.data, WorkProgress))
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*NATS_FAILURES):
                 await sub.unsubscribe()
 
     def _finished(self, work_id: str) -> None:

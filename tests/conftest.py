@@ -20,7 +20,8 @@ pytest_plugins = ["tests.support.kube_fixtures"]
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     """A real nats-server with JetStream on disk, shared by the session (tests isolate by org)."""
     # No bound of its own: it holds hundreds of small orgs (each reserves TEST_LIMITS).
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), sync_always=False, max_file_store_bytes=None)
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), sync_always=False, max_file_store_bytes=None,
+                          monitoring=True)
     asyncio.run(server.start())
     yield server
     asyncio.run(server.stop())

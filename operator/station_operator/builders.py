@@ -189,11 +189,16 @@ def agent_status(agent: Agent, org: str, records: Sequence[StationRecord], revis
                  now: datetime, problem: str | None = None) -> dict[str, Any]:
     gen = agent.metadata.generation
     hosting = sorted(r.station_id for r in records if agent.name in r.agents and is_live(r, now))
+    failing = sorted(f"{r.station_id}: {r.agent_errors[agent.name]}" for r in records
+                     if agent.name in r.agent_errors and is_live(r, now))
     model = agent.spec.model
     if problem:
         ready = condition("Ready", False, "Invalid", problem, gen)
     elif hosting:
         ready = condition("Ready", True, "Hosted", f"hosted by {len(hosting)} station(s)", gen)
+    elif failing:
+        # The stations that select it say why they could not load it: the one thing the user must fix.
+        ready = condition("Ready", False, "LoadFailed", "; ".join(failing)[:1000], gen)
     else:
         ready = condition("Ready", False, "NoMatchingStation",
                           "no live station hosts this agent: check stationSelector and the Stations' "

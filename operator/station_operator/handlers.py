@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from station_runtime.api.models import GROUP, VERSION, Agent, Station, WorkItem
 from station_runtime.contract.codec import encode
+from station_runtime.natsio.retry import NATS_FAILURES
 
 from . import builders, kube
 from .conditions import condition, merge
@@ -242,7 +243,7 @@ async def agent_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any
     state = await runtime.client.state()
     try:
         await state.agents.delete(name)
-    except Exception as exc:
+    except NATS_FAILURES as exc:  # NATS away: kopf retries the deletion (the finalizer holds the resource)
         raise kopf.TemporaryError(f"could not remove agent {name} from org {org}: {exc}", delay=5) from exc
     ref = agent.spec.model.api_key_secret_ref
     if ref is not None:

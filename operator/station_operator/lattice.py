@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -136,7 +137,7 @@ class WorkItemMirror:
                 self.patches += 1
             else:
                 self.untrack(record.work_id)
-        except Exception as exc:
+        except Exception as exc:  # the API server away or refusing: the next change or the resync patches again
             log.warning("could not patch WorkItem %s/%s: %s", tracked.namespace, tracked.name, exc)
 
 
@@ -165,7 +166,9 @@ class Lattice:
             runtime = self.orgs.get(org)
             if runtime is not None:
                 return runtime
-            nats_settings = await self.auth.admin_settings(org)
+            # One connection per org, named for it (an operator's connections read at a glance in `nats server
+            # report connections` or /connz).
+            nats_settings = dataclasses.replace(await self.auth.admin_settings(org), name=f"lattice-operator-{org}")
             limits = StateLimits(presence_ttl_s=self.settings.station_heartbeat_s * 3)
             client = LatticeClient(nats_settings, org, create_state=True, limits=limits, policy=WitnessPolicy(),
                                    source="operator")

@@ -53,7 +53,7 @@ class PythonExecutor:
                 result = await asyncio.to_thread(self.fn, *args)
         except AgentFailure:
             raise
-        except Exception as exc:
+        except Exception as exc:  # the user's function may raise anything: it is the agent's failure, reported
             raise AgentFailure(f"{type(exc).__name__}: {exc}") from exc
         return Outcome(output=result)
 

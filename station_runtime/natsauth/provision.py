@@ -133,7 +133,7 @@ class Tenancy:
 
     async def close(self) -> None:
         if self._owns_connection:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
                 await self.provisioner.nc.drain()
 
     async def __aenter__(self) -> Tenancy:

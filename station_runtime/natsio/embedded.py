@@ -61,6 +61,9 @@ class NatsServerConfig:
     #: None: the server's own default (75 % of the free disk for files).
     max_file_store_bytes: int | None = 8 * 1024 ** 3
     max_memory_store_bytes: int | None = 256 * 1024 ** 2
+    #: Serve the monitoring endpoints (``/connz``, ``/jsz``, ...) on a free loopback port: tests and benchmarks
+    #: read the server's own view (connections, consumers) there. Off by default.
+    monitoring: bool = False
     extra_config: str = ""
 
     def render(self, ports_dir: Path) -> str:
@@ -72,8 +75,10 @@ class NatsServerConfig:
         if self.max_memory_store_bytes is not None:
             js.append(f"max_memory_store: {self.max_memory_store_bytes}")
         body = "".join(f"\n  {line}" for line in js)
+        monitor = f'http: "{self.host}:-1"\n' if self.monitoring else ""
         return (
             f'listen: "{self.host}:{self.port}"\n'
+            f"{monitor}"
             f'ports_file_dir: "{ports_dir}"\n'
             f"max_payload: {self.max_payload_bytes}\n"
             f"jetstream {{{body}\n}}\n"
@@ -86,15 +91,18 @@ class EmbeddedNats:
 
     def __init__(self, store_dir: Path | str | None = None, *, port: int = -1, sync_always: bool = True,
                  extra_config: str = "", start_timeout_s: float = 15.0,
-                 max_file_store_bytes: int | None = 8 * 1024 ** 3) -> None:
+                 max_file_store_bytes: int | None = 8 * 1024 ** 3, monitoring: bool = False) -> None:
         self._tmp = None if store_dir else tempfile.TemporaryDirectory(prefix="lattice-nats-")
         root = Path(store_dir or self._tmp.name)  # type: ignore[union-attr]
         root.mkdir(parents=True, exist_ok=True)
         self.config = NatsServerConfig(store_dir=root, port=port, sync_always=sync_always,
-                                       extra_config=extra_config, max_file_store_bytes=max_file_store_bytes)
+                                       extra_config=extra_config, max_file_store_bytes=max_file_store_bytes,
+                                       monitoring=monitoring)
         self.log_path = root / "nats-server.log"
         self.start_timeout_s = start_timeout_s
         self.url: str = ""
+        #: The monitoring endpoint's base URL (with ``monitoring=True``).
+        self.monitor_url: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -129,7 +137,9 @@ class EmbeddedNats:
             ports = list(ports_dir.glob("*.ports"))
             if ports and b"Server is ready" in _read_from(self.log_path, offset):
                 with contextlib.suppress(json.JSONDecodeError, KeyError, IndexError):
-                    self.url = json.loads(ports[0].read_text())["nats"][0]
+                    ports_json = json.loads(ports[0].read_text())
+                    self.url = ports_json["nats"][0]
+                    self.monitor_url = (ports_json.get("monitoring") or [None])[0]
                     # Remember the port: a restart must come back where the clients reconnect.
                     self.config.port = int(self.url.rsplit(":", 1)[1])
                     log.info("nats-server %s ready at %s (log %s)", self._proc.pid, self.url, self.log_path)

@@ -20,6 +20,7 @@ from nats.js.api import DeliverPolicy
 
 from ..contract import subjects
 from ..contract.events import Category, CloudEvent, make_event
+from .retry import NATS_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class EventPublisher:
             # No wait_stall: with one, Python 3.11's wait_for yields to the loop even when a slot is free, and a
             # message published after this call could leave before the event. Slots free up within ack_timeout_s.
             ack = await self._js.publish_async(target, payload)
-        except Exception as exc:
+        except NATS_FAILURES as exc:
             self._failed(what, exc)
             return event
         # nats-py never times an async publish out: without this, a lost ack would hold its slot forever.
@@ -111,5 +112,5 @@ async def read_events(nc: NatsClient, org: str, *, follow: bool = False, subject
             if not follow and msg.metadata.num_pending == 0:
                 return
     finally:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*NATS_FAILURES):
             await sub.unsubscribe()

@@ -12,9 +12,18 @@ import nats.errors
 import nats.js.errors
 
 from ..backoff import compute_backoff
+from ..errors import LatticeError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: What a NATS operation raises when NATS is away, slow or refuses: nats-py's own errors (JetStream's derive from
+#: them), the socket's, and timeouts. A best-effort send suppresses these and nothing else, so that a bug still
+#: shows.
+NATS_FAILURES: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError)
+#: The same, and the lattice's own refusals (a full store, a record superseded): what a best-effort write, such
+#: as a progress update or a heartbeat, may meet and shrug off.
+BEST_EFFORT_FAILURES: tuple[type[BaseException], ...] = (*NATS_FAILURES, LatticeError)
 
 _TRANSIENT = (
     nats.errors.TimeoutError,

@@ -29,6 +29,7 @@ from ..contract import subjects
 from .inbox import Inbox
 from .listing import KvItem, list_bucket
 from .requests import Requests
+from .retry import NATS_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +221,12 @@ async def follow(kv: KeyValue, on_entry: EntryHandler, *, what: str,
                         seen.add(entry.key)
                     await on_entry(entry, initial)
             finally:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(*NATS_FAILURES):
                     await watcher.stop()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # any failure (nats-py's, the socket's, a handler's bug) rebuilds the watch:
+            # a watch is what keeps a directory or an index alive, and must never end by itself
             if on_failure is not None:
                 on_failure()
             log.warning("%s: watch failed (%s); retrying in %.1fs", what, exc, delay)

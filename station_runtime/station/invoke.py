@@ -20,6 +20,7 @@ from ..contract.codec import decode, encode
 from ..contract.errors import DecodeError
 from ..contract.messages import ErrorCode, InvokeError, InvokeRequest, InvokeResult, utcnow
 from ..executors import AgentFailure, Execution
+from ..natsio.retry import NATS_FAILURES
 from ..work.scoring import Requirements
 from . import admission
 from .agents import AgentHost, HostedAgent
@@ -185,5 +186,5 @@ class InvokeService:
             return
         try:
             await msg.respond(encode(reply))
-        except Exception as exc:
+        except NATS_FAILURES as exc:  # the caller's timeout tells it
             log.warning("could not send invoke reply: %s", exc)

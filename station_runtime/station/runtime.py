@@ -24,6 +24,7 @@ from ..contract import subjects
 from ..contract.messages import StationStatus
 from ..natsio.connect import connect
 from ..natsio.events import EventPublisher
+from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES
 from ..natsio.state import OrgState, StateLimits
 from ..work.store import WorkStore
 from .agents import AgentHost
@@ -118,19 +119,19 @@ class Station:
 
     async def _on_ping(self, msg: Msg) -> None:
         if msg.reply:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*NATS_FAILURES):
                 await msg.respond(b"")
 
     async def _agents_changed(self) -> None:
         if self._started and self.presence is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*NATS_FAILURES):
                 await self.presence.announce()
 
     async def _on_reconnect(self) -> None:
         if self.agents is not None:
             self.agents.rewatch()
         if self._started and self.presence is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*NATS_FAILURES):
                 await self.presence.heartbeat()
 
     async def _heartbeat_loop(self) -> None:
@@ -140,7 +141,7 @@ class Station:
             await asyncio.sleep(self.presence.heartbeat_interval_s)
             try:
                 await self.presence.heartbeat()
-            except Exception as exc:  # NATS down (any of nats-py's errors): keep beating, the reconnect catches up
+            except BEST_EFFORT_FAILURES as exc:  # NATS down: keep beating, the reconnect catches up
                 if not failing:  # once per outage: the connection's own log says when it is back
                     log.warning("heartbeat failed (%s); beating on until NATS answers", exc or type(exc).__name__)
                 failing = True
@@ -156,7 +157,7 @@ class Station:
         log.info("station %s draining (%s): %d run(s) in flight", s.station_id, reason, self.slots.load)
         online = self.nc is not None and self.nc.is_connected
         if self.presence is not None and self._started and online:
-            with contextlib.suppress(Exception):  # tell the lattice at once that we take nothing new
+            with contextlib.suppress(*NATS_FAILURES):  # tell the lattice at once that we take nothing new
                 async with asyncio.timeout(STOP_NATS_TIMEOUT_S):
                     await self.presence.heartbeat()
         if self.work is not None:
@@ -172,13 +173,13 @@ class Station:
         # Without NATS there is nobody to say goodbye to: the registry forgets us by itself.
         online = self.nc is not None and self.nc.is_connected
         if self.presence is not None and self._started and online:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*NATS_FAILURES):
                 async with asyncio.timeout(STOP_NATS_TIMEOUT_S):
                     await self.presence.goodbye(reason)
         if self.events is not None and self._started and online:
             await self.events.emit("station", "left", subject=s.station_id, data={"reason": reason})
         for sub in self._subs:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*NATS_FAILURES):
                 await sub.unsubscribe()
         if self.agents is not None:
             await self.agents.stop()
@@ -186,15 +187,12 @@ class Station:
             try:
                 async with asyncio.timeout(STOP_NATS_TIMEOUT_S):
                     await self.nc.drain()
-            except Exception:  # NATS went away with us (`lattice up` killed): nothing left to flush to
-                with contextlib.suppress(Exception):
+            except NATS_FAILURES:  # NATS went away with us (`lattice up` killed): nothing left to flush to
+                with contextlib.suppress(*NATS_FAILURES):
                     await self.nc.close()
         if self._health is not None:
             await self._health.stop()
         log.info("station %s stopped", s.station_id)
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 async def run_station(settings: StationSettings) -> int:
@@ -206,8 +204,8 @@ async def run_station(settings: StationSettings) -> int:
         loop.add_signal_handler(sig, stop_requested.set)
     try:
         await station.start()
-    except Exception as exc:
-        log.error("station %s could not start: %s", settings.station_id, exc)
+    except Exception as exc:  # whatever stops a start (no NATS, no state, a bad agent), the station says it and
+        log.error("station %s could not start: %s", settings.station_id, exc)  # exits 1 for its supervisor
         await station.stop("failed to start")
         return 1
     await stop_requested.wait()

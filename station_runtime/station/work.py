@@ -37,7 +37,7 @@ from ..contract.messages import (
 )
 from ..errors import LatticeError, ResultTooLarge
 from ..executors import AgentFailure, Execution, Progress
-from ..natsio.retry import is_transient, retry_transient
+from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES, is_transient, retry_transient
 from ..work import phases, scoring
 from ..work.policy import Action, requeue_or_escalate
 from ..work.store import Versioned, WorkStore
@@ -181,7 +181,7 @@ class WorkService:
         async def attempt() -> Versioned | None:
             try:
                 return await self.store.mutate(run.work_id, guarded, current=run.current)
-            except Exception as exc:
+            except Exception as exc:  # looked at, then re-raised: a transient one is retried by retry_transient
                 if is_transient(exc):
                     run.current = None  # the write may or may not have landed: re-read
                 raise
@@ -203,10 +203,10 @@ class WorkService:
         except Superseded as exc:
             await self._rejected(run, str(exc))
         except asyncio.CancelledError:
-            # Cancelled outside the agent run (while writing a state change): still record it.
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            # Cancelled outside the agent run (while writing a state change): still record it, best effort.
+            with contextlib.suppress(*BEST_EFFORT_FAILURES, asyncio.CancelledError):
                 await self._cancelled(run)
-        except Exception:
+        except Exception:  # a bug in one run must cost that run, never the station: logged whole
             log.exception("work %s: unexpected failure", run.work_id)
         finally:
             reservation.cancel()
@@ -287,7 +287,7 @@ class WorkService:
             await self.store.emit("work", "started", running.record)
         except Superseded:
             pass  # the final write finds out again and reports it
-        except Exception as exc:  # NATS down for minutes: the outcome write retries on its own
+        except NATS_FAILURES as exc:  # NATS down for minutes: the outcome write retries on its own
             log.warning("work %s: could not record Running: %s", run.work_id, exc)
 
     def _pick_agent(self, record: WorkRecord) -> HostedAgent | None:
@@ -303,7 +303,7 @@ class WorkService:
             tokens, run.pending_tokens = "".join(run.pending_tokens), []
             message = WorkProgress(work_id=run.work_id, attempt_id=run.attempt_id, station_id=self.station_id,
                                    percent=progress.percent, message=progress.message, tokens=tokens)
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(*NATS_FAILURES):  # live progress is best effort; the record has the rest
                 await self.nc.publish(subjects.work_update(self.org, run.work_id, "progress"), encode(message))
         if now - run.last_record >= PROGRESS_RECORD_INTERVAL_S:
             run.last_record = now
@@ -316,7 +316,7 @@ class WorkService:
                     last_progress_at=utcnow()))
             except Superseded:
                 raise
-            except Exception as exc:  # NATS unavailable: progress in the record is best effort
+            except BEST_EFFORT_FAILURES as exc:  # NATS away, a store full: progress is best effort
                 log.warning("work %s: could not record progress: %s", run.work_id, exc)
                 return
             if first:
@@ -361,7 +361,7 @@ class WorkService:
         def count(r: WorkRecord) -> WorkRecord:
             return r.model_copy(update={"rejected_reports": r.rejected_reports + 1})
 
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*BEST_EFFORT_FAILURES):  # counting a late report is best effort
             latest = await self.store.mutate(run.work_id, count)
             if latest is not None:
                 await self.store.emit("work", "rejected", latest.record, rejected_attempt=run.attempt_id,

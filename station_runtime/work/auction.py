@@ -225,7 +225,7 @@ class Auctioneer:
         placing it if it existed already (or the create failed)."""
         try:
             versioned, created = await self.store.create(record)
-        except BaseException:
+        except BaseException:  # whatever ended the create (a cancellation too): give back what was prepared
             undo()
             raise
         if not created:

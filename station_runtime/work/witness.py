@@ -30,6 +30,7 @@ from ..contract.codec import encode
 from ..contract.errors import DecodeError
 from ..contract.messages import ErrorCode, WorkCancel, WorkError, WorkPhase, WorkRecord, utcnow
 from ..errors import LatticeError
+from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES
 from ..routing import MISSED_BEATS_LOST, overdue
 from . import phases, workflow
 from .auction import DEFAULT_HEARTBEAT_S, Auctioneer
@@ -91,7 +92,7 @@ class Witness:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
-            except (LatticeError, OSError, TimeoutError) as exc:  # and nats-py's errors, which derive from these
+            except BEST_EFFORT_FAILURES as exc:
                 log.warning("witness tick failed: %s", exc)
             except Exception:  # a bug in one tick must not end the witness: it is logged whole, and the next runs
                 log.exception("witness tick failed")
@@ -209,7 +210,7 @@ class Witness:
             await self.nc.request(subjects.station_ping(self.org, station_id), b"", timeout=PROBE_TIMEOUT_S)
         except NoRespondersError:
             return True
-        except Exception:
+        except NATS_FAILURES:  # a timeout or a connection blip: proves nothing, as documented above
             return False
         return False
 
@@ -242,7 +243,7 @@ class Witness:
         if action == Action.REQUEUE:
             if versioned.record.station_id:
                 # Tell the old station to stop, in case it is alive but cut off (its writes are fenced anyway).
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(*NATS_FAILURES):
                     await self.nc.publish(subjects.work_cancel(self.org, versioned.record.station_id),
                                           encode(WorkCancel(work_id=record.work_id,
                                                             attempt_id=versioned.record.attempt_id,

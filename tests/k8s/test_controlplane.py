@@ -21,7 +21,8 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.support.controlplane import Binaries, ControlPlane, ControlPlaneError, free_ports
 from tests.support.kube_fixtures import KubeCluster
-from tests.support.kubelet import BINDER_NAME, ProcessKubelet, python_command
+from tests.support.kubelet import ProcessKubelet
+from tests.support.kubelet_spec import BINDER_NAME, python_command
 from tests.support.waiting import wait_sync
 
 TEST_IMAGE = "lattice-test/python:1"

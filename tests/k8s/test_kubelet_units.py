@@ -16,25 +16,23 @@ from typing import Any
 import pytest
 
 from tests.support.controlplane import Binaries, find_binaries
-from tests.support.kubelet import (
+from tests.support.kubelet_spec import (
     ContainerRun,
     Exit,
     ImageMap,
     PodConfigError,
     UnknownImage,
     container_env,
-    container_mounts,
     expand,
     image_repository,
-    materialize_volume,
     mount_env_name,
     pod_phase,
     python_command,
     restart_backoff_s,
     rewrite_paths,
-    run_probe,
     venv_bin,
 )
+from tests.support.kubelet_volumes import container_mounts, materialize_volume, run_probe
 
 
 class FakeSources:

@@ -96,6 +96,17 @@ def test_agent_secrets_become_key_files_and_never_values() -> None:
     assert status["stations"] == 1 and status["ready"] is True and status["revision"] == 7
 
 
+def test_an_agent_no_station_can_load_says_why_in_its_ready_condition() -> None:
+    agent = Agent(metadata=ObjectMeta(name="broken"), spec=AgentSpec(model=ModelSpec(provider="python",
+                                                                                     function="nope:run")))
+    failing = record("s1", agents=()).model_copy(update={"agent_errors": {"broken": "cannot import module 'nope'"}})
+    status = builders.agent_status(agent, "acme", [failing, record("s2", agents=())], 3, NOW)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert status["ready"] is False
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "LoadFailed",
+                                                                     "s1: cannot import module 'nope'")
+
+
 def test_work_item_status_mirrors_the_record_with_a_bounded_result() -> None:
     item = WorkItem(metadata=ObjectMeta(name="job", uid="abc-123", generation=1), spec=WorkItemSpec(agent="echo"))
     assert builders.work_id_for(item) == "wi-abc-123"

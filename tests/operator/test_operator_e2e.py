@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
 
 from station_runtime.api.models import GROUP, VERSION
+from station_runtime.natsio.embedded import EmbeddedNats
 from tests.support.crds import install_crds
 from tests.support.kube_fixtures import KubeCluster
 from tests.support.waiting import wait_sync
@@ -108,7 +110,8 @@ spec: {{capabilities: [say], model: {{provider: echo, params: {{prefix: "done: "
 """
 
 
-def test_station_agent_and_work_items_reconcile_to_success(crds: Any, operator: Operator, k8s_namespace: str) -> None:
+def test_station_agent_and_work_items_reconcile_to_success(crds: Any, operator: Operator, k8s_namespace: str,
+                                                           nats_server: EmbeddedNats) -> None:
     apply(crds, k8s_namespace, MANIFESTS)
     station = wait_sync(lambda: (s := get(crds, k8s_namespace, "stations", "worker"))
                         and condition(s, "Ready") == "True" and s, timeout_s=60,
@@ -132,6 +135,24 @@ def test_station_agent_and_work_items_reconcile_to_success(crds: Any, operator: 
         assert status["result"] == f"done: task {i}" and status["station"] in ("worker-0", "worker-1")
         assert status["attempts"] == 1 and status["workId"].startswith("wi-")
         assert condition(item, "Succeeded") == "True"
+    # One runtime for the org in the operator: one connection, one registry watch, one work watch (the witness's
+    # index, which the WorkItem mirror reads too), as the server sees them.
+    assert _server_view(nats_server, k8s_namespace) == {"operator connections": 1, "stations bucket consumers": 1,
+                                                        "work bucket consumers": 1}
+
+
+def _server_view(server: EmbeddedNats, org: str) -> dict[str, int]:
+    assert server.monitor_url is not None
+    with httpx.Client(base_url=server.monitor_url, timeout=5) as http:
+        connections = http.get("/connz", params={"limit": 10_000}).json()["connections"]
+        streams = {s["name"]: s for a in http.get("/jsz", params={"streams": 1, "consumers": 1}).json()
+                   .get("account_details", []) for s in a.get("stream_detail", [])}
+
+    def consumers(kind: str) -> int:
+        return len(streams[f"KV_lattice-{org}-{kind}"].get("consumer_detail") or [])
+
+    return {"operator connections": sum(c.get("name") == f"lattice-operator-{org}" for c in connections),
+            "stations bucket consumers": consumers("stations"), "work bucket consumers": consumers("work")}
 
 
 def test_bad_resources_get_a_condition_not_a_crash(crds: Any, operator: Operator, k8s_namespace: str) -> None:

@@ -23,7 +23,8 @@ from tests.support.controlplane import (
     missing_binaries_message,
 )
 from tests.support.kube_fixtures import new_api_client
-from tests.support.kubelet import ProcessKubelet, python_command
+from tests.support.kubelet import ProcessKubelet
+from tests.support.kubelet_spec import python_command
 
 
 def main() -> int:
