@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-
 NODE_NAME = "lattice-process-node"
 BINDER_NAME = "process-kubelet"
 POD_IP = "127.0.0.1"
