@@ -43,7 +43,7 @@ from .contract.messages import (
     WorkRecord,
     utcnow,
 )
-from .errors import LatticeError, NoLatticeError, NoStationError
+from .errors import LatticeError, NoLatticeError, NoStationError, RetryLater
 from .natsio.connect import NatsSettings, connect
 from .natsio.events import EventPublisher, read_events
 from .natsio.retry import NATS_FAILURES, retry_transient
@@ -59,6 +59,8 @@ from .work.store import Versioned, WorkStore
 log = logging.getLogger(__name__)
 
 
+#: How soon a caller may try an invoke again that every station refused as busy.
+BUSY_RETRY_AFTER_S = 0.5
 #: submit() keeps each item's update subscription this long (at most this many) for a wait_work() to take over.
 WATCH_TTL_S = 60.0
 MAX_WATCHES = 10_000
@@ -263,6 +265,7 @@ class LatticeClient:
             raise NoStationError(f"no live station in org {self.org!r} hosts {what}")
         payload = encode(request)
         last: str = ""
+        busy = 0
         for target in targets:
             self._inflight[target] += 1
             try:
@@ -284,8 +287,11 @@ class LatticeClient:
             last = f"station {target}: {reply.code}: {reply.message}"
             if reply.code not in (ErrorCode.BUSY, ErrorCode.DRAINING, ErrorCode.NOT_FOUND):
                 raise InvokeFailed(reply)
+            busy += reply.code in (ErrorCode.BUSY, ErrorCode.DRAINING)
+        if busy == len(targets):
+            raise RetryLater(f"every station that hosts it is busy or draining ({last}); try again shortly",
+                             retry_after_s=BUSY_RETRY_AFTER_S)
         raise LatticeError(f"no station could run the request; last error: {last}")
-
 
     # --- async work ------------------------------------------------------------------------------------------
 
@@ -496,7 +502,7 @@ class LatticeClient:
                 except TimeoutError:
                     read = True
                     continue
-                kind = msg.subject.rsplit(".", 1)[-1]
+                kind = parsed[1] if (parsed := subjects.parse_work_update(msg.subject)) else None
                 if kind == "record":
                     if _revision(msg) <= latest.revision:
                         continue  # a version we know (or older): no need to decode it

@@ -55,7 +55,7 @@ async def async_work_act(console: Console, lattice: LocalLattice, agent: str) ->
     work runs again elsewhere. Returns the number of items that did not succeed."""
     client = lattice.client
     assert client is not None
-    console.rule("[bold]Async work: auction, progress, a station killed mid-run")
+    heading(console, "Async work: auction, progress, a station killed mid-run")
     spec = WorkItemSpec(agent=agent, input="", max_retries=3)
     ids = [(await client.submit(spec.model_copy(update={"input": TEXTS[i % len(TEXTS)]}))).work_id
            for i in range(WORK_ITEMS)]
@@ -93,6 +93,14 @@ async def async_work_act(console: Console, lattice: LocalLattice, agent: str) ->
     return len(ids) - ok
 
 
+def heading(console: Console, title: str) -> None:
+    """A rule across a terminal; a plain line in a pipe (a rule there would be as wide as the pipe's console)."""
+    if console.is_terminal:
+        console.rule(Text(title, style="bold"))
+    else:
+        console.print(Text(f"== {title} ==", style="bold"))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(round(q * (len(ordered) - 1)), len(ordered) - 1)]
@@ -108,7 +116,7 @@ async def run_demo(console: Console, *, invocations: int = 20, stations: int = 3
                                policy=WitnessPolicy(accept_timeout_s=3.0), witness_interval_s=0.25,
                                on_event=lambda m: console.print(Text(f"· {m}", style="dim")))
         try:
-            console.rule("[bold]Station Lattice demo")
+            heading(console, "Station Lattice demo")
             await lattice.start()
             client = lattice.client
             assert client is not None

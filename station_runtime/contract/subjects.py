@@ -66,7 +66,6 @@ class Status(enum.StrEnum):
     END_OF_BATCH = "204"
     NOT_FOUND = "404"
     TIMEOUT = "408"
-    TOO_MANY = "413"
 
 
 def org_root(org: str) -> str:
@@ -194,12 +193,6 @@ def inbox_all(prefix: str) -> str:
     return f"{prefix}.>"
 
 
-def reply_token(subject: str, prefix: str) -> str | None:
-    """The token after ``prefix.`` of a reply subject, or None if the subject is not under that prefix."""
-    return subject[len(prefix) + 1:] if subject.startswith(prefix) and subject[len(prefix):len(prefix) + 1] == "." \
-        else None
-
-
 # --- JetStream: buckets, streams and the API subjects the lattice uses --------------------------------------------
 
 
@@ -259,10 +252,6 @@ def js_consumer_info(stream: str, consumer: str = "*") -> str:
     return f"{JS_API}.CONSUMER.INFO.{stream}.{consumer}"
 
 
-def js_consumer_delete(stream: str, consumer: str = "*") -> str:
-    return f"{JS_API}.CONSUMER.DELETE.{stream}.{consumer}"
-
-
 def js_flow_control(stream: str) -> str:
     """Flow-control replies of a push consumer on ``stream`` (a watch that moves a lot of data answers them)."""
     return f"$JS.FC.{stream}.>"
@@ -270,10 +259,6 @@ def js_flow_control(stream: str) -> str:
 
 def js_stream_msg_get(stream: str) -> str:
     return f"{JS_API}.STREAM.MSG.GET.{stream}"
-
-
-def js_stream_purge(stream: str) -> str:
-    return f"{JS_API}.STREAM.PURGE.{stream}"
 
 
 # --- the system account: account JWTs (JWT mode) --------------------------------------------------------------

@@ -20,10 +20,13 @@ from nats.aio.msg import Msg
 
 from ..contract import subjects
 from ..contract.subjects import Header, Status
+from ..errors import StoreFullError
 from .inbox import Inbox, status
 
 #: JetStream's error codes for "the subject's last sequence is not the one expected" (a failed compare-and-set).
 WRONG_LAST_SEQUENCE = (10071, 10164)
+#: JetStream's error code for a stream (a bucket) that refuses a write because it is at its bound.
+STORE_FULL = 10077
 
 
 class Requests:
@@ -71,5 +74,10 @@ async def kv_write(requests: Requests, bucket: str, key: str, value: bytes, *, l
     if (error := ack.get("error")) is not None:
         if error.get("err_code") in WRONG_LAST_SEQUENCE:
             raise nats.js.errors.KeyWrongLastSequenceError(description=error.get("description"))
+        if error.get("err_code") == STORE_FULL:
+            # Not transient (it is not retried for minutes) and not nats-py's 503 (which reads as "no server").
+            raise StoreFullError(f"the org's store {bucket} is full ({error.get('description')}): finished work "
+                                 "is purged after its retention; raise the bound (StateLimits, the org's JetStream "
+                                 "limits) or purge old work")
         raise nats.js.errors.APIError.from_error(error)
     return int(ack["seq"])

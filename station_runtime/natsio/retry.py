@@ -12,7 +12,7 @@ import nats.errors
 import nats.js.errors
 
 from ..backoff import compute_backoff
-from ..errors import LatticeError
+from ..errors import LatticeError, LatticeUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,8 +62,12 @@ async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str, deadline
             result = await op()
         except Exception as exc:  # narrowed just below: anything not transient is re-raised at once
             now = loop.time()
-            if not is_transient(exc) or (deadline_s is not None and now - started >= deadline_s):
+            if not is_transient(exc):
                 raise
+            if deadline_s is not None and now - started >= deadline_s:
+                why = str(exc) or type(exc).__name__
+                raise LatticeUnavailable(f"{what}: NATS did not answer within {deadline_s:g}s ({why})",
+                                         retry_after_s=REMIND_EVERY_S) from exc
             if attempt == 0:
                 log.warning("%s failed (%s); retrying until NATS answers", what, type(exc).__name__)
             elif now - reminded >= REMIND_EVERY_S:

@@ -287,7 +287,7 @@ class WorkService:
             await self.store.emit("work", "started", running.record)
         except Superseded:
             pass  # the final write finds out again and reports it
-        except NATS_FAILURES as exc:  # NATS down for minutes: the outcome write retries on its own
+        except BEST_EFFORT_FAILURES as exc:  # NATS down for minutes: the outcome write retries on its own
             log.warning("work %s: could not record Running: %s", run.work_id, exc)
 
     def _pick_agent(self, record: WorkRecord) -> HostedAgent | None:

@@ -198,8 +198,9 @@ class Witness:
         answers = await asyncio.gather(*(self._ping(r.station_id) for r in suspects))
         for record, gone in zip(suspects, answers, strict=True):
             if gone:
-                log.warning("station %s: %.1fs since its last beat and no responder on NATS: lost", record.station_id,
-                            record.age_s(now))
+                # INFO, like the witness's other actions: the station.lost event records it for everyone.
+                log.info("station %s: %.1fs since its last beat and no responder on NATS: lost", record.station_id,
+                         record.age_s(now))
                 self._gone[record.station_id] = record.last_heartbeat
                 await self.store.note("station", "lost", subject=record.station_id,
                                       seconds_since_heartbeat=round(record.age_s(now), 1), proven_by="probe")
