@@ -19,7 +19,7 @@ EVENT_TYPES: Final[dict[Category, tuple[str, ...]]] = {
     "agent": ("registered", "updated", "removed"),
     "work": (
         "submitted", "scheduled", "unschedulable", "assigned", "started", "progress", "succeeded",
-        "failed", "requeued", "escalated", "cancel_requested", "cancelled", "rejected", "purged",
+        "failed", "requeued", "escalated", "cancel_requested", "cancelled", "rejected",
     ),
 }
 

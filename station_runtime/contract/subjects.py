@@ -57,6 +57,8 @@ class Header(enum.StrEnum):
     EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
     #: ``DEL`` or ``PURGE`` on a KV delete marker.
     KV_OPERATION = "KV-Operation"
+    #: A message's time to live (``"86400s"``): the server deletes it then (streams with message TTLs).
+    TTL = "Nats-TTL"
 
 
 class Status(enum.StrEnum):

@@ -62,12 +62,15 @@ class Requests:
 
 
 async def kv_write(requests: Requests, bucket: str, key: str, value: bytes, *, last: int,
-                   timeout_s: float = 5.0) -> int:
-    """Write ``key`` if its latest revision is ``last`` (0: if it has none); the new revision. Raises
+                   timeout_s: float = 5.0, ttl_s: float | None = None) -> int:
+    """Write ``key`` if its latest revision is ``last`` (0: if it has none); the new revision. With ``ttl_s`` the
+    server deletes this version that long after (nats-server 2.11+ message TTL). Raises
     ``KeyWrongLastSequenceError`` when the compare-and-set fails, like ``KeyValue.update``."""
+    headers: dict[str, str] = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
+    if ttl_s is not None:
+        headers[Header.TTL] = f"{max(int(ttl_s), 1)}s"
     try:
-        msg = await requests.request(subjects.kv_key(bucket, key), value, timeout_s=timeout_s,
-                                     headers={Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)})
+        msg = await requests.request(subjects.kv_key(bucket, key), value, timeout_s=timeout_s, headers=headers)
     except nats.errors.NoRespondersError:
         raise nats.js.errors.NoStreamResponseError from None
     ack: dict[str, Any] = json.loads(msg.data)
@@ -77,7 +80,7 @@ async def kv_write(requests: Requests, bucket: str, key: str, value: bytes, *, l
         if error.get("err_code") == STORE_FULL:
             # Not transient (it is not retried for minutes) and not nats-py's 503 (which reads as "no server").
             raise StoreFullError(f"the org's store {bucket} is full ({error.get('description')}): finished work "
-                                 "is purged after its retention; raise the bound (StateLimits, the org's JetStream "
-                                 "limits) or purge old work")
+                                 "is deleted after its retention; raise the bound (StateLimits, the org's JetStream "
+                                 "limits), shorten the retention, or cancel old work")
         raise nats.js.errors.APIError.from_error(error)
     return int(ack["seq"])

@@ -40,6 +40,13 @@ DEFAULT_EVENTS_MAX_BYTES: Final = 256 * 1024 * 1024
 
 
 MIB: Final = 1024 * 1024
+#: The work bucket's metadata key holding the org's retention of finished work, in seconds.
+RETENTION_KEY: Final = "lattice.work_retention_s"
+#: How long the marker the server leaves when a finished record expires is kept (watchers see the deletion).
+TTL_MARKER_S: Final = 60.0
+#: A large result outlives its record's retention by this much: a reader of a record just before it expires can
+#: still load its result.
+RESULTS_TTL_MARGIN_S: Final = 3600.0
 
 
 @dataclass(frozen=True)
@@ -54,14 +61,17 @@ class StateLimits:
     events_max_bytes: int = DEFAULT_EVENTS_MAX_BYTES
     #: The largest record (work records carry their input and an inline result of up to 64 KiB).
     max_value_bytes: int = MIB
-    #: Work records, live and finished (finished ones are purged after the witness's retention, 24 h): a typical
-    #: record is 1-3 KiB, one with a 64 KiB inline result about 70 KiB.
+    #: Work records, live and finished: a typical record is 1-3 KiB, one with a 64 KiB inline result about 70 KiB.
     work_max_bytes: int = 512 * MIB
+    #: A finished record is kept this long, then the server deletes it (a per-message TTL set with the write that
+    #: finished it): nobody has to track history to purge it. Written into the work bucket's metadata when the
+    #: bucket is created; everyone who opens the bucket reads it from there.
+    work_retention_s: float = 24 * 3600.0
     #: Agent definitions (about 1 KiB each; at most ``max_value_bytes``).
     agents_max_bytes: int = 16 * MIB
     #: Presence records (about 1 KiB per station; they expire by themselves).
     stations_max_bytes: int = 8 * MIB
-    #: Results larger than a record holds (up to 32 MiB each), deleted with their record.
+    #: Results larger than a record holds (up to 32 MiB each); each lives for the retention and an hour more.
     results_max_bytes: int = 1024 * MIB
 
     def total_bytes(self) -> int:
@@ -74,9 +84,12 @@ class OrgState:
     """Handles on one org's buckets and stream, opened (and created if missing) by :meth:`open`."""
 
     def __init__(self, nc: NatsClient, js: JetStreamContext, org: str, stations: KeyValue, agents: KeyValue,
-                 work: KeyValue, presence_ttl_s: float, limits: StateLimits | None = None) -> None:
+                 work: KeyValue, presence_ttl_s: float, limits: StateLimits | None = None,
+                 work_retention_s: float | None = None) -> None:
         self.js = js
         self.limits = limits or StateLimits()
+        #: How long finished work is kept, as the org's work bucket says (else the limits' default).
+        self.work_retention_s = work_retention_s or self.limits.work_retention_s
         #: The connection's reply inbox: requests, bids and batch reads all come back through it.
         self.inbox = Inbox(nc)
         #: The hot path's requests (work record writes, assignments) on this connection.
@@ -101,8 +114,9 @@ class OrgState:
                 self._results = await self.js.object_store(name)
             except (BucketNotFoundError, NotFoundError):
                 try:
-                    self._results = await self.js.create_object_store(
-                        name, ObjectStoreConfig(max_bytes=self.limits.results_max_bytes, storage=StorageType.FILE))
+                    self._results = await self.js.create_object_store(name, ObjectStoreConfig(
+                        max_bytes=self.limits.results_max_bytes, storage=StorageType.FILE,
+                        ttl=self.work_retention_s + RESULTS_TTL_MARGIN_S))
                 except BadRequestError:  # created by someone else meanwhile
                     self._results = await self.js.object_store(name)
         return self._results
@@ -118,17 +132,21 @@ class OrgState:
                                max_bytes=limits.agents_max_bytes)
         src, dest = subjects.work_record_republish(org)
         work = await _bucket(js, subjects.bucket(org, "work"), create, max_value_size=limits.max_value_bytes,
-                             max_bytes=limits.work_max_bytes, republish=RePublish(src=src, dest=dest))
+                             max_bytes=limits.work_max_bytes, republish=RePublish(src=src, dest=dest),
+                             limit_marker_ttl=TTL_MARKER_S,
+                             metadata={RETENTION_KEY: str(limits.work_retention_s)})
+        retention = await _retention(js, subjects.bucket(org, "work"))
         if create:
             await _stream(js, subjects.events_stream(org), [subjects.events_all(org)],
                           limits.events_max_age_s, limits.events_max_bytes)
         status = await stations.status()
         ttl = status.ttl or limits.presence_ttl_s
-        return cls(nc, js, org, stations, agents, work, presence_ttl_s=ttl, limits=limits)
+        return cls(nc, js, org, stations, agents, work, presence_ttl_s=ttl, limits=limits,
+                   work_retention_s=retention)
 
 
 async def _bucket(js: JetStreamContext, name: str, create: bool, *, republish: RePublish | None = None,
-                  max_bytes: int, **config: Any) -> KeyValue:
+                  max_bytes: int, metadata: dict[str, str] | None = None, **config: Any) -> KeyValue:
     try:
         kv = await js.key_value(name)
     except BucketNotFoundError:
@@ -139,12 +157,30 @@ async def _bucket(js: JetStreamContext, name: str, create: bool, *, republish: R
     try:
         # Direct get: a read is one plain request answered from the stream, instead of the JSON stream API
         # (base64 and an email-header parser in nats-py): a third of the CPU of every record read.
-        return await js.create_key_value(KeyValueConfig(bucket=name, storage=StorageType.FILE, direct=True,
-                                                        history=1, republish=republish, max_bytes=max_bytes,
-                                                        **config))
+        kv = await js.create_key_value(KeyValueConfig(bucket=name, storage=StorageType.FILE, direct=True,
+                                                      history=1, republish=republish, max_bytes=max_bytes, **config))
     except BadRequestError:
         # Another process created it between our lookup and our create, possibly with other settings.
         return await js.key_value(name)
+    if metadata:
+        # nats-py's KV config has no metadata: the creator adds it at once (before anyone needs it).
+        info = await js.stream_info(subjects.kv_stream(name))
+        info.config.metadata = {**(info.config.metadata or {}), **metadata}
+        await js.update_stream(info.config)
+    return kv
+
+
+async def _retention(js: JetStreamContext, name: str) -> float | None:
+    """The retention the org's work bucket was created with (None: an older bucket, or not readable)."""
+    try:
+        info = await js.stream_info(subjects.kv_stream(name))
+    except (nats.js.errors.APIError, nats.errors.TimeoutError):
+        return None
+    raw = (info.config.metadata or {}).get(RETENTION_KEY)
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
 
 
 async def _upgrade(js: JetStreamContext, name: str, kv: KeyValue, republish: RePublish | None,

@@ -62,7 +62,7 @@ class WorkController:
         w.directory.on_join.append(self._joined)
         self.witness.start()
         log.info("work controller for org %s started (%d unfinished, %d finished records)", self.org,
-                 len(self.index.live), len(self.index.finished))
+                 len(self.index.live), self.index.finished)
 
     async def _joined(self, _: object) -> None:
         if self.witness is not None:

@@ -2,9 +2,10 @@
 WorkItem mirror) need, at a cost that follows what changes, not what is stored.
 
 * ``live``: every unfinished record (the witness's whole working set), and per station the work it holds;
-* a timer heap: when each record next needs a look (:func:`.policy.next_check`: a deadline, a backoff, the end
-  of a grace period, a finished record's retention), so that an idle lattice with 20,000 finished records costs
-  the witness nothing until something is due;
+* a timer heap: when each unfinished record next needs a look (:func:`.policy.next_check`: a deadline, a
+  backoff, the end of a grace period), so that an idle lattice costs the witness nothing until something is due.
+  Finished records are not kept at all: the server deletes each when the org's retention is over (the TTL of
+  the write that finished it), so neither the witness's memory nor its work grows with the history;
 * listeners, told of every record version as it arrives (the WorkItem mirror).
 
 A record that cannot be decoded (written by a newer or broken writer, or by hand) is reported once per revision
@@ -20,7 +21,6 @@ import heapq
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -42,16 +42,6 @@ HOLDING = (P.ASSIGNED, P.RUNNING)
 #: Undecodable records reported (once per revision) remembered at most: bounds the map.
 MAX_REPORTED: Final = 10_000
 
-
-@dataclass(frozen=True)
-class Finished:
-    """What the index keeps of a finished record: enough to purge it when its retention is over."""
-
-    work_id: str
-    revision: int
-    purge_at: datetime | None
-    result_ref: str | None
-
 Listener = Callable[[Versioned], None]
 Undecodable = Callable[[str, int, bytes, DecodeError], Awaitable[None]]
 
@@ -65,8 +55,8 @@ class WorkIndex:
         self.live: dict[str, Versioned] = {}
         #: Work ids each station holds (Assigned or Running there).
         self.by_station: dict[str, set[str]] = {}
-        #: Finished records, by work id (a few dozen bytes each: what purging them takes).
-        self.finished: dict[str, Finished] = {}
+        #: Finished records seen (in the last snapshot, and since): counted, not kept.
+        self.finished = 0
         self.listeners: list[Listener] = []
         #: (when, tie-break, work id, revision): a record's next look. Stale entries (the record changed since)
         #: are skipped when they come up.
@@ -113,26 +103,19 @@ class WorkIndex:
     def get(self, work_id: str) -> Versioned | None:
         return self.live.get(work_id)
 
-    def due(self, now: datetime | None = None) -> tuple[list[Versioned], list[Finished]]:
-        """The unfinished records whose next look is due, and the finished ones whose retention is over, each
-        once (the current version only); they leave the heap. A record that still needs looks later is put back
-        by :meth:`recheck` or by its next change."""
+    def due(self, now: datetime | None = None) -> list[Versioned]:
+        """The unfinished records whose next look is due, each once (the current version only); they leave the
+        heap. A record that still needs looks later is put back by :meth:`recheck` or by its next change."""
         now = now or utcnow()
-        live: list[Versioned] = []
-        finished: list[Finished] = []
+        due: list[Versioned] = []
         seen: set[str] = set()
         while self._heap and self._heap[0][0] <= now:
             _, _, work_id, revision = heapq.heappop(self._heap)
-            if work_id in seen:
-                continue
             current = self.live.get(work_id)
-            if current is not None and current.revision == revision:
+            if work_id not in seen and current is not None and current.revision == revision:
                 seen.add(work_id)
-                live.append(current)
-            elif (done := self.finished.get(work_id)) is not None and done.revision == revision:
-                seen.add(work_id)
-                finished.append(done)
-        return live, finished
+                due.append(current)
+        return due
 
     def next_due(self) -> datetime | None:
         return self._heap[0][0] if self._heap else None
@@ -158,8 +141,6 @@ class WorkIndex:
     async def _on_snapshot(self, seen: set[str]) -> None:
         for gone in set(self.live) - seen:
             self._forget(gone)
-        for gone in set(self.finished) - seen:
-            del self.finished[gone]
         self.healthy = True
         self.ready.set()
         self.changed.set()
@@ -169,7 +150,6 @@ class WorkIndex:
         revision = int(entry.revision or 0)
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self._forget(key)
-            self.finished.pop(key, None)
             return
         try:
             record = decode(entry.value, WorkRecord)
@@ -185,12 +165,9 @@ class WorkIndex:
         current = self.live.get(key)
         if current is not None and current.revision >= versioned.revision:
             return
-        done = self.finished.get(key)
-        if done is not None and done.revision >= versioned.revision:
-            return
         self._forget(key)
         if record.phase.terminal:
-            self.finished[key] = Finished(key, versioned.revision, next_check(record, self.policy), record.result_ref)
+            self.finished += 1
         else:
             self.live[key] = versioned
             if record.phase in HOLDING and record.station_id:

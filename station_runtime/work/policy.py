@@ -25,8 +25,6 @@ class WitnessPolicy:
     scheduling_timeout_s: float = 5.0
     #: Cancellation of running work not confirmed by its station within this long is forced.
     cancel_grace_s: float = 10.0
-    #: Finished work records are purged from KV this long after they finished.
-    retention_s: float = 24 * 3600.0
     #: Unschedulable retry backoff.
     unschedulable_base_s: float = 1.0
     unschedulable_max_s: float = 30.0
@@ -42,7 +40,6 @@ class Action(enum.StrEnum):
     ESCALATE = "escalate"
     FAIL = "fail"
     CANCEL = "cancel"
-    PURGE = "purge"
 
 
 @dataclass(frozen=True)
@@ -76,9 +73,7 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
     """Pure: what the witness does with ``record`` now. ``live_stations`` are ids with a fresh heartbeat."""
     phase = record.phase
     if phase.terminal:
-        if record.finished_at and _age(record.finished_at, now) > policy.retention_s:
-            return Decision(Action.PURGE, "retention expired")
-        return NOTHING
+        return NOTHING  # kept for the org's retention, then deleted by the server (the TTL of its last write)
     if record.is_workflow:
         return NOTHING  # workflows are driven by the workflow driver, their steps by this function
     timeouts = record.spec.timeouts
@@ -135,15 +130,13 @@ def _at(ts: datetime | None, seconds: float | None) -> datetime | None:
 
 def next_check(record: WorkRecord, policy: WitnessPolicy) -> datetime | None:
     """Pure: the earliest time at which :func:`decide` may answer differently for ``record`` because of the clock
-    alone (a deadline, a backoff, a grace period, the retention); None if only a change of the record or of the
+    alone (a deadline, a backoff, a grace period); None if only a change of the record or of the
     stations can. The witness keeps these in a timer heap, so that its cost follows what changes and what is due,
     not what is stored. Station loss is not a time of the record's: the witness checks the stations that hold
     work on every tick."""
     phase = record.phase
-    if phase.terminal:
-        return _at(record.finished_at, policy.retention_s)
-    if record.is_workflow:
-        return None  # driven when it or its current step changes
+    if phase.terminal or record.is_workflow:
+        return None  # a finished record is left alone; a workflow is driven when it or its current step changes
     times: list[datetime | None] = []
     if record.cancel_requested:
         times.append(_at(record.updated_at, policy.cancel_grace_s))

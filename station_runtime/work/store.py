@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.object_store import ObjectStore
 from pydantic import TypeAdapter, ValidationError
 
@@ -60,7 +60,8 @@ class WorkStore:
         Idempotent: submitting the same work id twice yields the first record."""
         data = encode(record)
         try:
-            revision = await kv_write(self.state.requests, self._bucket, record.work_id, data, last=0)
+            revision = await kv_write(self.state.requests, self._bucket, record.work_id, data, last=0,
+                                      ttl_s=self._ttl(record))
             return Versioned(record, revision), True
         except KeyWrongLastSequenceError:
             existing = await self.get(record.work_id)
@@ -90,8 +91,13 @@ class WorkStore:
             return None
 
     async def write(self, new: WorkRecord, revision: int) -> int:
-        """CAS one record; raises KeyWrongLastSequenceError if ``revision`` is no longer the latest."""
-        return await kv_write(self.state.requests, self._bucket, new.work_id, encode(new), last=revision)
+        """CAS one record; raises KeyWrongLastSequenceError if ``revision`` is no longer the latest. The write
+        that finishes a record carries the org's retention as its TTL: the server deletes it then."""
+        return await kv_write(self.state.requests, self._bucket, new.work_id, encode(new), last=revision,
+                              ttl_s=self._ttl(new))
+
+    def _ttl(self, record: WorkRecord) -> float | None:
+        return self.state.work_retention_s if record.phase.terminal else None
 
     async def mutate(self, work_id: str, fn: Mutation, *, current: Versioned | None = None,
                      attempts: int = 8) -> Versioned | None:
@@ -126,16 +132,6 @@ class WorkStore:
         except DecodeError as exc:
             log.warning("skipping malformed work record %r: %s", item.key, exc)
             return None
-
-    async def purge(self, work_id: str, revision: int, result_ref: str | None = None) -> bool:
-        """Delete a (finished) record if it is still at ``revision``, and its large result."""
-        try:
-            await self.kv.delete(work_id, last=revision)
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            return False
-        if result_ref is not None:
-            await self._delete_object(result_ref)
-        return True
 
     async def note(self, category: Category, type_: str, *, subject: str, **data: object) -> None:
         """An event that is not about a stored version of a record (a station lost, a record purged)."""
@@ -199,13 +195,6 @@ class WorkStore:
         if not ref.startswith(prefix):
             raise ValueError(f"result reference {ref!r} is not in this org's results store ({prefix}...)")
         return ref[len(prefix):]
-
-    async def _delete_object(self, ref: str) -> None:
-        try:
-            store = await self._object_store()
-            await store.delete(self._object_name(ref))
-        except (NotFoundError, ObjectNotFoundError, ValueError) as exc:  # gone already: what purging wants
-            log.debug("result %s not deleted: %s", ref, exc)
 
 
 _PAYLOAD: Final[TypeAdapter[Payload]] = TypeAdapter(Payload)

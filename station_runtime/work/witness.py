@@ -1,13 +1,13 @@
 """The witness: finds work that needs a hand and gives it one, idempotently, from any number of processes.
 
 It works from the org's :class:`~.index.WorkIndex` (one watch of the work bucket), never from a read of every
-record: each tick it looks only at what is due (a deadline, a backoff, a grace period, a retention: a timer heap)
-and at the work of stations that are lost or late, so an idle lattice costs it nothing whatever its history. For
-each record it looks at, :func:`~.policy.decide` says what to do: schedule what nobody scheduled (its submitter
-died, it was unschedulable and a station joined, it waited for room), requeue the attempts of lost or stuck
-stations, escalate when retries are exhausted, enforce deadlines, finish cancellations, drive workflows, purge old
-records, quarantine a record nobody can read. Every action is a CAS that re-checks the decision on the freshest
-record, so two witnesses never act twice.
+record: each tick it looks only at what is due (a deadline, a backoff, a grace period: a timer heap) and at the
+work of stations that are lost or late, so an idle lattice costs it nothing whatever its history. For each record
+it looks at, :func:`~.policy.decide` says what to do: schedule what nobody scheduled (its submitter died, it was
+unschedulable and a station joined, it waited for room), requeue the attempts of lost or stuck stations, escalate
+when retries are exhausted, enforce deadlines, finish cancellations, drive workflows, quarantine a record nobody
+can read. Finished records it leaves alone: the server deletes them after the org's retention. Every action is a
+CAS that re-checks the decision on the freshest record, so two witnesses never act twice.
 
 The witness holds back while it cannot see the lattice (its own NATS connection is down, or its view of the
 registry or the work is being rebuilt), and for a few heartbeats after its view comes back: when NATS restarts,
@@ -35,7 +35,7 @@ from ..routing import MISSED_BEATS_LOST, overdue
 from . import phases, workflow
 from .auction import DEFAULT_HEARTBEAT_S, Auctioneer
 from .directory import StationDirectory
-from .index import Finished, WorkIndex
+from .index import WorkIndex
 from .policy import Action, Decision, WitnessPolicy, decide
 from .store import Versioned, WorkStore
 
@@ -125,7 +125,7 @@ class Witness:
             return 0
         self._held_back = False
         now = utcnow()
-        live_due, finished_due = self.index.due(now)
+        live_due = self.index.due(now)
         await self._probe(now)
         live = self._live_ids(now)
         todo = {v.record.work_id: v for v in live_due}
@@ -149,8 +149,6 @@ class Witness:
                 taken += await self.act(current, decision)
             else:
                 self.index.recheck(current)
-        for done in finished_due:
-            taken += await self._purge(done)
         return taken
 
     def _decide(self, record: WorkRecord, live: set[str] | None = None, now: datetime | None = None) -> Decision:
@@ -222,9 +220,6 @@ class Witness:
         if action == Action.SCHEDULE:
             result = await self.auctioneer.schedule(versioned)
             return self._count(action, result)
-        if action == Action.PURGE:
-            record = versioned.record
-            return await self._purge(Finished(record.work_id, versioned.revision, None, record.result_ref))
 
         def apply(r: WorkRecord) -> WorkRecord | None:
             fresh = self._decide(r)  # the freshest record must still call for this action
@@ -251,12 +246,6 @@ class Witness:
                                                             reason="requeued by the witness")))
             await self.auctioneer.schedule(result)
         return self._count(action, result)
-
-    async def _purge(self, done: Finished) -> int:
-        purged = await self.store.purge(done.work_id, done.revision, done.result_ref)
-        if purged:
-            await self.store.note("work", "purged", subject=done.work_id, reason="retention expired")
-        return self._count(Action.PURGE, done if purged else None)
 
     def _count(self, action: Action, result: object) -> int:
         if result is None:

@@ -180,7 +180,7 @@ def rec(phase: WorkPhase, **kw: object) -> WorkRecord:
 
 
 def test_the_witness_looks_again_when_a_deadline_or_backoff_falls_due() -> None:
-    policy = WitnessPolicy(accept_timeout_s=5, pending_grace_s=2, scheduling_timeout_s=5, retention_s=60,
+    policy = WitnessPolicy(accept_timeout_s=5, pending_grace_s=2, scheduling_timeout_s=5,
                            stuck_threshold_s=30, cancel_grace_s=10, deadline_grace_s=1)
     t = utcnow()
     s = timedelta(seconds=1)
@@ -196,7 +196,7 @@ def test_the_witness_looks_again_when_a_deadline_or_backoff_falls_due() -> None:
     deadline = rec(P.PENDING, created_at=t, updated_at=t + 9 * s, spec=WorkItemSpec(
         agent="e", timeouts=WorkTimeouts(schedule_to_start_seconds=4)))
     assert next_check(deadline, policy) == t + 4 * s
-    assert next_check(rec(P.SUCCEEDED, finished_at=t), policy) == t + 60 * s  # the retention
+    assert next_check(rec(P.SUCCEEDED, finished_at=t), policy) is None  # the server deletes it, after the retention
     assert next_check(rec(P.RUNNING, started_at=t, cancel_requested=True, updated_at=t), policy) == t + 10 * s
     workflow = rec(P.RUNNING, spec=WorkItemSpec(steps=[{"name": "a", "agent": "e"}]))  # type: ignore[list-item]
     assert next_check(workflow, policy) is None

@@ -114,7 +114,7 @@ def test_ranking_is_deterministic_skips_declines_and_spreads_ties() -> None:
 
 NOW = utcnow()
 POLICY = WitnessPolicy(accept_timeout_s=5, stuck_threshold_s=60, pending_grace_s=2, scheduling_timeout_s=5,
-                       cancel_grace_s=10, retention_s=100)
+                       cancel_grace_s=10)
 
 
 def ago(s: float) -> object:
@@ -146,7 +146,7 @@ def ago(s: float) -> object:
     (rec(P.RUNNING, station_id="s1", cancel_requested=True, updated_at=ago(11)), {"s1"}, Action.CANCEL),
     (rec(P.RUNNING, station_id="s1", cancel_requested=True, updated_at=ago(1)), set(), Action.CANCEL),
     (rec(P.SUCCEEDED, finished_at=ago(50)), set(), Action.NONE),
-    (rec(P.SUCCEEDED, finished_at=ago(150)), set(), Action.PURGE),
+    (rec(P.SUCCEEDED, finished_at=ago(150)), set(), Action.NONE),  # the server deletes it after the retention
 ])
 def test_witness_decisions(record: WorkRecord, live: set[str], expected: Action) -> None:
     assert decide(record, live_stations=live, now=NOW, policy=POLICY).action == expected  # type: ignore[arg-type]
