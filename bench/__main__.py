@@ -67,6 +67,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              keys=("taskiq_p50_us", "taskiq_throughput_per_s")),
     # The Kubernetes operator on the test control plane: WorkItem resource -> status Succeeded, 500 drained, RSS.
     Scenario("operator", "bench.k8s_operator:run", modes=("full",), keys=("operator_workitem_p50_ms",)),
+    # `lattice up` and a submitting process over tens of thousands of items: memory per 10k, contention's cost.
+    Scenario("soak", "bench.soak:run", modes=("full", "quick"),
+             keys=("soak_rss_mb_per_10k_items", "contention_attempts_spent_5000_items")),
+    Scenario("idle_controller", "bench.soak:run_idle_controller", modes=("full", "quick"),
+             keys=("idle_controller_cpu_pct_0_records", "idle_controller_cpu_pct_20k_records")),
 )
 
 #: Every key of latest.json's ``results``, in the issue's order; present (maybe null) in every run.
@@ -74,6 +79,8 @@ RESULT_KEYS: tuple[str, ...] = (
     "floor_p50_us", "floor_p99_us", "lattice_invoke_p50_us", "lattice_work_p50_us", "lattice_work_p99_us",
     "auction_close_p99_us_50_stations", "celery_p50_us", "taskiq_p50_us", "lattice_throughput_per_s",
     "celery_throughput_per_s", "taskiq_throughput_per_s", "recovery_s", "station_idle_rss_mb",
+    "soak_rss_mb_per_10k_items", "contention_attempts_spent_5000_items", "idle_controller_cpu_pct_0_records",
+    "idle_controller_cpu_pct_20k_records",
 )
 
 

@@ -83,6 +83,7 @@ class WorkItemMirror:
 
     def start(self) -> None:
         self.index.listeners.append(self._on_version)
+        self.index.wanted = self.tracked.__contains__  # finished records are decoded for tracked WorkItems only
         self._tasks = [asyncio.create_task(self._flush(), name=f"mirror-flush-{self.org}")]
 
     async def stop(self) -> None:

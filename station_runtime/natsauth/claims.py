@@ -4,7 +4,7 @@ the lattice's security boundary inside an org.
 Pure: builds data, signs nothing (see :mod:`.jwt`), touches no network. Field names follow Go's nats-io/jwt v2
 (``mem_storage``, not ``memory_storage``; ``resp`` is ``{"max", "ttl"}`` with ttl in nanoseconds).
 
-Three facts shape everything below (``shared/reference/nats-jwt-facts.md`` §3):
+Three facts shape everything below (checked against the server; ``tests/natsauth`` pins each):
 
 * an account is usable only if ``conn``, ``subs`` and ``payload`` are non-zero, and has JetStream only if
   ``mem_storage`` or ``disk_storage`` is non-zero (0 disables, -1 is unlimited);

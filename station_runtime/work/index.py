@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..contract.codec import decode
 from ..contract.errors import DecodeError
@@ -43,6 +44,17 @@ HOLDING = (P.ASSIGNED, P.RUNNING)
 MAX_REPORTED: Final = 10_000
 
 Listener = Callable[[Versioned], None]
+
+
+class _Peek(BaseModel):
+    """The two fields the index needs of a record to know it may drop it: parsed without validating the rest
+    (a quarter of a full decode), so finished records (most of an org's history, and every item's last write)
+    cost next to nothing."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: WorkPhase
+    parent_id: str | None = None
 Undecodable = Callable[[str, int, bytes, DecodeError], Awaitable[None]]
 
 
@@ -58,6 +70,8 @@ class WorkIndex:
         #: Finished records seen (in the last snapshot, and since): counted, not kept.
         self.finished = 0
         self.listeners: list[Listener] = []
+        #: Finished records the listeners want decoded (by work id); others are only counted.
+        self.wanted: Callable[[str], bool] = lambda _: False
         #: (when, tie-break, work id, revision): a record's next look. Stale entries (the record changed since)
         #: are skipped when they come up.
         self._heap: list[tuple[datetime, int, str, int]] = []
@@ -152,12 +166,27 @@ class WorkIndex:
             self._forget(key)
             return
         try:
+            peek = _Peek.model_validate_json(entry.value)
+        except ValidationError:
+            peek = None  # the full decode below says what is wrong
+        if peek is not None and peek.phase.terminal and not self.wanted(key):
+            self._finished(key, peek.parent_id)
+            return
+        try:
             record = decode(entry.value, WorkRecord)
         except DecodeError as exc:
             await self._undecodable(key, revision, entry.value, exc)
             return
         self.decoded += 1
         self.put(Versioned(record, revision))
+
+    def _finished(self, key: str, parent_id: str | None) -> None:
+        """A record finished (or was finished when we first saw it): it leaves the index; its workflow, if any, is
+        looked at now."""
+        self._forget(key)
+        self.finished += 1
+        if parent_id is not None and (parent := self.live.get(parent_id)) is not None:
+            self.recheck(parent, utcnow())
 
     def put(self, versioned: Versioned) -> None:
         """Take a version we learned of (from the watch, or from our own write) unless we know a later one."""

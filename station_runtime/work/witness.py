@@ -67,6 +67,8 @@ class Witness:
         self._stopping = False
         self._held_back = False
         self._last_join: datetime | None = None
+        #: Stations announced lost, with the heartbeat they were lost with (bounded by the stations known).
+        self._announced: dict[str, datetime | None] = {}
         index.on_undecodable = self.quarantine
 
     def start(self) -> None:
@@ -128,6 +130,8 @@ class Witness:
         live_due = self.index.due(now)
         await self._probe(now)
         live = self._live_ids(now)
+        for station_id in [s for s in self._announced if s in live]:
+            del self._announced[station_id]  # back (restarted): a next loss is announced again
         todo = {v.record.work_id: v for v in live_due}
         if self.directory.last_join != self._last_join:
             # A station joined (or restarted): unschedulable work may fit it now.
@@ -135,6 +139,7 @@ class Witness:
             todo.update((v.record.work_id, v) for v in self.index.in_phase(P.UNSCHEDULABLE))
         for station in self.index.holding_stations():
             if station not in live:
+                await self._announce_lost(station, now)
                 for versioned in self.index.held_by(station):
                     todo.setdefault(versioned.record.work_id, versioned)
         taken = 0
@@ -200,8 +205,18 @@ class Witness:
                 log.info("station %s: %.1fs since its last beat and no responder on NATS: lost", record.station_id,
                          record.age_s(now))
                 self._gone[record.station_id] = record.last_heartbeat
-                await self.store.note("station", "lost", subject=record.station_id,
-                                      seconds_since_heartbeat=round(record.age_s(now), 1), proven_by="probe")
+
+    async def _announce_lost(self, station_id: str, now: datetime) -> None:
+        """One ``station.lost`` event per loss (a station that beats again and is lost again is announced again)."""
+        record = self.directory.records.get(station_id)
+        beat = record.last_heartbeat if record is not None else None
+        if station_id in self._announced and self._announced[station_id] == beat:
+            return
+        self._announced[station_id] = beat
+        age = round(record.age_s(now), 1) if record is not None else None
+        log.info("station %s lost (last heartbeat %s s ago): its work is requeued", station_id, age)
+        await self.store.note("station", "lost", subject=station_id, seconds_since_heartbeat=age,
+                              proven_by="heartbeats" if station_id not in self._gone else "probe")
 
     async def _ping(self, station_id: str) -> bool:
         """True if NATS says nobody answers for the station."""

@@ -87,6 +87,8 @@ async def test_work_of_a_killed_station_runs_elsewhere_within_three_heartbeats(
         for r in records:
             if r.work_id in victims:
                 assert r.station_id == "b" and r.attempt == 2
+        lost = [e.subject async for e in client.events(category="station") if e.short_type == "station.lost"]
+        assert lost == ["a"]  # one event for the loss, however many items it held
     finally:
         for p in procs:
             p.stop()
