@@ -309,7 +309,7 @@ class LatticeClient:
             state = await self.state()
             async with self._opening:
                 if self._directory is None:
-                    directory = StationDirectory(state.stations)
+                    directory = StationDirectory(state)
                     await directory.start()
                     self._directory = directory
         return self._directory

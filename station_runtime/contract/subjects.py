@@ -59,6 +59,8 @@ class Header(enum.StrEnum):
     KV_OPERATION = "KV-Operation"
     #: A message's time to live (``"86400s"``): the server deletes it then (streams with message TTLs).
     TTL = "Nats-TTL"
+    #: On the marker the server leaves where a message expired (``MaxAge``) or was removed (``Remove``).
+    MARKER_REASON = "Nats-Marker-Reason"
 
 
 class Status(enum.StrEnum):

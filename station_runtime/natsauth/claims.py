@@ -172,11 +172,11 @@ def station_permissions(org: str, station_id: str) -> Permissions:
         # Presence bucket: bind + status (reads the TTL); direct get of its own key after a CAS conflict.
         subjects.js_stream_info(stations_stream),
         subjects.js_direct_get(stations_stream, subjects.kv_key(stations, me)),
-        # Agents bucket: bind; the live watch, an ordered push consumer: create, read its pending count, answer
-        # flow control when a watch moves a lot of data.
+        # Agents bucket: bind; the live watch: an exact listing (batch direct get), then an ordered push consumer
+        # from right after it (create; answer flow control when the watch moves a lot of data).
         subjects.js_stream_info(agents_stream),
+        subjects.js_direct_get(agents_stream),
         subjects.js_consumer_create(agents_stream),
-        subjects.js_consumer_info(agents_stream),
         subjects.js_flow_control(agents_stream),
         # Work bucket: bind; direct get of a record (re-read after a CAS conflict or an outage); the listing on
         # start (propulsion), a batch direct get that leaves no consumer behind.

@@ -40,14 +40,37 @@ class KvItem:
     key: str
     value: bytes
     revision: int
+    #: ``DEL`` or ``PURGE`` for a deletion (a watch delivers those; a listing leaves them out), else None.
+    operation: str | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A bucket's live keys, and the stream sequence they are exact at: a watch that starts right after it (at
+    ``last_sequence + 1``) sees every change since, and nothing twice."""
+
+    items: list[KvItem]
+    last_sequence: int
+
+
+def deletion(headers: dict[str, str] | None) -> str | None:
+    """``DEL``/``PURGE`` if a KV message is a deletion: a delete or purge, or the marker the server leaves when a
+    message's TTL or the bucket's age limit removed the key (``Nats-Marker-Reason``)."""
+    if not headers:
+        return None
+    if (op := headers.get(Header.KV_OPERATION)) in ("DEL", "PURGE"):
+        return op
+    if (reason := headers.get(Header.MARKER_REASON)) is not None:
+        return "DEL" if reason == "Remove" else "PURGE"
+    return None
 
 
 class ListingError(RuntimeError):
     """The server answered a batch read with an error status."""
 
 
-async def list_bucket(inbox: Inbox, bucket: str, *, timeout_s: float = 5.0) -> list[KvItem]:
-    """Every live key of ``bucket`` with its value and revision, in revision order."""
+async def list_bucket(inbox: Inbox, bucket: str, *, timeout_s: float = 5.0) -> Listing:
+    """Every live key of ``bucket`` with its value and revision, in revision order, and where they are exact."""
     stream, prefix = subjects.kv_stream(bucket), f"$KV.{bucket}."
     latest: dict[str, KvItem] = {}
     seq = 1
@@ -58,12 +81,12 @@ async def list_bucket(inbox: Inbox, bucket: str, *, timeout_s: float = 5.0) -> l
             key = headers.get(Header.SUBJECT, "")[len(prefix):]
             if not key:
                 continue
-            if headers.get(Header.KV_OPERATION) in ("DEL", "PURGE") or not msg.data:
+            if deletion(headers) is not None or not msg.data:
                 latest.pop(key, None)
             else:
                 latest[key] = KvItem(key, msg.data, int(headers.get(Header.SEQUENCE, "0")))
         if not remaining or last < seq:
-            return sorted(latest.values(), key=lambda item: item.revision)
+            return Listing(sorted(latest.values(), key=lambda item: item.revision), max(last, seq - 1))
         seq = last + 1
 
 

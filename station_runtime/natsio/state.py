@@ -19,15 +19,24 @@ from typing import Any, Final
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, RePublish, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RePublish,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from ..contract import subjects
 from .inbox import Inbox
-from .listing import KvItem, list_bucket
+from .listing import KvItem, deletion, list_bucket
 from .requests import Requests
 from .retry import NATS_FAILURES
 
@@ -104,7 +113,14 @@ class OrgState:
 
     async def list(self, kind: subjects.Bucket) -> list[KvItem]:
         """Every live key of one of the org's buckets, exactly, leaving no consumer behind."""
-        return await list_bucket(self.inbox, subjects.bucket(self.org, kind))
+        return (await list_bucket(self.inbox, subjects.bucket(self.org, kind))).items
+
+    async def follow(self, kind: subjects.Bucket, on_entry: EntryHandler, *, what: str,
+                     on_snapshot: Callable[[set[str]], Awaitable[None]] | None = None,
+                     on_failure: Callable[[], None] | None = None) -> None:
+        """Follow one of the org's buckets (see :func:`follow`)."""
+        await follow(self.js, self.inbox, subjects.bucket(self.org, kind), on_entry, what=what,
+                     on_snapshot=on_snapshot, on_failure=on_failure)
 
     async def results(self) -> ObjectStore:
         """The org's object store for large results, created (bounded) on first use if it is missing."""
@@ -218,53 +234,67 @@ async def _stream(js: JetStreamContext, name: str, subjects_: list[str], max_age
                                          storage=StorageType.FILE))
 
 
-EntryHandler = Callable[[Any, bool], Awaitable[None]]
+EntryHandler = Callable[[KvItem, bool], Awaitable[None]]
+#: The server drops a watch's consumer this long after its subscriber went away (a process killed, a connection
+#: lost): nothing is left behind for long. A live watch is kept alive by nats-py's heartbeats.
+WATCH_INACTIVE_S: Final = 60.0
 
 
-async def follow(kv: KeyValue, on_entry: EntryHandler, *, what: str,
+async def follow(js: JetStreamContext, inbox: Inbox, bucket: str, on_entry: EntryHandler, *, what: str,
                  on_snapshot: Callable[[set[str]], Awaitable[None]] | None = None,
                  on_failure: Callable[[], None] | None = None) -> None:
     """Follow every key of a bucket, forever: ``on_entry(entry, initial)`` for the current values (initial=True)
-    and then every change; ``on_snapshot(keys seen)`` once the current values are delivered. Any failure rebuilds
-    the watch with backoff (nats-py's ordered consumers do not reliably survive a server restart), and a fresh
-    watch re-delivers every current value, so handlers must be idempotent. Cancel the task to stop."""
+    and then every change (deletions with ``operation`` set); ``on_snapshot(keys seen)`` once the current values
+    are delivered.
+
+    The snapshot is an exact listing (:mod:`.listing`), and the watch an ordered consumer that starts right after
+    the sequence the listing is exact at: nothing is missed between the two and nothing comes twice. (nats-py's
+    KV watch decides where its snapshot ends from consumer info that can say "nothing pending" while the entries
+    are already on their way: a directory opened at that moment looked empty, and work was called
+    unschedulable with "no station registered".) Any failure rebuilds the whole with backoff (nats-py's ordered
+    consumers do not reliably survive a server restart), and a fresh snapshot re-delivers every current value,
+    so handlers must be idempotent. Cancel the task to stop."""
     delay = 0.2
+    prefix = f"$KV.{bucket}."
     task = asyncio.current_task()
+
+    def cancelled() -> None:
+        # nats-py's requests wait with Python 3.11's wait_for, which can drop a cancellation that lands as the
+        # answer arrives: without this check a stop could wait for ever on a quiet bucket.
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+
     while True:
+        sub = None
         try:
-            watcher = await kv.watchall()
-            seen: set[str] = set()
-            initial = True
-            try:
-                while True:
-                    try:
-                        entry = await watcher.updates(timeout=60)
-                    except nats.errors.TimeoutError:
-                        continue
-                    finally:
-                        # Python 3.11's wait_for drops a cancellation that lands as an update arrives: without
-                        # this check a stop would wait for the next update, or forever on a quiet bucket.
-                        if task is not None and task.cancelling():
-                            raise asyncio.CancelledError
-                    if entry is None:
-                        if initial:
-                            initial = False
-                            delay = 0.2
-                            if on_snapshot is not None:
-                                await on_snapshot(seen)
-                        continue
-                    if initial:
-                        seen.add(entry.key)
-                    await on_entry(entry, initial)
-            finally:
-                with contextlib.suppress(*NATS_FAILURES):
-                    await watcher.stop()
+            listing = await list_bucket(inbox, bucket)
+            for item in listing.items:
+                await on_entry(item, True)
+            if on_snapshot is not None:
+                await on_snapshot({item.key for item in listing.items})
+            delay = 0.2
+            queue: asyncio.Queue[Msg] = asyncio.Queue()
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=listing.last_sequence + 1, inactive_threshold=WATCH_INACTIVE_S)
+            sub = await js.subscribe(subjects.kv_all(bucket), stream=subjects.kv_stream(bucket), cb=queue.put,
+                                     ordered_consumer=True, config=config)
+            cancelled()
+            while True:
+                msg = await queue.get()  # a quiet bucket sends nothing: nats-py answers the server's heartbeats
+                key = msg.subject[len(prefix):]
+                if not key:
+                    continue
+                await on_entry(KvItem(key, msg.data, msg.metadata.sequence.stream, deletion(msg.headers)), False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure (nats-py's, the socket's, a handler's bug) rebuilds the watch:
             # a watch is what keeps a directory or an index alive, and must never end by itself
             if on_failure is not None:
                 on_failure()
-            log.warning("%s: watch failed (%s); retrying in %.1fs", what, exc, delay)
+            log.warning("%s: watch failed (%r); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+        finally:
+            if sub is not None:
+                with contextlib.suppress(*NATS_FAILURES):
+                    await sub.unsubscribe()

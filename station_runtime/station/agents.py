@@ -14,14 +14,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.kv import KeyValue
-
 from ..contract.codec import decode
 from ..contract.errors import DecodeError
 from ..contract.messages import AgentDefinition
 from ..contract.selectors import LabelSelector, selector_matches
 from ..executors import AgentFailure, Executor, build_executor
-from ..natsio.state import follow
+from ..natsio.listing import KvItem
+from ..natsio.state import OrgState
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +72,9 @@ def agent_selected(definition: AgentDefinition, org: str, station_labels: dict[s
 
 
 class AgentHost:
-    def __init__(self, kv: KeyValue, org: str, labels: dict[str, str], selector: LabelSelector | None,
+    def __init__(self, state: OrgState, org: str, labels: dict[str, str], selector: LabelSelector | None,
                  on_change: Callable[[], Awaitable[None]]) -> None:
-        self._kv = kv
+        self._state = state
         self._org = org
         self._labels = labels
         self._selector = selector
@@ -118,7 +117,7 @@ class AgentHost:
 
     async def _run(self) -> None:
         self._changed_initially = False
-        await follow(self._kv, self._on_entry, what="agent watch", on_snapshot=self._on_snapshot)
+        await self._state.follow("agents", self._on_entry, what="agent watch", on_snapshot=self._on_snapshot)
 
     async def _on_snapshot(self, seen: set[str]) -> None:
         changed, self._changed_initially = self._changed_initially, False
@@ -128,7 +127,7 @@ class AgentHost:
         if changed:
             await self._on_change()
 
-    async def _on_entry(self, entry: Any, initial: bool) -> None:
+    async def _on_entry(self, entry: KvItem, initial: bool) -> None:
         deleted = entry.operation in ("DEL", "PURGE") or not entry.value
         changed = (await self._remove(entry.key, "deleted") if deleted
                    else await self._apply(entry.key, entry.value, entry.revision or 0))

@@ -95,7 +95,7 @@ class Station:
             self.presence.heartbeat_interval_s = self.state.presence_ttl_s / 3
             log.warning("the org's presence TTL is %.1fs; beating every %.2fs instead of %.1fs",
                         self.state.presence_ttl_s, self.presence.heartbeat_interval_s, s.heartbeat_interval_s)
-        self.agents = AgentHost(self.state.agents, s.org, s.labels, s.agent_selector, self._agents_changed)
+        self.agents = AgentHost(self.state, s.org, s.labels, s.agent_selector, self._agents_changed)
         await self.agents.start()
         self.invoke = InvokeService(s.station_id, self.agents, self.slots, lambda: self.draining)
         self._subs.append(await self.nc.subscribe(subjects.agent_invoke(s.org, s.station_id),

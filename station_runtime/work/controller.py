@@ -49,7 +49,7 @@ class WorkController:
         self.work = work
         self.org = work.store.state.org
         self.interval_s = interval_s
-        self.index = WorkIndex(work.store.kv, work.policy)
+        self.index = WorkIndex(work.store.state, work.policy)
         self.witness: Witness | None = None
 
     async def start(self) -> None:

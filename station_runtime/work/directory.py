@@ -13,22 +13,20 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
-
-from nats.js.kv import KeyValue
 
 from ..contract.codec import decode
 from ..contract.errors import DecodeError
 from ..contract.messages import StationRecord, utcnow
-from ..natsio.state import follow
+from ..natsio.listing import KvItem
+from ..natsio.state import OrgState
 from ..routing import is_live
 
 log = logging.getLogger(__name__)
 
 
 class StationDirectory:
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
+    def __init__(self, state: OrgState) -> None:
+        self._state = state
         #: Called with the record of every station that joins (or restarts) after the first snapshot.
         self.on_join: list[Callable[[StationRecord], Awaitable[None]]] = []
         self.records: dict[str, StationRecord] = {}
@@ -73,8 +71,8 @@ class StationDirectory:
         return {r.station_id for r in self.live(now)}
 
     async def _run(self) -> None:
-        await follow(self._kv, self._on_entry, what="station directory", on_snapshot=self._on_snapshot,
-                     on_failure=self.disconnected)
+        await self._state.follow("stations", self._on_entry, what="station directory", on_snapshot=self._on_snapshot,
+                                 on_failure=self.disconnected)
 
     async def _on_snapshot(self, seen: set[str]) -> None:
         for gone in set(self.records) - seen:
@@ -84,7 +82,7 @@ class StationDirectory:
         self.healthy_since = utcnow()
         self._ready.set()
 
-    async def _on_entry(self, entry: Any, initial: bool) -> None:
+    async def _on_entry(self, entry: KvItem, initial: bool) -> None:
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self.records.pop(entry.key, None)
             self.version += 1

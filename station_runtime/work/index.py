@@ -22,15 +22,15 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
-from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..contract.codec import decode
 from ..contract.errors import DecodeError
 from ..contract.messages import WorkPhase, WorkRecord, utcnow
-from ..natsio.state import follow
+from ..natsio.listing import KvItem
+from ..natsio.state import OrgState
 from .policy import WitnessPolicy, next_check
 from .store import Versioned
 
@@ -59,8 +59,8 @@ Undecodable = Callable[[str, int, bytes, DecodeError], Awaitable[None]]
 
 
 class WorkIndex:
-    def __init__(self, kv: KeyValue, policy: WitnessPolicy, *, on_undecodable: Undecodable | None = None) -> None:
-        self._kv = kv
+    def __init__(self, state: OrgState, policy: WitnessPolicy, *, on_undecodable: Undecodable | None = None) -> None:
+        self._state = state
         self.policy = policy
         self.on_undecodable = on_undecodable
         #: Unfinished records, by work id.
@@ -106,8 +106,8 @@ class WorkIndex:
                 await self._task
 
     async def _run(self) -> None:
-        await follow(self._kv, self._on_entry, what="work index", on_snapshot=self._on_snapshot,
-                     on_failure=self._failed)
+        await self._state.follow("work", self._on_entry, what="work index", on_snapshot=self._on_snapshot,
+                                 on_failure=self._failed)
 
     def _failed(self) -> None:
         self.healthy = False
@@ -159,9 +159,9 @@ class WorkIndex:
         self.ready.set()
         self.changed.set()
 
-    async def _on_entry(self, entry: Any, initial: bool) -> None:
-        key: str = entry.key
-        revision = int(entry.revision or 0)
+    async def _on_entry(self, entry: KvItem, initial: bool) -> None:
+        key = entry.key
+        revision = entry.revision
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self._forget(key)
             return

@@ -12,9 +12,10 @@ import pytest
 
 from station_runtime.api.models import WorkItemSpec
 from station_runtime.client import LatticeClient
-from station_runtime.contract.messages import WorkPhase, WorkRecord, utcnow
+from station_runtime.contract.messages import StationRecord, WorkPhase, WorkRecord, utcnow
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.work.auction import AuctionConfig
+from station_runtime.work.directory import StationDirectory
 from tests.support.lattice import echo_agent, python_agent, running_station
 from tests.support.limits import TEST_LIMITS
 from tests.support.waiting import eventually
@@ -113,6 +114,24 @@ async def test_listings_are_exact_however_many_at_once(client: LatticeClient) ->
         assert sizes and all(len(s) == 300 for s in sizes), [len(s) for s in sizes]
     info = await state.js.stream_info(f"KV_{state.work._name}")
     assert info.state.consumer_count == 0
+
+
+async def test_a_directory_opened_at_any_moment_sees_every_station(client: LatticeClient, org: str) -> None:
+    """A station directory (the registry followed live) is exact from the moment it starts: nats-py's KV watch
+    could end its snapshot before the entries came, and work submitted then was called unschedulable with "no
+    station registered" although three stations were beating."""
+    state = await client.state()
+    for sid in ("a", "b", "c"):
+        now = utcnow()
+        await state.stations.put(sid, StationRecord(org=org, station_id=sid, capacity=1, heartbeat_interval_s=60,
+                                                    started_at=now, last_heartbeat=now).model_dump_json().encode())
+    for _ in range(10):
+        directories = [StationDirectory(state) for _ in range(10)]
+        await asyncio.gather(*(d.start() for d in directories))
+        try:
+            assert [sorted(d.records) for d in directories] == [["a", "b", "c"]] * 10
+        finally:
+            await asyncio.gather(*(d.stop() for d in directories))
 
 
 async def test_contention_spends_no_retries(client: LatticeClient, nats_url: str, org: str) -> None:
