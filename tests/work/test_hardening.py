@@ -62,6 +62,11 @@ async def test_an_idle_witness_looks_at_nothing_whatever_the_history(client: Lat
             decoded = index.decoded
             await _ticks(witness, 10)
             counts.append((witness.examined, index.decoded - decoded))
+            # Its reads leave nothing behind: the one consumer on the work bucket is the index's own watch (a
+            # sweep used to leave one per second, each alive for five minutes).
+            state = await client.state()
+            info = await state.js.stream_info(f"KV_{state.work._name}")
+            assert info.state.consumer_count == 1
     assert counts == [(0, 0), (0, 0)]
 
 
