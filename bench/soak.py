@@ -118,7 +118,9 @@ async def run(ctx: RunContext) -> None:
                        contention_attempts_spent_5000_items=contention["extra_attempts"])
 
 
-async def _finished(client: LatticeClient, count: int) -> None:
+async def write_finished_records(client: LatticeClient, count: int) -> None:
+    """``count`` Succeeded records, written as a station's outcome would be (in batches: a few seconds for 20k).
+    Also used by the witness's idle test."""
     store = await client.work_store()
     now = utcnow()
     template = WorkRecord(org=client.org, work_id="x", spec=WorkItemSpec(agent="echo", input="done"),
@@ -136,7 +138,7 @@ async def run_idle_controller(ctx: RunContext) -> None:
         org = f"idle{records}x{uuid.uuid4().hex[:4]}"
         async with LatticeClient(NatsSettings(url=ctx.nats_url), org, create_state=True) as client:
             await client.state()
-            await _finished(client, records)
+            await write_finished_records(client, records)
         child = Child([python(), "-m", "station_runtime", "--nats", ctx.nats_url, "--org", org, "controller", "run"],
                       ctx.workdir / f"{org}-controller.log")
         try:
