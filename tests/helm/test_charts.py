@@ -164,6 +164,10 @@ def test_nats_jetstream_on_a_pvc_with_fsync_and_no_auth(helm: Helm) -> None:
     assert container["args"] == ["--config", "/etc/nats/nats.conf"]
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/etc/nats", "/data"}
     assert nats["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    # Go collects harder before the pod's memory limit (1Gi) rather than at twice the live heap.
+    assert container["env"] == [{"name": "GOMEMLIMIT", "value": "900MiB"}]
+    unset = find(helm.template(PLATFORM_CHART, {"nats": {"goMemLimit": ""}}), "StatefulSet", nats["metadata"]["name"])
+    assert "env" not in unset["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_nats_without_persistence_uses_an_empty_dir(helm: Helm) -> None:
@@ -285,6 +289,7 @@ def test_org_chart_in_an_existing_namespace_with_its_own_model_secret(helm: Helm
     (PLATFORM_CHART, {"auth": {"mode": "jwt", "jwt": {"operatorSeed": OPERATOR_SEED}}},
      "auth.jwt.systemAccountSeed is required"),
     (PLATFORM_CHART, {"nats": {"persistence": {"size": "lots"}}}, "at '/nats/persistence/size'"),
+    (PLATFORM_CHART, {"nats": {"goMemLimit": "1G"}}, "at '/nats/goMemLimit': '1G' does not match pattern"),
     (ORG_CHART, None, "at '/org/id': minLength: got 0, want 1"),
     (ORG_CHART, {"org": {"id": "acme.labs"}}, "at '/org/id': 'acme.labs' does not match pattern"),
     (ORG_CHART, {"org": {"id": "a"}, "stations": {"Worker": {"spec": {}}}},
