@@ -43,6 +43,7 @@ from .contract.messages import (
     WorkRecord,
     utcnow,
 )
+from .contract.specs import Budget, McpServerSpec
 from .errors import LatticeError, NoLatticeError, NoStationError, RetryLater
 from .natsio.connect import NatsSettings, connect
 from .natsio.events import EventPublisher, read_events
@@ -121,6 +122,22 @@ class LatticeClient:
         self._opening = asyncio.Lock()
         #: Called after the connection came back (a controller's work index rebuilds its watch).
         self._on_reconnect: list[Callable[[], None]] = []
+        #: The connection is someone else's (a station's, see :meth:`attached`): close() leaves it open.
+        self._borrowed = False
+
+    @classmethod
+    def attached(cls, nc: NatsClient, state: OrgState, *, source: str, policy: WitnessPolicy | None = None,
+                 auction: AuctionConfig | None = None) -> LatticeClient:
+        """A client on a connection and state another part of the process owns (a station delegating work for
+        its agents): its directory and auctioneer open on first use, and closing it leaves the connection be.
+        The owner calls :meth:`reconnected` after its connection comes back."""
+        client = cls(NatsSettings(url=nc.connected_url.geturl() if nc.connected_url else ""), state.org,
+                     limits=state.limits, policy=policy, auction=auction, source=source)
+        client.nc, client._state, client._borrowed = nc, state, True
+        return client
+
+    async def reconnected(self) -> None:
+        await self._reconnected()
 
     async def __aenter__(self) -> LatticeClient:
         await self.connect()
@@ -155,9 +172,14 @@ class LatticeClient:
         return self.nc
 
     async def close(self) -> None:
-        self._watches.clear()  # the drain below ends their subscriptions
+        watches, self._watches = list(self._watches.values()), {}
         if self._directory is not None:
             await self._directory.stop()
+        if self._borrowed:
+            for watch in watches:  # no drain ends them: the connection stays
+                await watch.disarm()
+            self.nc = None
+            return
         if self.nc is not None:
             with contextlib.suppress(*NATS_FAILURES):
                 await self.nc.drain()
@@ -200,13 +222,15 @@ class LatticeClient:
                 log.warning("skipping malformed agent %r: %s", item.key, exc)
         return sorted(out, key=lambda a: a.name)
 
-    async def put_agent(self, agent: Agent, *, org: str | None = None) -> int:
-        """Publish (create or update) an agent; stations that match load it live. Idempotent: the same definition
-        again writes nothing."""
+    async def put_agent(self, agent: Agent, *, org: str | None = None,
+                        tool_servers: dict[str, McpServerSpec] | None = None) -> int:
+        """Publish (create or update) an agent, with the ToolServers it names resolved into its definition
+        (:func:`~.api.models.resolve_tool_servers`); stations that match load it live. Idempotent: the same
+        definition again writes nothing."""
         state = await self.state()
         definition = AgentDefinition(org=org or agent.spec.org or self.org, name=agent.name,
                                      labels=agent.metadata.labels, spec=agent.spec,
-                                     generation=agent.metadata.generation or 1)
+                                     generation=agent.metadata.generation or 1, tool_servers=tool_servers or {})
         data = encode(definition)
         try:
             entry = await state.agents.get(definition.name)
@@ -243,14 +267,15 @@ class LatticeClient:
 
     async def invoke(self, input: Payload, *, agent: str | None = None, capability: str | None = None,
                      timeout_s: float = 120.0, context: dict[str, Any] | None = None,
-                     station: str | None = None, records: list[StationRecord] | None = None) -> InvokeResult:
+                     station: str | None = None, records: list[StationRecord] | None = None,
+                     budget: Budget | None = None, depth: int = 0) -> InvokeResult:
         """Run one agent synchronously on the least loaded station that hosts it; on ``busy``, ``draining``
         or a vanished station, try the next one. Raises :class:`LatticeError` with the last error."""
         if not agent and not capability:
             raise LatticeError("invoke needs an agent name or a capability")
         assert self.nc is not None
         request = InvokeRequest(request_id=uuid.uuid4().hex, agent=agent, capability=capability, input=input,
-                                context=context or {}, timeout_s=timeout_s)
+                                context=context or {}, timeout_s=timeout_s, budget=budget, depth=depth)
         if station:
             targets = [station]
         else:
@@ -337,7 +362,8 @@ class LatticeClient:
         assert self._store is not None and self._directory is not None
         return OrgWork(self.connection(), self._store, self._directory, auctioneer, self.policy, self._on_reconnect)
 
-    async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None, watch: bool = False) -> WorkRecord:
+    async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None, watch: bool = False,
+                     parent_id: str | None = None, depth: int = 0) -> WorkRecord:
         """Create the work and auction it at once; idempotent on ``work_id``. Returns the record as it stands
         after the auction (Assigned, Unschedulable, ...). The witness of a running controller takes over if this
         process dies before the work is placed.
@@ -356,7 +382,8 @@ class LatticeClient:
             (await self._watch(work_id)).latest = created
 
         try:
-            versioned, _ = await auctioneer.submit(spec, work_id=work_id, on_created=follow if watch else None)
+            versioned, _ = await auctioneer.submit(spec, work_id=work_id, parent_id=parent_id, depth=depth,
+                                                   on_created=follow if watch else None)
         except BaseException:  # whatever ended the submit (a cancellation too): close the watch opened for it
             if (opened := self._watches.pop(work_id, None)) is not None:
                 await opened.disarm()

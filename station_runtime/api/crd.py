@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from .models import GROUP, NAME_PATTERN, VERSION, Agent, Station, WorkItem
-from .status import AgentStatus, StationStatus, WorkItemStatus
+from .models import GROUP, NAME_PATTERN, VERSION, Agent, Station, ToolServer, WorkItem
+from .status import AgentStatus, StationStatus, ToolServerStatus, WorkItemStatus
 
 _DROP = {"title", "$defs"}
 
@@ -87,8 +87,17 @@ _RULES: dict[str, list[dict[str, str]]] = {
     "Agent": [
         {"rule": "self.model.provider != 'python' || has(self.model.function)",
          "message": "provider 'python' needs function: 'module:function'"},
-        {"rule": "self.model.provider != 'openai' || has(self.model.name)",
-         "message": "provider 'openai' needs name: the model to call, e.g. 'gpt-4o-mini'"},
+        {"rule": "!(self.model.provider in ['openai', 'anthropic']) || has(self.model.name)",
+         "message": "providers 'openai' and 'anthropic' need name: the model to call"},
+        {"rule": "!has(self.tools) || size(self.tools) == 0 || self.model.provider in ['openai', 'anthropic']",
+         "message": "tools need a model that calls them (provider openai or anthropic)"},
+        {"rule": "!has(self.tools) || self.tools.all(t, (has(t.server) ? 1 : 0) + (has(t.mcp) ? 1 : 0)"
+                 " + (has(t.function) ? 1 : 0) + (has(t.lattice) ? 1 : 0) == 1)",
+         "message": "a tool entry sets exactly one of server, mcp, function, lattice"},
+    ],
+    "ToolServer": [
+        {"rule": "has(self.command) || has(self.url)",
+         "message": "an MCP server needs command (stdio) or url (http)"},
     ],
     "WorkItem": [
         {"rule": "self == oldSelf", "message": "a WorkItem's spec is immutable: create a new WorkItem"},
@@ -111,13 +120,23 @@ _COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "Model", "type": "string", "jsonPath": ".status.model"},
         {"name": "Stations", "type": "integer", "jsonPath": ".status.stations"},
         {"name": "Ready", "type": "boolean", "jsonPath": ".status.ready"},
+        {"name": "Tools", "type": "string", "jsonPath": ".status.toolsSummary"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+    "ToolServer": [
+        {"name": "Org", "type": "string", "jsonPath": ".status.org"},
+        {"name": "Transport", "type": "string", "jsonPath": ".status.transport"},
+        {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+        {"name": "Agents", "type": "string", "jsonPath": ".status.agents"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Tools", "type": "string", "jsonPath": ".status.tools", "priority": 1},
     ],
     "WorkItem": [
         {"name": "Agent", "type": "string", "jsonPath": ".spec.agent"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Station", "type": "string", "jsonPath": ".status.station"},
         {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
+        {"name": "Cost", "type": "number", "jsonPath": ".status.costUsd", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
     ],
@@ -126,6 +145,7 @@ _COLUMNS: dict[str, list[dict[str, Any]]] = {
 _KINDS: list[tuple[type[BaseModel], type[BaseModel], str, list[str]]] = [
     (Station, StationStatus, "stations", ["stn"]),
     (Agent, AgentStatus, "agents", ["agt"]),
+    (ToolServer, ToolServerStatus, "toolservers", ["ts"]),
     (WorkItem, WorkItemStatus, "workitems", ["wi"]),
 ]
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from ..errors import LatticeError
 from . import boundedyaml
-from .models import API_VERSION, KINDS, Agent, Manifest, Station, WorkItem
+from .models import API_VERSION, KINDS, Agent, Manifest, Station, ToolServer, WorkItem
 
 MAX_MANIFEST_BYTES = 1024 * 1024
 
@@ -46,6 +46,7 @@ class ManifestError(LatticeError, ValueError):
 class ManifestSet:
     stations: list[Station] = field(default_factory=list)
     agents: list[Agent] = field(default_factory=list)
+    tool_servers: list[ToolServer] = field(default_factory=list)
     work_items: list[WorkItem] = field(default_factory=list)
 
     def add(self, manifest: Manifest) -> None:
@@ -53,11 +54,13 @@ class ManifestSet:
             self.stations.append(manifest)
         elif isinstance(manifest, Agent):
             self.agents.append(manifest)
+        elif isinstance(manifest, ToolServer):
+            self.tool_servers.append(manifest)
         else:
             self.work_items.append(manifest)
 
     def __len__(self) -> int:
-        return len(self.stations) + len(self.agents) + len(self.work_items)
+        return len(self.stations) + len(self.agents) + len(self.tool_servers) + len(self.work_items)
 
 
 def _loc(loc: Iterable[int | str]) -> str:

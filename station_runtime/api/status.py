@@ -47,14 +47,36 @@ class StationStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list)
 
 
+class DiscoveredTool(StatusModel):
+    """A tool an agent has, as its stations found it when they loaded the agent."""
+
+    name: str
+    #: Where it comes from: a ToolServer's name, ``mcp`` (declared on the agent), ``function`` or ``lattice``.
+    source: str = ""
+
+
 class AgentStatus(StatusModel):
     org: str | None = None
     model: str = ""
+    #: The tools the agent's stations discovered (MCP servers' tools, function and lattice tools).
+    tools: list[DiscoveredTool] = Field(default_factory=list)
+    #: "N tools", for the printer column.
+    tools_summary: str = ""
     #: Number of live stations hosting the agent, and their ids.
     stations: int = 0
     station_ids: list[str] = Field(default_factory=list)
     ready: bool = False
     revision: int | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class ToolServerStatus(StatusModel):
+    org: str | None = None
+    transport: str = ""
+    #: Agents of the org that use this server, and the tools their stations discovered on it.
+    agents: list[str] = Field(default_factory=list)
+    tools: list[str] = Field(default_factory=list)
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
 
@@ -73,6 +95,13 @@ class WorkItemStatus(StatusModel):
     error: str | None = None
     error_code: str | None = None
     reason: str = ""
+    #: Agent runs: tokens, cost, model and tool calls; work it delegated; the work that delegated it.
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    tool_calls: int | None = None
+    children: list[str] = Field(default_factory=list)
+    parent: str | None = None
     submitted_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None

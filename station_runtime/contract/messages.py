@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .ids import AgentName, Capability, OrgId, StationId, WorkId
-from .specs import AgentSpec, WorkItemSpec
+from .specs import AgentSpec, Budget, McpServerSpec, WorkItemSpec
 
 
 def utcnow() -> datetime:
@@ -78,6 +78,9 @@ class StationRecord(WireModel):
     #: Agents selected for this station that it could not load (a module that does not import, a bad key
     #: file), with why: so that `lattice get agents`, the Agent's status and an auction can say it.
     agent_errors: dict[AgentName, str] = Field(default_factory=dict)
+    #: The tools each hosted agent has, as discovered when it loaded (MCP servers' tools by name, function and
+    #: lattice tools): `lattice get agents -o wide` and the Agent's status list them.
+    agent_tools: dict[AgentName, list[str]] = Field(default_factory=dict)
 
     def free(self) -> int:
         return max(self.capacity - self.load, 0)
@@ -125,6 +128,50 @@ class AgentDefinition(WireModel):
     labels: dict[str, str] = Field(default_factory=dict)
     spec: AgentSpec
     generation: int = 1
+    #: The ToolServers the agent's tools name, resolved by whoever published it (``lattice up``, the operator):
+    #: a station needs nothing but the definition to load the agent. A name missing here is a load error.
+    tool_servers: dict[AgentName, McpServerSpec] = Field(default_factory=dict)
+
+
+# --- usage ------------------------------------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    """What a run spent: tokens of every model call (cache reads and writes apart), their cost when the model has
+    a price, and how many model calls, turns and tool calls it made. Added up with ``+``; children's usage is
+    kept apart in ``delegated`` (their records have their own)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cached_input_tokens: int = Field(default=0, ge=0)
+    cache_write_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    model_calls: int = Field(default=0, ge=0)
+    tool_calls: int = Field(default=0, ge=0)
+    #: Usage of work this run delegated through the lattice (counted against its budget too).
+    delegated_tokens: int = Field(default=0, ge=0)
+    delegated_cost_usd: float = Field(default=0.0, ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def budget_tokens(self) -> int:
+        """Tokens a budget counts: this run's and its children's."""
+        return self.total_tokens + self.delegated_tokens
+
+    @property
+    def budget_cost_usd(self) -> float:
+        return self.cost_usd + self.delegated_cost_usd
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(**{name: getattr(self, name) + getattr(other, name) for name in Usage.model_fields})
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) for name in Usage.model_fields)
 
 
 # --- synchronous invoke ----------------------------------------------------------------------------------
@@ -141,6 +188,9 @@ class InvokeRequest(WireModel):
     input: Payload = ""
     context: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    #: Delegated by another run (lattice_invoke): what it has left to spend, and how deep the chain is.
+    budget: Budget | None = None
+    depth: int = Field(default=0, ge=0, le=64)
 
 
 class InvokeResult(WireModel):
@@ -152,7 +202,7 @@ class InvokeResult(WireModel):
     output: Payload
     started_at: datetime
     finished_at: datetime
-    usage: dict[str, int] = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)
 
     @property
     def duration_ms(self) -> float:
@@ -173,10 +223,17 @@ class ErrorCode(enum.StrEnum):
     AGENT_ERROR = "agent_error"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    #: The run reached its token or cost budget (agent's or work item's); retrying would spend it again.
+    BUDGET_EXCEEDED = "budget_exceeded"
+    #: The run reached maxTurns or maxToolCalls without a final answer.
+    LIMIT_EXCEEDED = "limit_exceeded"
+    #: The model API stayed rate-limited, overloaded or unreachable through every retry: later may work.
+    MODEL_UNAVAILABLE = "model_unavailable"
 
     @property
     def retryable(self) -> bool:
-        return self in (ErrorCode.BUSY, ErrorCode.DRAINING, ErrorCode.TIMEOUT, ErrorCode.INTERNAL)
+        return self in (ErrorCode.BUSY, ErrorCode.DRAINING, ErrorCode.TIMEOUT, ErrorCode.INTERNAL,
+                        ErrorCode.MODEL_UNAVAILABLE)
 
 
 class InvokeError(WireModel):
@@ -186,6 +243,8 @@ class InvokeError(WireModel):
     station_id: StationId | None = None
     code: ErrorCode
     message: str
+    #: What the run spent before it failed (a budget stop says how much).
+    usage: Usage | None = None
 
     @property
     def retryable(self) -> bool:
@@ -254,6 +313,12 @@ class WorkRecord(WireModel):
     #: Late reports from superseded attempts that were refused.
     rejected_reports: int = Field(default=0, ge=0)
     parent_id: WorkId | None = None
+    #: How deep this work is in a chain of delegations (0: submitted by a user); bounded by the agents' limit.
+    depth: int = Field(default=0, ge=0, le=64)
+    #: Work this run delegated through lattice tools (bounded by its maxToolCalls).
+    children: list[WorkId] = Field(default_factory=list, max_length=100_000)
+    #: Tokens, cost, model and tool calls of the run (the last attempt's, with what earlier attempts spent).
+    usage: Usage | None = None
     #: Workflows: index of the step running now, and the outputs of the finished ones by step name.
     step_index: int = Field(default=0, ge=0)
     step_outputs: dict[str, Payload] = Field(default_factory=dict)
@@ -308,6 +373,10 @@ class WorkProgress(WireModel):
     percent: float | None = Field(default=None, ge=0, le=100)
     message: str = ""
     tokens: str = ""
+    #: Agent runs: the turn (model call) under way, and the tool being called or answered.
+    turn: int | None = Field(default=None, ge=0)
+    tool: str = ""
+    usage: Usage | None = None
     sent_at: datetime = Field(default_factory=utcnow)
 
 

@@ -32,35 +32,164 @@ class SecretKeyRef(ApiModel):
     key: str
 
 
+class Price(ApiModel):
+    """What a model costs, in US dollars per million tokens: with it, every run's usage gets a cost, and a
+    ``maxCostUsd`` budget can be enforced."""
+
+    input_per_million_usd: float = Field(ge=0, le=100_000)
+    output_per_million_usd: float = Field(ge=0, le=100_000)
+    cached_input_per_million_usd: float | None = Field(default=None, ge=0, le=100_000,
+                                                       description="Input read from the prompt cache; default: "
+                                                       "the input price.")
+    cache_write_per_million_usd: float | None = Field(default=None, ge=0, le=100_000,
+                                                      description="Input written to the prompt cache (Anthropic); "
+                                                      "default: the input price.")
+
+
+#: The model providers a station can run, and which need a model name.
+MODEL_PROVIDERS = ("echo", "python", "openai", "anthropic")
+LLM_PROVIDERS = ("openai", "anthropic")
+ParamValue = str | int | float | bool
+
+
 class ModelSpec(ApiModel):
     """Which executor runs the agent and how it reaches its model."""
 
-    provider: Literal["echo", "python", "openai"] = Field(
+    provider: Literal["echo", "python", "openai", "anthropic"] = Field(
         description="echo: returns its input (tests, demos); python: calls module:function; "
-        "openai: an OpenAI-compatible chat completions API."
+        "openai: an OpenAI-compatible chat completions API (OpenAI, vLLM, Ollama, LM Studio, OpenRouter, Azure); "
+        "anthropic: the Anthropic Messages API."
     )
-    name: str | None = Field(default=None, max_length=256, description="Model name for the openai provider.")
-    base_url: str | None = Field(default=None, description="Base URL of the OpenAI-compatible API.")
-    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
-    api_key_file: str | None = Field(default=None, description="File holding the API key.")
+    name: str | None = Field(default=None, max_length=256, description="The model to call (openai, anthropic).")
+    base_url: str | None = Field(default=None, max_length=2048, description="Base URL of the model API.")
+    api_key_env: str | None = Field(default=None, max_length=256,
+                                    description="Environment variable holding the API key (default OPENAI_API_KEY "
+                                    "or ANTHROPIC_API_KEY).")
+    api_key_file: str | None = Field(default=None, max_length=4096, description="File holding the API key.")
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Kubernetes only.")
     function: str | None = Field(default=None, max_length=512, description="module:function for the python provider.")
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
-    max_retries: int = Field(default=3, ge=0, le=20)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000,
+                                   description="Output tokens per model call (anthropic: default 4096).")
+    timeout_seconds: float = Field(default=120.0, gt=0, le=3600, description="One model call, streamed or not.")
+    max_retries: int = Field(default=3, ge=0, le=20,
+                             description="Retries of a model call on 429, 5xx, overloaded and connection errors.")
     stream: bool = True
-    params: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Executor parameters, e.g. echo's delaySeconds."
+    price: Price | None = Field(default=None, description="Price per million tokens: gives usage a cost.")
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict, max_length=64,
+        description="echo/python: executor parameters (e.g. delaySeconds); openai/anthropic: extra request "
+        "parameters sent to the API as they are (e.g. top_p, seed, reasoning_effort).",
     )
 
     @model_validator(mode="after")
     def _provider_fields(self) -> ModelSpec:
         if self.provider == "python" and not (self.function and ":" in self.function):
             raise ValueError("provider 'python' needs function: 'module:function'")
-        if self.provider == "openai" and not self.name:
-            raise ValueError("provider 'openai' needs name: the model to call, e.g. 'gpt-4o-mini'")
+        if self.provider in LLM_PROVIDERS and not self.name:
+            example = "gpt-4o-mini" if self.provider == "openai" else "claude-sonnet-4-5"
+            raise ValueError(f"provider {self.provider!r} needs name: the model to call, e.g. {example!r}")
         return self
+
+
+class ValueSource(ApiModel):
+    """A value given inline or read where it lives: an environment variable, a file, or (Kubernetes) a Secret's
+    key, which the operator injects into the station's environment. Secrets stay on the station: only the
+    reference travels."""
+
+    value: str | None = Field(default=None, max_length=8192)
+    from_env: str | None = Field(default=None, max_length=256)
+    from_file: str | None = Field(default=None, max_length=4096)
+    secret_ref: SecretKeyRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ValueSource:
+        given = [n for n in ("value", "from_env", "from_file", "secret_ref") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of value, fromEnv, fromFile, secretRef")
+        return self
+
+
+class McpServerSpec(ApiModel):
+    """An MCP tool server: a command the station starts and talks to over stdio, or a URL it reaches over
+    streamable HTTP. Declared once per org as a ``ToolServer`` and referenced by agents, or inline on an agent."""
+
+    description: str = Field(default="", max_length=2048)
+    transport: Literal["stdio", "http"] | None = Field(default=None,
+                                                       description="Default: stdio with command, http with url.")
+    command: str | None = Field(default=None, max_length=4096)
+    args: list[str] = Field(default_factory=list, max_length=256)
+    env: dict[str, str | ValueSource] = Field(default_factory=dict, max_length=256)
+    cwd: str | None = Field(default=None, max_length=4096)
+    url: str | None = Field(default=None, max_length=2048)
+    headers: dict[str, str | ValueSource] = Field(default_factory=dict, max_length=64)
+    connect_timeout_seconds: float = Field(default=30.0, gt=0, le=600,
+                                           description="Starting or reaching the server and listing its tools.")
+    tool_timeout_seconds: float | None = Field(default=None, gt=0, le=3600,
+                                               description="One tool call; default: the agent's toolTimeoutSeconds.")
+
+    @model_validator(mode="after")
+    def _transport(self) -> McpServerSpec:
+        transport = self.transport or ("http" if self.url and not self.command else "stdio")
+        if transport == "stdio" and not self.command:
+            raise ValueError("an MCP server over stdio needs command (and args)")
+        if transport == "http":
+            if not self.url:
+                raise ValueError("an MCP server over http needs url")
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"url {self.url!r} must start with http:// or https://")
+        self.transport = transport
+        return self
+
+
+class ToolServerSpec(McpServerSpec):
+    """The spec of a ``ToolServer`` resource: an MCP server of an org."""
+
+    org: OrgId | None = Field(default=None, description="Org (tenant); defaults to the lattice's org.")
+
+
+LatticeToolName = Literal["submit", "await", "invoke"]
+
+
+class ToolRef(ApiModel):
+    """One entry of an agent's ``tools``: exactly one of ``server`` (a ToolServer of the org), ``mcp`` (an MCP
+    server declared inline), ``function`` (a Python function tool) or ``lattice`` (delegation through the lattice).
+    """
+
+    server: AgentName | None = Field(default=None, description="A ToolServer of the org, by name.")
+    mcp: McpServerSpec | None = Field(default=None, description="An MCP server declared here.")
+    function: str | None = Field(default=None, max_length=512, description="module:function, a Python function.")
+    lattice: list[LatticeToolName] | None = Field(default=None,
+                                                  description="Delegation tools: submit, await, invoke.")
+    allow: list[str] = Field(default_factory=list, max_length=512,
+                             description="MCP servers: only these tools (default: all the server has).")
+    delegate_to: list[AgentName] = Field(default_factory=list, max_length=256,
+                                         description="lattice: only these agents (default: any agent of the org).")
+    name: str | None = Field(default=None, max_length=64, pattern=r"^[a-zA-Z0-9_-]{1,64}$",
+                             description="function: the tool's name (default: the function's).")
+
+    @model_validator(mode="after")
+    def _one(self) -> ToolRef:
+        given = [n for n in ("server", "mcp", "function", "lattice") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("a tool entry sets exactly one of server, mcp, function, lattice")
+        if self.function is not None and ":" not in self.function:
+            raise ValueError(f"function {self.function!r} must be 'module:function'")
+        if self.allow and not (self.server or self.mcp):
+            raise ValueError("allow applies to MCP servers (server or mcp)")
+        if self.delegate_to and self.lattice is None:
+            raise ValueError("delegateTo applies to lattice tools")
+        return self
+
+
+class Budget(ApiModel):
+    """Hard limits on what a run may spend, enforced by the station outside the model: a run that would exceed
+    one stops with ``budget_exceeded`` (not retried) and records its usage so far."""
+
+    max_tokens: int | None = Field(default=None, ge=1, le=10_000_000_000,
+                                   description="Input plus output tokens over every model call of the run.")
+    max_cost_usd: float | None = Field(default=None, gt=0, le=1_000_000,
+                                       description="Needs the model's price.")
 
 
 class StationSpec(ApiModel):
@@ -77,14 +206,30 @@ class StationSpec(ApiModel):
 
 class AgentSpec(ApiModel):
     org: OrgId | None = None
-    description: str = ""
+    description: str = Field(default="", max_length=4096)
     capabilities: list[Capability] = Field(default_factory=list)
-    system_prompt: str = ""
+    system_prompt: str = Field(default="", max_length=1_000_000)
     model: ModelSpec
-    tools: list[str] = Field(default_factory=list)
+    tools: list[ToolRef] = Field(default_factory=list, max_length=64)
+    max_turns: int = Field(default=10, ge=1, le=1000, description="Model calls per run.")
+    max_tool_calls: int = Field(default=32, ge=0, le=100_000, description="Tool calls per run.")
+    tool_timeout_seconds: float = Field(default=60.0, gt=0, le=3600, description="One tool call.")
+    budget: Budget = Field(default_factory=Budget)
+    output_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON schema of the final answer: sent as the structured-output format "
+        "(openai) and checked on the answer (both).")
+    max_delegation_depth: int = Field(default=4, ge=0, le=32,
+                                      description="How deep work delegated through lattice tools may nest.")
     station_selector: LabelSelector | None = Field(
         default=None, description="Which stations may host this agent; all when unset."
     )
+
+    @model_validator(mode="after")
+    def _tools(self) -> AgentSpec:
+        if self.tools and self.model.provider not in LLM_PROVIDERS:
+            raise ValueError(f"tools need a model that calls them (provider openai or anthropic), "
+                             f"not {self.model.provider!r}")
+        return self
 
 
 class WorkConstraints(ApiModel):
@@ -123,6 +268,10 @@ class WorkItemSpec(ApiModel):
     max_retries: int = Field(default=2, ge=0, le=50)
     priority: int = Field(default=0, ge=-100, le=100)
     steps: list[WorkflowStep] = Field(default_factory=list, description="A workflow: steps run in order.")
+    max_turns: int | None = Field(default=None, ge=1, le=1000, description="Overrides the agent's maxTurns.")
+    max_tool_calls: int | None = Field(default=None, ge=0, le=100_000,
+                                       description="Overrides the agent's maxToolCalls.")
+    budget: Budget | None = Field(default=None, description="Applies with the agent's: the tighter of each wins.")
 
     @model_validator(mode="after")
     def _target(self) -> WorkItemSpec:

@@ -1,13 +1,17 @@
-"""The one interface every agent executor implements, whatever runs the agent (echo, Python, an LLM API)."""
+"""The one interface every agent executor implements, whatever runs the agent (echo, Python, an LLM with tools)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..contract.messages import AgentDefinition, ErrorCode, Payload
+from ..contract.messages import AgentDefinition, ErrorCode, Payload, Usage
+from ..contract.specs import Budget, WorkItemSpec
 from ..errors import LatticeError
+
+if TYPE_CHECKING:
+    from .tools.lattice import Delegate
 
 
 @dataclass(frozen=True)
@@ -16,6 +20,10 @@ class Progress:
     message: str = ""
     #: Streamed LLM output since the last report.
     tokens: str = ""
+    #: Agent runs: the turn (model call) under way, the tool being called or answered, usage so far.
+    turn: int | None = None
+    tool: str = ""
+    usage: Usage | None = None
 
 
 ProgressFn = Callable[[Progress], Awaitable[None]]
@@ -33,19 +41,35 @@ class Execution:
     context: dict[str, Any] = field(default_factory=dict)
     progress: ProgressFn = _no_progress
     request_id: str = ""
+    #: The work item being run (async work): its limits and budget apply on top of the agent's.
+    work: WorkItemSpec | None = None
+    #: What a delegating parent has left for this run to spend.
+    inherited_budget: Budget | None = None
+    #: Seconds until the run's deadline (startToClose, or the invoke's timeout): delegated work gets what is left.
+    deadline_s: float | None = None
+    #: How deep this run is in a chain of delegations.
+    depth: int = 0
+    #: Delegation through the lattice (lattice tools); None where the runtime offers none (tests, invoke).
+    delegate: Delegate | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
     output: Payload
-    usage: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    #: Work delegated through lattice tools during the run.
+    children: tuple[str, ...] = ()
 
 
 class AgentFailure(LatticeError):
-    """The agent could not produce a result. ``code`` tells the caller whether retrying elsewhere may help."""
+    """The agent could not produce a result. ``code`` tells the caller whether retrying elsewhere may help;
+    ``usage`` is what the run spent before it failed (a budget stop records it)."""
 
-    def __init__(self, message: str, code: ErrorCode = ErrorCode.AGENT_ERROR) -> None:
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.AGENT_ERROR, *, usage: Usage | None = None,
+                 children: tuple[str, ...] = ()) -> None:
         self.code = code
+        self.usage = usage
+        self.children = children
         super().__init__(message)
 
 
@@ -55,3 +79,11 @@ class Executor(Protocol):
     async def run(self, execution: Execution) -> Outcome: ...
 
     async def aclose(self) -> None: ...
+
+
+class Startable(Protocol):
+    """Executors that must do I/O before they can run (connect tool servers, discover tools)."""
+
+    async def start(self) -> None: ...
+
+    def tool_names(self) -> list[str]: ...

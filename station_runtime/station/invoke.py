@@ -24,6 +24,7 @@ from ..natsio.retry import NATS_FAILURES
 from ..work.scoring import Requirements
 from . import admission
 from .agents import AgentHost, HostedAgent
+from .delegation import Delegation
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,10 @@ def pick_agent(agents: AgentHost, request: InvokeRequest) -> HostedAgent | Invok
 
 
 class InvokeService:
-    def __init__(self, station_id: str, agents: AgentHost, slots: Slots, is_draining: Callable[[], bool]) -> None:
+    def __init__(self, station_id: str, agents: AgentHost, slots: Slots, is_draining: Callable[[], bool],
+                 delegation: Delegation | None = None) -> None:
         self.station_id = station_id
+        self.delegation = delegation
         self.agents = agents
         self.slots = slots
         self.is_draining = is_draining
@@ -160,12 +163,14 @@ class InvokeService:
             picked.acquire()
             try:
                 async with asyncio.timeout(remaining):
-                    outcome = await picked.executor.run(
-                        Execution(input=request.input, context=request.context, request_id=request.request_id))
+                    outcome = await picked.executor.run(Execution(
+                        input=request.input, context=request.context, request_id=request.request_id,
+                        inherited_budget=request.budget, depth=request.depth, deadline_s=remaining,
+                        delegate=self.delegation.for_run(retries=0) if self.delegation else None))
             except TimeoutError:
                 return self._error(request, ErrorCode.TIMEOUT, f"agent did not finish within {request.timeout_s}s")
             except AgentFailure as exc:
-                return self._error(request, exc.code, str(exc))
+                return self._error(request, exc.code, str(exc)).model_copy(update={"usage": exc.usage})
             finally:
                 picked.release()
         self.served += 1

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 #: A station record names at most this many agents it could not load, each error cut to this many characters.
 MAX_AGENT_ERRORS = 32
 MAX_AGENT_ERROR_CHARS = 300
+#: A record lists this many tools per agent (of at most MAX_AGENT_ERRORS agents), each this long at most: with
+#: the errors, well inside the 64 KiB a station record may have.
+MAX_TOOLS_LISTED = 16
+MAX_TOOL_NAME_CHARS = 80
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class StationSnapshot:
     status: StationStatus
     #: Agents selected for this station that it could not load, with why.
     agent_errors: dict[str, str] = field(default_factory=dict)
+    #: The tools of each hosted agent (``source:name``).
+    agent_tools: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Presence:
@@ -67,7 +73,7 @@ class Presence:
             labels=s.labels, capacity=s.max_concurrency, load=now.load, agents=sorted(now.agents),
             version=__version__, status=now.status, heartbeat_interval_s=self.heartbeat_interval_s,
             started_at=self.started_at, last_heartbeat=utcnow(), pid=os.getpid(), hostname=socket.gethostname(),
-            answers_ping=True, agent_errors=agent_errors(now.agent_errors),
+            answers_ping=True, agent_errors=agent_errors(now.agent_errors), agent_tools=agent_tools(now.agent_tools),
         )
 
     async def announce(self) -> StationRecord:
@@ -134,4 +140,16 @@ def agent_errors(errors: dict[str, str]) -> dict[str, str]:
     for name in sorted(errors)[:MAX_AGENT_ERRORS]:
         message = errors[name]
         out[name] = message if len(message) <= MAX_AGENT_ERROR_CHARS else message[: MAX_AGENT_ERROR_CHARS - 1] + "…"
+    return out
+
+
+def agent_tools(tools: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Pure: the tool listing a station record carries, bounded like the errors (a record has 64 KiB): at most
+    MAX_TOOLS_LISTED names per agent, each cut at MAX_TOOL_NAME_CHARS, the rest counted in a last entry."""
+    out = {}
+    for name in sorted(tools)[:MAX_AGENT_ERRORS]:
+        names = [n[:MAX_TOOL_NAME_CHARS] for n in tools[name]]
+        if len(names) > MAX_TOOLS_LISTED:
+            names = [*names[:MAX_TOOLS_LISTED - 1], f"+{len(names) - MAX_TOOLS_LISTED + 1} more"]
+        out[name] = names
     return out

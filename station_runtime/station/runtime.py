@@ -28,6 +28,7 @@ from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES
 from ..natsio.state import OrgState, StateLimits
 from ..work.store import WorkStore
 from .agents import AgentHost
+from .delegation import Delegation
 from .health import HealthServer
 from .invoke import InvokeService, Slots
 from .presence import Presence, StationSnapshot
@@ -54,6 +55,7 @@ class Station:
         self.invoke: InvokeService | None = None
         self.events: EventPublisher | None = None
         self.work: WorkService | None = None
+        self.delegation: Delegation | None = None
         self._subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
@@ -72,7 +74,8 @@ class Station:
         return StationSnapshot(load=self.slots.load, agents=list(host.agents) if host else [],
                                agent_capabilities=host.capabilities() if host else set(),
                                status=StationStatus.DRAINING if self.draining else StationStatus.READY,
-                               agent_errors=dict(host.load_errors) if host else {})
+                               agent_errors=dict(host.load_errors) if host else {},
+                               agent_tools=host.tools() if host else {})
 
     async def start(self) -> None:
         s = self.settings
@@ -97,11 +100,12 @@ class Station:
                         self.state.presence_ttl_s, self.presence.heartbeat_interval_s, s.heartbeat_interval_s)
         self.agents = AgentHost(self.state, s.org, s.labels, s.agent_selector, self._agents_changed)
         await self.agents.start()
-        self.invoke = InvokeService(s.station_id, self.agents, self.slots, lambda: self.draining)
+        self.delegation = Delegation(self.nc, self.state, s.station_id)
+        self.invoke = InvokeService(s.station_id, self.agents, self.slots, lambda: self.draining, self.delegation)
         self._subs.append(await self.nc.subscribe(subjects.agent_invoke(s.org, s.station_id),
                                                   cb=self.invoke.on_message, pending_msgs_limit=65536))
         self.work = WorkService(self.nc, s, WorkStore(self.state, self.events), self.agents, self.slots,
-                                lambda: self.draining)
+                                lambda: self.draining, self.delegation)
         self._subs.extend(await self.work.subscribe())
         self._subs.append(await self.nc.subscribe(subjects.station_ping(s.org, s.station_id), cb=self._on_ping))
         await self.nc.flush()
@@ -130,6 +134,8 @@ class Station:
     async def _on_reconnect(self) -> None:
         if self.agents is not None:
             self.agents.rewatch()
+        if self.delegation is not None:
+            await self.delegation.reconnected()
         if self._started and self.presence is not None:
             with contextlib.suppress(*NATS_FAILURES):
                 await self.presence.heartbeat()
@@ -183,6 +189,8 @@ class Station:
                 await sub.unsubscribe()
         if self.agents is not None:
             await self.agents.stop()
+        if self.delegation is not None:
+            await self.delegation.close()
         if self.nc is not None:
             try:
                 async with asyncio.timeout(STOP_NATS_TIMEOUT_S):

@@ -26,6 +26,7 @@ from ..contract.messages import (
     AuctionBid,
     AuctionRequest,
     ErrorCode,
+    Usage,
     WorkAccept,
     WorkAssign,
     WorkCancel,
@@ -43,6 +44,7 @@ from ..work.policy import Action, requeue_or_escalate
 from ..work.store import Versioned, WorkStore
 from .admission import StationView, judge, pick_agent
 from .agents import AgentHost, HostedAgent
+from .delegation import Delegation
 from .invoke import Reservation, Slots
 from .settings import StationSettings
 
@@ -83,12 +85,27 @@ class Run:
     accept: Callable[[], Awaitable[None]] | None = None
     #: Writes Running once the executor has had to wait.
     marker: asyncio.Task[None] | None = None
+    #: Agent runs: what this attempt spent and the work it delegated (recorded with its outcome).
+    usage: Usage | None = None
+    children: tuple[str, ...] = ()
+    #: The last structured progress published (turn, tool, message): a new one goes out at once.
+    last_step: tuple[int | None, str, str] = (None, "", "")
+
+    def spent(self, record: WorkRecord) -> dict[str, Any]:
+        """The record's usage and children with this attempt's added (earlier attempts' spend is kept)."""
+        out: dict[str, Any] = {}
+        if self.usage:
+            out["usage"] = (record.usage or Usage()) + self.usage
+        if self.children:
+            out["children"] = list(dict.fromkeys([*record.children, *self.children]))
+        return out
 
 
 class WorkService:
     def __init__(self, nc: NatsClient, settings: StationSettings, store: WorkStore, agents: AgentHost,
-                 slots: Slots, is_draining: Callable[[], bool]) -> None:
+                 slots: Slots, is_draining: Callable[[], bool], delegation: Delegation | None = None) -> None:
         self.nc = nc
+        self.delegation = delegation
         self.settings = settings
         self.org = settings.org
         self.station_id = settings.station_id
@@ -244,7 +261,9 @@ class WorkService:
             async with asyncio.timeout(max(remaining, 0.001)):
                 outcome = await agent.executor.run(Execution(
                     input=spec.input, request_id=run.work_id, progress=lambda p: self._progress(run, p),
-                    context={"work_id": run.work_id, "attempt": started.attempt}))
+                    context={"work_id": run.work_id, "attempt": started.attempt}, work=spec,
+                    deadline_s=max(remaining, 0.001), depth=started.depth,
+                    delegate=self.delegation.for_run(spec.max_retries) if self.delegation else None))
         except TimeoutError:
             decision = requeue_or_escalate(started, f"attempt exceeded startToClose "
                                                     f"{spec.timeouts.start_to_close_seconds:g}s")
@@ -254,6 +273,7 @@ class WorkService:
             await self._cancelled(run)
             return
         except AgentFailure as exc:
+            run.usage, run.children = exc.usage, exc.children
             if exc.code.retryable:
                 decision = requeue_or_escalate(started, str(exc))
                 await self._give_up(run, decision.action, decision.reason, exc.code)
@@ -267,6 +287,7 @@ class WorkService:
             if run.marker is not None:
                 # Safe even mid-write: every write is a CAS, so the next one re-reads if this one landed.
                 run.marker.cancel()
+        run.usage, run.children = outcome.usage or None, outcome.children
         try:
             result, ref = await self.store.store_result(run.work_id, run.attempt_id, outcome.output)
         except (ResultTooLarge, TypeError, ValueError) as exc:
@@ -298,11 +319,18 @@ class WorkService:
         now = time.monotonic()
         if progress.tokens:
             run.pending_tokens.append(progress.tokens)
-        if now - run.last_publish >= PROGRESS_PUBLISH_INTERVAL_S or (progress.percent or 0) >= 100:
+        # A new turn or tool call goes out at once (they are few, and a follower wants each); streamed tokens
+        # are batched to at most PROGRESS_PUBLISH_INTERVAL_S.
+        step = (progress.turn, progress.tool, progress.message)
+        new_step = bool(progress.message) and progress.turn is not None and step != run.last_step
+        if new_step or now - run.last_publish >= PROGRESS_PUBLISH_INTERVAL_S or (progress.percent or 0) >= 100:
             run.last_publish = now
+            if new_step:
+                run.last_step = step
             tokens, run.pending_tokens = "".join(run.pending_tokens), []
             message = WorkProgress(work_id=run.work_id, attempt_id=run.attempt_id, station_id=self.station_id,
-                                   percent=progress.percent, message=progress.message, tokens=tokens)
+                                   percent=progress.percent, message=progress.message, tokens=tokens,
+                                   turn=progress.turn, tool=progress.tool, usage=progress.usage)
             with contextlib.suppress(*NATS_FAILURES):  # live progress is best effort; the record has the rest
                 await self.nc.publish(subjects.work_update(self.org, run.work_id, "progress"), encode(message))
         if now - run.last_record >= PROGRESS_RECORD_INTERVAL_S:
@@ -329,8 +357,8 @@ class WorkService:
             # Straight from Assigned (short work): the record gets its start time with its outcome.
             started = {"started_at": run.started_at} if r.started_at is None and run.started_at else {}
             if r.cancel_requested:
-                return phases.transition(r, P.CANCELLED, reason="cancelled", **started)
-            return phases.transition(r, phase, **started, **changes)
+                return phases.transition(r, P.CANCELLED, reason="cancelled", **started, **run.spent(r))
+            return phases.transition(r, phase, **started, **changes, **run.spent(r))
 
         done = await self._write(run, finish, outcome=True)
         self.completed += 1
@@ -340,7 +368,8 @@ class WorkService:
     async def _give_up(self, run: Run, action: Action, reason: str, code: ErrorCode) -> None:
         if action == Action.REQUEUE:
             requeued = await self._write(run, lambda r: phases.transition(r, P.PENDING, reason=reason,
-                                                                          retry_at=utcnow()), outcome=True)
+                                                                          retry_at=utcnow(), **run.spent(r)),
+                                         outcome=True)
             await self.store.emit("work", "requeued", requeued.record)
         else:
             await self._finish(run, P.ESCALATED, reason=reason, error=WorkError(code=code, message=reason))

@@ -159,7 +159,7 @@ class Auctioneer:
     # --- entry points ---------------------------------------------------------------------------------------
 
     async def submit(self, spec: WorkItemSpec, *, work_id: str | None = None, parent_id: str | None = None,
-                     schedule: bool = True,
+                     depth: int = 0, schedule: bool = True,
                      on_created: Callable[[Versioned], Awaitable[None]] | None = None) -> tuple[Versioned, bool]:
         """Create the work (idempotent on ``work_id``: the same spec again returns the first record; another spec
         under that id raises :class:`ConflictError`) and, unless it already existed, place it at once. The
@@ -169,8 +169,8 @@ class Auctioneer:
         phase = P.SCHEDULING if schedule and not spec.steps else P.PENDING
         now = utcnow()
         record = WorkRecord(org=self.org, work_id=work_id, spec=spec, phase=phase, parent_id=parent_id,
-                            created_at=now, updated_at=now, scheduled_at=now if phase == P.SCHEDULING else None,
-                            traceparent=new_traceparent())
+                            depth=depth, created_at=now, updated_at=now,
+                            scheduled_at=now if phase == P.SCHEDULING else None, traceparent=new_traceparent())
         if phase != P.SCHEDULING:
             return await self._create(record, on_created)
         stations = self.stations()

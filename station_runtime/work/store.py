@@ -158,8 +158,13 @@ class WorkStore:
 
     async def emit(self, category: Category, type_: str, record: WorkRecord, **data: object) -> None:
         if self.events is not None:
-            payload = {"phase": record.phase.value, "attempt": record.attempt, "station": record.station_id,
-                       "reason": record.reason, **data}
+            payload: dict[str, object] = {"phase": record.phase.value, "attempt": record.attempt,
+                                          "station": record.station_id, "reason": record.reason}
+            if record.parent_id is not None:
+                payload["parent"] = record.parent_id
+            if record.usage is not None and record.phase.terminal:
+                payload["usage"] = record.usage.model_dump(exclude_defaults=True)
+            payload.update(data)
             await self.events.emit(category, type_, subject=record.work_id, data=payload,
                                    traceparent=record.traceparent)
 

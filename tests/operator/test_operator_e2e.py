@@ -275,10 +275,9 @@ def test_model_keys_come_from_secrets_and_stay_out_of_nats_and_status(crds: Any,
 
     from station_runtime.client import LatticeClient
     from station_runtime.natsio.connect import NatsSettings
-    from tests.support.fake_openai import FakeOpenAI
+    from tests.support.modelsim_thread import modelsim_in_thread
 
-    fake = FakeOpenAI().start()
-    try:
+    with modelsim_in_thread(require_key=True) as sim:
         client.CoreV1Api(crds).create_namespaced_secret(k8s_namespace, {
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm"}, "stringData": {"api-key": "sk-test"}})
         apply(crds, k8s_namespace, f"""\
@@ -286,7 +285,7 @@ apiVersion: {GROUP}/{VERSION}
 kind: Agent
 metadata: {{name: assistant}}
 spec:
-  model: {{provider: openai, name: gpt-test, baseUrl: "{fake.base_url}", stream: false,
+  model: {{provider: openai, name: echo, baseUrl: "{sim.openai_base_url}", stream: false,
            apiKeySecretRef: {{name: llm, key: api-key}}}}
 ---
 apiVersion: {GROUP}/{VERSION}
@@ -303,8 +302,8 @@ spec: {{agent: assistant, input: what is a lattice}}
                          and (w.get("status") or {}).get("phase") in ("Succeeded", "Failed") and w, timeout_s=60,
                          what=f"WorkItem ask finished (operator log: {operator.output()})")
         assert item["status"]["phase"] == "Succeeded", item["status"]
-        assert item["status"]["result"] == "echo: what is a lattice"
-        assert fake.requests[0].headers["authorization"] == "Bearer sk-test"
+        assert item["status"]["result"] == "what is a lattice"
+        assert sim.requests[0].headers["authorization"] == "Bearer sk-test"
 
         async def everything_in_nats() -> str:
             async with LatticeClient(NatsSettings(url=nats_url), k8s_namespace) as lc:
@@ -316,8 +315,6 @@ spec: {{agent: assistant, input: what is a lattice}}
         assert "assistant" in in_nats and "sk-test" not in in_nats
         agent = get(crds, k8s_namespace, "agents", "assistant")
         assert "sk-test" not in str(agent) and "sk-test" not in operator.output()
-    finally:
-        fake.stop()
 
 
 def test_scaling_and_deleting_a_station_and_the_ttl_of_finished_work_items(

@@ -1,0 +1,153 @@
+"""The agent loop: system prompt and input → model → tool calls → tool results → model … until a final answer.
+
+Bounded by the run's limits (:mod:`.limits`): ``maxTurns`` model calls, ``maxToolCalls`` tool calls (calls past it
+get an error result and the next turn offers no tools, so the model must answer), and the token and cost
+budgets, checked before every model call. Tool calls the model makes together run concurrently, each bounded by
+the tool box. Every turn and tool call is reported as progress, with the tokens as they stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from ..backoff import compute_backoff
+from ..contract.messages import ErrorCode, Payload, Usage
+from ..contract.specs import Price
+from .base import AgentFailure, Execution, Outcome, Progress
+from .conversation import Message, ToolCall, Turn
+from .limits import RunLimits, cost_usd, output_cap, over_budget, remaining_budget, tool_calls_allowed
+from .providers.base import ModelError, Provider, TurnRequest
+from .tools.base import ToolBox, ToolContext, ToolResult
+
+log = logging.getLogger(__name__)
+
+#: Retries of a turn that failed inside a streamed answer (before the answer starts, the SDK retries itself).
+MAX_STREAM_RETRIES = 3
+
+
+@dataclass
+class RunState:
+    """What a run has done so far: the conversation, what it spent, the work it delegated."""
+
+    messages: list[Message]
+    usage: Usage = field(default_factory=Usage)
+    tool_calls: int = 0
+    children: list[str] = field(default_factory=list)
+
+    def failure(self, message: str, code: ErrorCode) -> AgentFailure:
+        return AgentFailure(message, code, usage=self.usage, children=tuple(self.children))
+
+
+def input_text(value: Payload) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass
+class AgentLoop:
+    provider: Provider
+    tools: ToolBox
+    system: str
+    limits: RunLimits
+    price: Price | None = None
+    model_max_tokens: int | None = None
+    model_retries: int = MAX_STREAM_RETRIES
+    output_schema: dict[str, Any] | None = None
+
+    async def run(self, execution: Execution) -> Outcome:
+        state = RunState(messages=[Message("user", text=input_text(execution.input))])
+        started = time.monotonic()
+        deadline = None if execution.deadline_s is None else started + execution.deadline_s
+        for turn in range(1, self.limits.max_turns + 1):
+            if (stop := over_budget(self.limits, state.usage)) is not None:
+                raise state.failure(stop.reason, stop.code)
+            offer = state.tool_calls < self.limits.max_tool_calls and len(self.tools) > 0
+            await execution.progress(Progress(message=f"turn {turn}", turn=turn, usage=state.usage))
+            result = await self._call(state, turn, offer, execution)
+            state.messages.append(Message("assistant", text=result.text, tool_calls=tuple(result.tool_calls)))
+            if not result.tool_calls:
+                return Outcome(output=self._answer(result.text, state), usage=state.usage,
+                               children=tuple(state.children))
+            remaining = None if deadline is None else deadline - time.monotonic()
+            await self._run_tools(result.tool_calls, state, turn, execution, remaining)
+        raise state.failure(f"no final answer within maxTurns {self.limits.max_turns} "
+                            f"({state.tool_calls} tool calls made)", ErrorCode.LIMIT_EXCEEDED)
+
+    async def _call(self, state: RunState, turn: int, offer_tools: bool, execution: Execution) -> Turn:
+        request = TurnRequest(system=self.system, messages=tuple(state.messages),
+                              tools=self.tools.definitions() if offer_tools else (),
+                              max_tokens=output_cap(self.limits, state.usage, self.model_max_tokens),
+                              output_schema=self.output_schema)
+
+        async def on_text(text: str) -> None:
+            await execution.progress(Progress(tokens=text, turn=turn))
+
+        attempt = 0
+        while True:
+            try:
+                result = await self.provider.turn(request, on_text)
+                break
+            except ModelError as exc:
+                if not exc.retryable:
+                    raise state.failure(str(exc), exc.code) from exc
+                # Before a response started, the SDK retried already: what reaches us is final.
+                if not exc.started or attempt >= self.model_retries:
+                    raise state.failure(f"{exc} (turn {turn})", ErrorCode.MODEL_UNAVAILABLE) from exc
+                delay = exc.retry_after_s if exc.retry_after_s is not None else compute_backoff(attempt)
+                log.info("turn %d failed mid-answer (%s); retrying in %.2fs", turn, exc, delay)
+                await execution.progress(Progress(message=f"turn {turn}: model failed mid-answer, retrying",
+                                                  turn=turn))
+                await asyncio.sleep(delay)
+                attempt += 1
+        spent = result.usage.model_copy(update={"model_calls": 1, "cost_usd": cost_usd(self.price, result.usage)})
+        state.usage += spent
+        return result
+
+    async def _run_tools(self, calls: list[ToolCall], state: RunState, turn: int, execution: Execution,
+                         remaining_s: float | None) -> None:
+        allowed = tool_calls_allowed(self.limits, state.tool_calls, len(calls))
+        state.tool_calls += allowed
+        state.usage += Usage(tool_calls=allowed)
+        ctx_budget = remaining_budget(self.limits, state.usage)
+
+        async def one(call: ToolCall) -> ToolResult:
+            await execution.progress(Progress(message=f"calling {call.name}", turn=turn, tool=call.name))
+            result = await self.tools.run(call, ToolContext(execution, call.id, remaining_s, ctx_budget))
+            said = "failed" if result.is_error else "answered"
+            await execution.progress(Progress(message=f"{call.name} {said}", turn=turn, tool=call.name))
+            return result
+
+        results = list(await asyncio.gather(*(one(c) for c in calls[:allowed])))
+        results += [ToolResult(f"error: the tool call limit ({self.limits.max_tool_calls}) is reached: answer with "
+                               "what you have", True)] * (len(calls) - allowed)
+        for call, result in zip(calls, results, strict=True):
+            if result.delegated is not None:
+                state.usage += result.delegated
+            if result.child is not None and result.child not in state.children:
+                state.children.append(result.child)
+            state.messages.append(Message("tool", text=result.text, tool_call_id=call.id, tool_name=call.name,
+                                          is_error=result.is_error))
+
+    def _answer(self, text: str, state: RunState) -> Payload:
+        if self.output_schema is None:
+            return text
+        body = text.strip()
+        if body.startswith("```"):  # a fenced block: take what is inside
+            body = body.strip("`").partition("\n")[2] if "\n" in body else body.strip("`")
+        try:
+            value = json.loads(body)
+        except ValueError as exc:
+            raise state.failure(f"the final answer is not JSON as outputSchema requires: {exc}",
+                                ErrorCode.AGENT_ERROR) from exc
+        errors = sorted(jsonschema.validators.validator_for(self.output_schema)(self.output_schema).iter_errors(value),
+                        key=lambda e: list(e.absolute_path))
+        if errors:
+            said = "; ".join(f"{'/'.join(map(str, e.absolute_path)) or 'answer'}: {e.message}" for e in errors[:5])
+            raise state.failure(f"the final answer does not match outputSchema: {said}", ErrorCode.AGENT_ERROR)
+        return value  # type: ignore[no-any-return]

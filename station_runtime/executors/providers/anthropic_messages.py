@@ -1,0 +1,147 @@
+"""``anthropic``: the Messages API natively, through the official SDK: ``tool_use`` and ``tool_result`` blocks,
+streamed events, stop reasons, and usage with prompt-cache reads and writes.
+
+Usage is counted as OpenAI counts it (``input_tokens`` = every input token, cache reads and writes included) so
+that one cost rule serves both providers. The API has no structured-output switch here: the answer's JSON schema
+goes into the system prompt and the loop checks the answer against it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import anthropic
+
+from ...contract.messages import ErrorCode, Usage
+from ...contract.specs import ModelSpec
+from ..conversation import FinishReason, Message, ToolCall, Turn
+from .base import ModelError, TextFn, TurnRequest, read_api_key, redact, retry_after
+
+#: The API requires a cap on output tokens.
+DEFAULT_MAX_TOKENS = 4096
+_STOP: dict[str, FinishReason] = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls",
+                                  "max_tokens": "length", "refusal": "refused", "pause_turn": "stop"}
+#: Error types (in an error event or body) that mean "try again later".
+_RETRYABLE_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
+
+
+def to_wire(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Pure: the conversation as Messages API turns. Tool results travel in a user turn, several together."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "user":
+            out.append({"role": "user", "content": m.text})
+        elif m.role == "assistant":
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": m.text}] if m.text else []
+            for call in m.tool_calls:
+                arguments = call.arguments if isinstance(call.arguments, dict) else {}
+                blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments})
+            out.append({"role": "assistant", "content": blocks or [{"type": "text", "text": ""}]})
+        else:
+            result = {"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.text,
+                      "is_error": m.is_error}
+            if out and out[-1]["role"] == "user" and isinstance(out[-1]["content"], list):
+                out[-1]["content"].append(result)
+            else:
+                out.append({"role": "user", "content": [result]})
+    return out
+
+
+def usage_of(raw: Any) -> Usage:
+    if raw is None:
+        return Usage()
+    read = getattr(raw, "cache_read_input_tokens", None) or 0
+    written = getattr(raw, "cache_creation_input_tokens", None) or 0
+    return Usage(input_tokens=(raw.input_tokens or 0) + read + written, output_tokens=raw.output_tokens or 0,
+                 cached_input_tokens=read, cache_write_tokens=written)
+
+
+class AnthropicMessages:
+    def __init__(self, model: ModelSpec) -> None:
+        self.model = model
+        self._key = read_api_key(model.api_key_env, model.api_key_file, "ANTHROPIC_API_KEY")
+        self.client = anthropic.AsyncAnthropic(api_key=self._key or "no-key", base_url=model.base_url,
+                                               timeout=model.timeout_seconds, max_retries=model.max_retries)
+
+    def _body(self, request: TurnRequest) -> dict[str, Any]:
+        model = self.model
+        system = request.system
+        if request.output_schema is not None:
+            system = (f"{system}\n\n" if system else "") + (
+                "Give your final answer as one JSON value, nothing else, matching this JSON schema:\n"
+                + json.dumps(request.output_schema))
+        body: dict[str, Any] = {"model": model.name, "messages": to_wire(request.messages),
+                                "max_tokens": request.max_tokens or model.max_tokens or DEFAULT_MAX_TOKENS}
+        if system:
+            body["system"] = system
+        if request.tools:
+            body["tools"] = [{"name": t.name, "description": t.description, "input_schema": t.parameters}
+                             for t in request.tools]
+        extra: dict[str, Any] = dict(model.params)
+        if model.temperature is not None:
+            # This SDK no longer takes sampling parameters as arguments (newer models reject them); the API still
+            # accepts them for the models that do, so it goes in the body.
+            extra.setdefault("temperature", model.temperature)
+        if extra:
+            body["extra_body"] = extra
+        return body
+
+    async def turn(self, request: TurnRequest, on_text: TextFn) -> Turn:
+        body = self._body(request)
+        started = False
+        try:
+            if not self.model.stream:
+                return self._turn(await self.client.messages.create(**body))
+            async with self.client.messages.stream(**body) as stream:
+                started = True
+                async for event in stream:
+                    if event.type == "text" and event.text:
+                        await on_text(event.text)
+                return self._turn(await stream.get_final_message())
+        except anthropic.APIError as exc:
+            raise self._error(exc, started=started) from exc
+
+    @staticmethod
+    def _turn(message: Any) -> Turn:
+        text: list[str] = []
+        calls: list[ToolCall] = []
+        for block in message.content:
+            if block.type == "text":
+                text.append(block.text)
+            elif block.type == "tool_use":
+                arguments = block.input if isinstance(block.input, dict) else json.dumps(block.input)
+                calls.append(ToolCall(block.id, block.name, arguments))
+        reason = "tool_calls" if calls else _STOP.get(message.stop_reason or "end_turn", "stop")
+        return Turn(text="".join(text), tool_calls=calls, finish_reason=reason, usage=usage_of(message.usage),
+                    model=message.model or "")
+
+    def _error(self, exc: anthropic.APIError, *, started: bool) -> ModelError:
+        message = redact(getattr(exc, "message", None) or str(exc), self._key)
+        if isinstance(exc, anthropic.APIStatusError):
+            status = exc.status_code
+            kind = _error_type(exc.body)
+            # Mid-stream, the SDK raises an error event with the stream's own status (200): the type decides.
+            retryable = status in (408, 409, 429) or status >= 500 or kind in _RETRYABLE_TYPES
+            code = ErrorCode.MODEL_UNAVAILABLE if retryable else (
+                ErrorCode.BAD_REQUEST if status in (400, 404, 413, 422) else ErrorCode.AGENT_ERROR)
+            shown = status if status != 200 else (kind or "error")
+            return ModelError(f"model API answered {shown}: {message}", retryable=retryable, code=code,
+                              retry_after_s=retry_after(exc.response.headers), started=started)
+        if isinstance(exc, anthropic.APIConnectionError):
+            return ModelError(f"cannot reach the model API: {message}", retryable=True,
+                              code=ErrorCode.MODEL_UNAVAILABLE, started=started)
+        return ModelError(f"the model API failed mid-answer: {message}", retryable=True,
+                          code=ErrorCode.MODEL_UNAVAILABLE, started=started)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def _error_type(body: object) -> str:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            return str(error["type"])
+    return ""

@@ -1,0 +1,159 @@
+"""Tools as the agent loop sees them, and the tool box that runs the model's calls.
+
+Whatever a tool is (an MCP server's, a Python function, delegation through the lattice), a call the model makes
+is checked against the tool's JSON schema, bounded in time and in the size of what it returns, and any failure
+(unknown tool, arguments that do not match, an exception, a hang, a huge result) becomes an error result the
+model sees and can act on. Nothing a tool does can crash the station or lose the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import jsonschema
+from jsonschema.exceptions import SchemaError
+
+from ...contract.messages import Usage
+from ...contract.specs import Budget
+from ..base import Execution
+from ..conversation import ToolCall, ToolDefinition
+
+log = logging.getLogger(__name__)
+
+#: What a tool result may say to the model; the rest is cut, with a note saying how much was cut.
+MAX_RESULT_CHARS = 32_000
+#: Tool names as both APIs accept them.
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    text: str
+    is_error: bool = False
+    #: Lattice tools: what the delegated work spent (counted against the run's budget) and its id.
+    delegated: Usage | None = None
+    child: str | None = None
+
+
+@dataclass
+class ToolContext:
+    """What a tool call may know of its run: the execution, the model's id for the call, and what the run has
+    left (seconds, budget) for delegated work."""
+
+    execution: Execution
+    call_id: str
+    remaining_s: float | None = None
+    remaining_budget: Budget | None = None
+
+
+class Tool(Protocol):
+    definition: ToolDefinition
+    #: Where the tool comes from: a ToolServer's name, ``mcp``, ``function`` or ``lattice``.
+    source: str
+    #: The tool's own bound on one call; None: the agent's ``toolTimeoutSeconds``.
+    timeout_s: float | None
+
+    async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult: ...
+
+
+def truncate(text: str, limit: int = MAX_RESULT_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n[truncated: {len(text) - limit} more characters]"
+
+
+def as_text(value: Any) -> str:
+    """A tool's return value as the model reads it: text as it is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@dataclass
+class _Entry:
+    tool: Tool
+    validator: Any = None
+
+
+@dataclass
+class ToolBox:
+    """The tools of one agent, by name."""
+
+    default_timeout_s: float = 60.0
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def add(self, tool: Tool) -> None:
+        name = tool.definition.name
+        if not name or len(name) > 64 or not set(name) <= NAME_CHARS:
+            raise ValueError(f"tool name {name!r} ({tool.source}) is not 1-64 letters, digits, '_' or '-'")
+        if (clash := self._entries.get(name)) is not None:
+            raise ValueError(f"two tools are named {name!r} ({clash.tool.source} and {tool.source}): "
+                             "allow only one of them on this agent")
+        validator = None
+        try:
+            cls = jsonschema.validators.validator_for(tool.definition.parameters)
+            cls.check_schema(tool.definition.parameters)
+            validator = cls(tool.definition.parameters)
+        except SchemaError as exc:  # the server's schema is broken: its calls go unchecked rather than unusable
+            log.warning("tool %s (%s): its input schema is not valid JSON Schema, calls go unchecked: %s",
+                        name, tool.source, exc.message)
+        self._entries[name] = _Entry(tool, validator)
+
+    def extend(self, tools: Iterable[Tool]) -> None:
+        for tool in tools:
+            self.add(tool)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def definitions(self) -> list[ToolDefinition]:
+        return [e.tool.definition for e in self._entries.values()]
+
+    def listing(self) -> list[str]:
+        """``source:name`` of every tool, as stations report them."""
+        return [f"{e.tool.source}:{name}" for name, e in self._entries.items()]
+
+    async def run(self, call: ToolCall, ctx: ToolContext) -> ToolResult:
+        entry = self._entries.get(call.name)
+        if entry is None:
+            known = ", ".join(self._entries) or "none"
+            return ToolResult(f"error: there is no tool named {call.name!r}; the tools are: {known}", True)
+        arguments = call.arguments
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError as exc:
+                return ToolResult(f"error: the arguments are not valid JSON ({exc}); send a JSON object that "
+                                  "matches the tool's schema", True)
+        if not isinstance(arguments, dict):
+            return ToolResult(f"error: the arguments must be a JSON object, not {type(arguments).__name__}", True)
+        if entry.validator is not None:
+            problems = sorted(entry.validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
+            if problems:
+                said = "; ".join(f"{'/'.join(map(str, p.absolute_path)) or 'arguments'}: {p.message}"
+                                 for p in problems[:5])
+                return ToolResult(f"error: the arguments do not match {call.name}'s schema: {said}", True)
+        timeout = entry.tool.timeout_s or self.default_timeout_s
+        if ctx.remaining_s is not None:
+            timeout = min(timeout, max(ctx.remaining_s, 0.001))
+        try:
+            async with asyncio.timeout(timeout):
+                result = await entry.tool.call(arguments, ctx)
+        except TimeoutError:
+            return ToolResult(f"error: {call.name} did not answer within {timeout:g}s", True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a tool may raise anything: the model hears of it, the run goes on
+            log.info("tool %s (%s) failed: %r", call.name, entry.tool.source, exc)
+            return ToolResult(f"error: {call.name} failed: {type(exc).__name__}: {truncate(str(exc), 2000)}", True)
+        if len(result.text) > MAX_RESULT_CHARS:
+            result = ToolResult(truncate(result.text), result.is_error, result.delegated, result.child)
+        return result
