@@ -146,7 +146,7 @@ log "go build etcd (nice 10)"
 
 # --- finish ------------------------------------------------------------------------------------------------
 "$tmp_bin/kube-apiserver" --version >&2
-"$tmp_bin/etcd" --version | head -1 >&2
+"$tmp_bin/etcd" --version | sed -n 1p >&2  # sed reads it all: head would end it with SIGPIPE under pipefail
 rm -rf "$bin_dir" && mv "$tmp_bin" "$bin_dir"
 elapsed=$((SECONDS - started))
 modcache_after_kb="$(du -sk "$gomodcache" | cut -f1)"

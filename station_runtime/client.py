@@ -23,8 +23,9 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from pydantic import ValidationError
 
-from .api.models import Agent, WorkItemSpec
+from .api.models import Agent, ToolServer, WorkItemSpec, referenced_servers, resolve_tool_servers
 from .contract import subjects
 from .contract.codec import decode, decode_invoke_reply, encode
 from .contract.errors import DecodeError
@@ -224,13 +225,18 @@ class LatticeClient:
 
     async def put_agent(self, agent: Agent, *, org: str | None = None,
                         tool_servers: dict[str, McpServerSpec] | None = None) -> int:
-        """Publish (create or update) an agent, with the ToolServers it names resolved into its definition
-        (:func:`~.api.models.resolve_tool_servers`); stations that match load it live. Idempotent: the same
-        definition again writes nothing."""
-        state = await self.state()
+        """Publish (create or update) an agent, with the ToolServers it names resolved into its definition:
+        those given, else the org's stored ones (:meth:`put_tool_server`); stations that match load it live.
+        Idempotent: the same definition again writes nothing."""
+        if tool_servers is None and referenced_servers(agent):
+            tool_servers = resolve_tool_servers(agent, await self.tool_servers())
         definition = AgentDefinition(org=org or agent.spec.org or self.org, name=agent.name,
                                      labels=agent.metadata.labels, spec=agent.spec,
                                      generation=agent.metadata.generation or 1, tool_servers=tool_servers or {})
+        return await self._put_definition(definition, agent.spec.model.provider)
+
+    async def _put_definition(self, definition: AgentDefinition, provider: str) -> int:
+        state = await self.state()
         data = encode(definition)
         try:
             entry = await state.agents.get(definition.name)
@@ -240,9 +246,49 @@ class LatticeClient:
             return entry.revision or 0
         revision: int = await state.agents.put(definition.name, data)
         await (await self.work_store()).note("agent", "updated" if entry is not None and entry.value else "registered",
-                                             subject=definition.name, revision=revision,
-                                             provider=agent.spec.model.provider)
+                                             subject=definition.name, revision=revision, provider=provider)
         return revision
+
+    async def tool_servers(self) -> list[ToolServer]:
+        """The org's stored ToolServers (embedded lattices; on Kubernetes they are resources)."""
+        state = await self.state()
+        await state.tool_servers()  # created on first use
+        out = []
+        for item in await state.list("toolservers"):
+            try:
+                out.append(ToolServer.model_validate_json(item.value))
+            except ValidationError as exc:
+                log.warning("skipping malformed ToolServer %r: %s", item.key, exc.errors(include_url=False)[:1])
+        return sorted(out, key=lambda s: s.name)
+
+    async def put_tool_server(self, server: ToolServer) -> list[str]:
+        """Store a ToolServer and publish again every agent of the org that names it (its stations reconnect);
+        returns those agents' names."""
+        kv = await (await self.state()).tool_servers()
+        await kv.put(server.name, server.model_dump_json(by_alias=True, exclude_none=True).encode())
+        return await self._republish_users(server.name, server.spec)
+
+    async def delete_tool_server(self, name: str) -> list[str]:
+        """Forget a ToolServer; the agents that name it are published without it (their stations say so)."""
+        kv = await (await self.state()).tool_servers()
+        with contextlib.suppress(KeyNotFoundError):
+            await kv.delete(name)
+        return await self._republish_users(name, None)
+
+    async def _republish_users(self, name: str, spec: McpServerSpec | None) -> list[str]:
+        users = []
+        for definition in await self.agents():
+            if name not in [t.server for t in definition.spec.tools]:
+                continue
+            servers = dict(definition.tool_servers)
+            if spec is None:
+                servers.pop(name, None)
+            else:
+                servers[name] = McpServerSpec.model_validate(spec.model_dump(exclude={"org"}))
+            await self._put_definition(definition.model_copy(update={"tool_servers": servers}),
+                                       definition.spec.model.provider)
+            users.append(definition.name)
+        return users
 
     async def delete_agent(self, name: str) -> None:
         state = await self.state()

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from station_runtime.api.models import Agent, Station, WorkItem
+from station_runtime.api.models import Agent, Station, ToolServer, WorkItem, referenced_servers
 from station_runtime.api.status import MAX_STATUS_RESULT_CHARS
 from station_runtime.contract.messages import AgentDefinition, Payload, StationRecord, WorkPhase, WorkRecord
+from station_runtime.contract.specs import McpServerSpec, SecretKeyRef, ValueSource
 from station_runtime.routing import is_live
 
 from .conditions import condition
@@ -164,20 +165,48 @@ def station_status(station: Station, org: str, records: Sequence[StationRecord],
     }
 
 
-def agent_definition(agent: Agent, org: str) -> AgentDefinition:
-    """The agent as stations see it. A Kubernetes Secret reference becomes a file path in the stations'
-    model-keys volume: the key itself never enters NATS, status, events or logs."""
+def agent_definition(agent: Agent, org: str,
+                     tool_servers: dict[str, McpServerSpec] | None = None) -> AgentDefinition:
+    """The agent as stations see it, with the ToolServers it names. A Kubernetes Secret reference (the model's
+    key, an MCP server's header or env value) becomes a file path in the stations' model-keys volume: the secret
+    itself never enters NATS, status, events or logs (:func:`secret_refs` says which keys the volume needs)."""
     spec = agent.spec
+    update: dict[str, Any] = {"org": org}
     ref = spec.model.api_key_secret_ref
     if ref is not None:
-        # The station expands the variable to where its model-keys volume is mounted.
-        key_file = f"${{LATTICE_MODEL_KEYS_DIR}}/{model_key_name(ref.name, ref.key)}"
-        model = spec.model.model_copy(update={"api_key_secret_ref": None, "api_key_file": key_file})
-        spec = spec.model_copy(update={"model": model, "org": org})
-    else:
-        spec = spec.model_copy(update={"org": org})
-    return AgentDefinition(org=org, name=agent.name, labels=agent.metadata.labels, spec=spec,
-                           generation=agent.metadata.generation or 1)
+        update["model"] = spec.model.model_copy(update={"api_key_secret_ref": None, "api_key_file": _key_file(ref)})
+    if any(t.mcp is not None for t in spec.tools):
+        update["tools"] = [t.model_copy(update={"mcp": _secrets_as_files(t.mcp)}) if t.mcp is not None else t
+                           for t in spec.tools]
+    servers = {name: _secrets_as_files(server) for name, server in (tool_servers or {}).items()}
+    return AgentDefinition(org=org, name=agent.name, labels=agent.metadata.labels, spec=spec.model_copy(update=update),
+                           generation=agent.metadata.generation or 1, tool_servers=servers)
+
+
+def secret_refs(agent: Agent, tool_servers: dict[str, McpServerSpec] | None = None) -> list[SecretKeyRef]:
+    """Every Secret key the agent's stations need: its model key and its MCP servers' secret values."""
+    refs = [agent.spec.model.api_key_secret_ref] if agent.spec.model.api_key_secret_ref is not None else []
+    servers = [t.mcp for t in agent.spec.tools if t.mcp is not None] + list((tool_servers or {}).values())
+    for server in servers:
+        refs.extend(v.secret_ref for v in (*server.env.values(), *server.headers.values())
+                    if isinstance(v, ValueSource) and v.secret_ref is not None)
+    unique = {(r.name, r.key): r for r in refs}
+    return [unique[k] for k in sorted(unique)]
+
+
+def _key_file(ref: SecretKeyRef) -> str:
+    # The station expands the variable to where its model-keys volume is mounted.
+    return f"${{LATTICE_MODEL_KEYS_DIR}}/{model_key_name(ref.name, ref.key)}"
+
+
+def _secrets_as_files(server: McpServerSpec) -> McpServerSpec:
+    def as_file(value: str | ValueSource) -> str | ValueSource:
+        if isinstance(value, ValueSource) and value.secret_ref is not None:
+            return ValueSource(from_file=_key_file(value.secret_ref))
+        return value
+
+    return server.model_copy(update={"env": {k: as_file(v) for k, v in server.env.items()},
+                                     "headers": {k: as_file(v) for k, v in server.headers.items()}})
 
 
 def model_key_name(secret: str, key: str) -> str:
@@ -203,11 +232,48 @@ def agent_status(agent: Agent, org: str, records: Sequence[StationRecord], revis
         ready = condition("Ready", False, "NoMatchingStation",
                           "no live station hosts this agent: check stationSelector and the Stations' "
                           "agentSelector, capabilities and readiness", gen)
+    tools = discovered_tools(agent.name, [r for r in records if r.station_id in hosting])
     return {"org": org, "model": f"{model.provider}/{model.name or model.function or '-'}",
+            "tools": [{"name": n, "source": src} for src, n in tools[:MAX_STATUS_TOOLS]],
+            "toolsSummary": f"{len(tools)} tool{'s' if len(tools) != 1 else ''}" if tools else "",
             "stations": len(hosting), "stationIds": hosting[:50], "ready": bool(hosting) and not problem,
             "revision": revision, "observedGeneration": gen,
             "conditions": [condition("Accepted", problem is None, "Invalid" if problem else "Published",
                                      problem or "written to the org's agents bucket", gen), ready]}
+
+
+#: An Agent's status lists at most this many tools (a record carries at most presence.MAX_TOOLS_PER_AGENT).
+MAX_STATUS_TOOLS = 256
+
+
+def discovered_tools(agent: str, records: Sequence[StationRecord]) -> list[tuple[str, str]]:
+    """(source, name) of every tool the stations hosting the agent found when they loaded it, sorted."""
+    found = {tuple(entry.split(":", 1)) if ":" in entry else ("", entry)
+             for r in records for entry in r.agent_tools.get(agent, [])}
+    return sorted((src, name) for src, name in found)
+
+
+def tool_server_status(server: ToolServer, org: str, agents: Sequence[Agent], records: Sequence[StationRecord],
+                       now: datetime) -> dict[str, Any]:
+    """A ToolServer's status: the agents that name it, the tools their live stations discovered on it, and
+    Ready when at least one station reached it (not ready, with the stations' reasons, when none could)."""
+    users = sorted(a.name for a in agents if server.name in referenced_servers(a))
+    live = [r for r in records if is_live(r, now)]
+    tools = sorted({name for a in users for src, name in discovered_tools(a, live) if src == server.name})
+    failing = sorted({f"{a}: {r.agent_errors[a]}" for a in users for r in live if a in r.agent_errors})
+    gen = server.metadata.generation
+    if not users:
+        ready = condition("Ready", False, "Unused", "no agent of the org names this ToolServer", gen)
+    elif tools:
+        ready = condition("Ready", True, "Discovered", f"{len(tools)} tool(s) found by the stations", gen)
+    elif failing:
+        ready = condition("Ready", False, "Unreachable", "; ".join(failing)[:1000], gen)
+    else:
+        ready = condition("Ready", False, "Pending", "no station has loaded an agent that uses it yet", gen)
+    return {"org": org, "transport": server.spec.transport or "", "agents": users[:256],
+            "tools": tools[:MAX_STATUS_TOOLS], "observedGeneration": gen,
+            "conditions": [condition("Accepted", True, "Valid", "agents that name it carry it to their stations",
+                                     gen), ready]}
 
 
 def work_id_for(work_item: WorkItem) -> str:

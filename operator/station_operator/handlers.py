@@ -9,15 +9,27 @@ Nothing is registered at import time: :func:`registry` registers every handler w
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kopf
 from pydantic import BaseModel, ValidationError
 
-from station_runtime.api.models import GROUP, VERSION, Agent, Station, WorkItem
+from station_runtime.api.models import (
+    GROUP,
+    VERSION,
+    Agent,
+    Station,
+    ToolServer,
+    WorkItem,
+    referenced_servers,
+    resolve_tool_servers,
+)
 from station_runtime.contract.codec import encode
+from station_runtime.contract.specs import McpServerSpec
 from station_runtime.natsio.retry import NATS_FAILURES
 
 from . import builders, kube
@@ -85,7 +97,7 @@ async def operator_cleanup(memo: Any, **_: Any) -> None:
 # --- shared ---------------------------------------------------------------------------------------------------
 
 
-def _parse(model: type[M], body: kopf.Body) -> M:
+def _parse(model: type[M], body: Mapping[str, Any]) -> M:
     data = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": dict(body.get("metadata", {})),
             "spec": dict(body.get("spec", {}))}
     return model.model_validate(data)
@@ -193,26 +205,62 @@ async def station_status(body: kopf.Body, memo: Any) -> None:
 
 
 async def agent_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
-    """Agent -> the org's agents bucket (stations that match load it live); a model key Secret reference ->
-    the namespace's model-keys Secret, mounted by every station pod."""
+    """Agent -> the org's agents bucket with the ToolServers it names (stations that match load it live); its
+    Secret references (model key, MCP headers and env) -> the namespace's model-keys Secret, mounted by every
+    station pod."""
     agent = await _resource(Agent, "agents", body)
     runtime = await _org_runtime("agents", body, memo, agent.spec.org)
     namespace = body["metadata"]["namespace"]
-    ref = agent.spec.model.api_key_secret_ref
-    if ref is not None:
+    published = await _publish_agent(agent, runtime, namespace)
+    if isinstance(published, str):
+        await _refuse("agents", body, "SecretMissing", f"{published}; retrying every {SEMANTIC_RETRY_S:.0f}s",
+                      retry=True)
+        return
+    logger.info("agent %s published to org %s (revision %d)", agent.name, runtime.org, published)
+    await agent_status(body, memo, revision=published)
+
+
+async def _publish_agent(agent: Agent, runtime: OrgRuntime, namespace: str,
+                         without_server: str | None = None) -> int | str:
+    """Publish an agent with the ToolServers of its namespace that it names (not ``without_server``, which is
+    being deleted): the revision written, or what is missing (a Secret key) and so was not published."""
+    servers: dict[str, McpServerSpec] = {}
+    if referenced_servers(agent):
+        found = [s for s in await _tool_servers(namespace, runtime.org) if s.name != without_server]
+        servers = resolve_tool_servers(agent, found)
+    values: dict[str, str | None] = {}
+    for ref in builders.secret_refs(agent, servers):
         value = await kube.read_secret_key(namespace, ref.name, ref.key)
         if value is None:
-            await _refuse("agents", body, "SecretMissing",
-                          f"Secret {ref.name!r} has no key {ref.key!r} in namespace {namespace}: create it; "
-                          f"retrying every {SEMANTIC_RETRY_S:.0f}s", retry=True)
-        await kube.patch_secret_keys(namespace, builders.MODEL_KEYS_SECRET,
-                                     {builders.model_key_name(ref.name, ref.key): value},
+            return f"Secret {ref.name!r} has no key {ref.key!r} in namespace {namespace}: create it"
+        values[builders.model_key_name(ref.name, ref.key)] = value
+    if values:
+        await kube.patch_secret_keys(namespace, builders.MODEL_KEYS_SECRET, values,
                                      labels=builders.labels("agent", agent.name, runtime.org))
-    definition = builders.agent_definition(agent, runtime.org)
+    definition = builders.agent_definition(agent, runtime.org, servers)
     state = await runtime.client.state()
-    revision = await state.agents.put(agent.name, encode(definition))
-    logger.info("agent %s published to org %s (revision %d)", agent.name, runtime.org, revision)
-    await agent_status(body, memo, revision=revision)
+    return await state.agents.put(agent.name, encode(definition))
+
+
+async def _tool_servers(namespace: str, org: str) -> list[ToolServer]:
+    """The valid ToolServers of a namespace that belong to ``org`` (an invalid one has its own condition)."""
+    servers = []
+    for item in await kube.list_custom("toolservers", namespace):
+        try:
+            server = _parse(ToolServer, item)
+        except ValidationError:
+            continue
+        if (server.spec.org or org) == org:
+            servers.append(server)
+    return servers
+
+
+async def _agents(namespace: str) -> list[Agent]:
+    agents = []
+    for item in await kube.list_custom("agents", namespace):
+        with contextlib.suppress(ValidationError):
+            agents.append(_parse(Agent, item))
+    return agents
 
 
 async def agent_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
@@ -245,11 +293,66 @@ async def agent_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any
         await state.agents.delete(name)
     except NATS_FAILURES as exc:  # NATS away: kopf retries the deletion (the finalizer holds the resource)
         raise kopf.TemporaryError(f"could not remove agent {name} from org {org}: {exc}", delay=5) from exc
-    ref = agent.spec.model.api_key_secret_ref
-    if ref is not None:
-        await kube.patch_secret_keys(namespace, builders.MODEL_KEYS_SECRET,
-                                     {builders.model_key_name(ref.name, ref.key): None})
+    # Its Secret keys leave the model-keys Secret unless another agent of the namespace still needs them.
+    others = [a for a in await _agents(namespace) if a.name != name]
+    servers = await _tool_servers(namespace, org)
+    kept = {(r.name, r.key) for a in others for r in builders.secret_refs(a, resolve_tool_servers(a, servers))}
+    gone = {builders.model_key_name(r.name, r.key): None
+            for r in builders.secret_refs(agent, resolve_tool_servers(agent, servers)) if (r.name, r.key) not in kept}
+    if gone:
+        await kube.patch_secret_keys(namespace, builders.MODEL_KEYS_SECRET, dict(gone))
     logger.info("agent %s removed from org %s", name, org)
+
+
+# --- ToolServer --------------------------------------------------------------------------------------------------
+
+
+async def toolserver_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """ToolServer -> every agent of the org that names it is published again with it (its stations reconnect)."""
+    server = await _resource(ToolServer, "toolservers", body)
+    runtime = await _org_runtime("toolservers", body, memo, server.spec.org)
+    namespace = body["metadata"]["namespace"]
+    users = [a for a in await _agents(namespace) if server.name in referenced_servers(a)
+             and (a.spec.org or runtime.org) == runtime.org]
+    for agent in users:
+        published = await _publish_agent(agent, runtime, namespace)
+        if isinstance(published, str):
+            kopf.warn(body, reason="SecretMissing", message=f"agent {agent.name}: {published}")
+    logger.info("toolserver %s: %d agent(s) of org %s republished", server.name, len(users), runtime.org)
+    await toolserver_status(body, memo)
+
+
+async def toolserver_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
+    await toolserver_status(body, memo)
+
+
+async def toolserver_status(body: kopf.Body, memo: Any) -> None:
+    found = await _quietly(ToolServer, body, memo)
+    if found is None:
+        return
+    server, runtime = found
+    namespace = body["metadata"]["namespace"]
+    new = builders.tool_server_status(server, runtime.org, await _agents(namespace), runtime.records(),
+                                      datetime.now(UTC))
+    current = body.get("status")
+    if _status_changed(current, new):
+        await kube.patch_status("toolservers", namespace, server.name, _with_conditions(current, new))
+
+
+async def toolserver_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """The agents that named it are published without it: their stations say it is missing (not ready)."""
+    found = await _quietly(ToolServer, body, memo)
+    if found is None:
+        return
+    server, runtime = found
+    namespace = body["metadata"]["namespace"]
+    for agent in await _agents(namespace):
+        if server.name in referenced_servers(agent) and (agent.spec.org or runtime.org) == runtime.org:
+            try:
+                await _publish_agent(agent, runtime, namespace, without_server=server.name)
+            except NATS_FAILURES as exc:
+                raise kopf.TemporaryError(f"could not republish agent {agent.name}: {exc}", delay=5) from exc
+    logger.info("toolserver %s removed from org %s", server.name, runtime.org)
 
 
 # --- WorkItem ----------------------------------------------------------------------------------------------------
@@ -328,7 +431,8 @@ def registry(cfg: OperatorSettings) -> kopf.OperatorRegistry:
     kopf.on.startup(registry=reg)(operator_startup)
     kopf.on.cleanup(registry=reg)(operator_cleanup)
     for plural, reconcile, resync in (("stations", station_reconcile, station_resync),
-                                      ("agents", agent_reconcile, agent_resync)):
+                                      ("agents", agent_reconcile, agent_resync),
+                                      ("toolservers", toolserver_reconcile, toolserver_resync)):
         kopf.on.resume(GROUP, VERSION, plural, registry=reg)(reconcile)
         kopf.on.create(GROUP, VERSION, plural, registry=reg)(reconcile)
         kopf.on.update(GROUP, VERSION, plural, field="spec", registry=reg)(reconcile)
@@ -336,6 +440,7 @@ def registry(cfg: OperatorSettings) -> kopf.OperatorRegistry:
         kopf.timer(GROUP, VERSION, plural, interval=cfg.resync_s, initial_delay=1.0, registry=reg)(resync)
     kopf.on.update(GROUP, VERSION, "agents", field="metadata.labels", registry=reg)(agent_reconcile)
     kopf.on.delete(GROUP, VERSION, "agents", registry=reg)(agent_delete)
+    kopf.on.delete(GROUP, VERSION, "toolservers", registry=reg)(toolserver_delete)
     kopf.on.resume(GROUP, VERSION, "workitems", registry=reg)(workitem_submit)
     kopf.on.create(GROUP, VERSION, "workitems", registry=reg)(workitem_submit)
     # The mirror is event-driven; this timer is its level-based safety net and the finished items' TTL.

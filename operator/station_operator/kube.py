@@ -143,6 +143,16 @@ async def patch_status(plural: str, namespace: str, name: str, status: dict[str,
     return await asyncio.to_thread(write)
 
 
+async def list_custom(plural: str, namespace: str) -> list[dict[str, Any]]:
+    """Every resource of a kind of ours in a namespace (their bodies)."""
+    def read() -> list[dict[str, Any]]:
+        found: dict[str, Any] = client.CustomObjectsApi(api()).list_namespaced_custom_object(  # type: ignore[assignment]
+            GROUP, VERSION, namespace, plural)
+        return list(found.get("items") or [])
+
+    return await asyncio.to_thread(read)
+
+
 async def delete_custom(plural: str, namespace: str, name: str) -> None:
     def delete() -> None:
         try:

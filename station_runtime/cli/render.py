@@ -89,6 +89,7 @@ def agents_table(agents: Sequence[AgentDefinition], stations: Sequence[StationRe
     for col in ("AGENT", "PROVIDER", "MODEL", "CAPABILITIES", "STATIONS", "READY", "REASON"):
         table.add_column(col)
     if wide:
+        table.add_column("TOOLS")
         table.add_column("HOSTED BY")
         table.add_column("LABELS")
     now = utcnow()
@@ -102,9 +103,16 @@ def agents_table(agents: Sequence[AgentDefinition], stations: Sequence[StationRe
                                      Text(",".join(a.spec.capabilities) or "-"), Text(str(len(hosting))), ready,
                                      Text(reason, style="yellow" if reason else "")]
         if wide:
-            row += [Text(",".join(hosting) or "-"), Text(",".join(f"{k}={v}" for k, v in a.labels.items()) or "-")]
+            row += [Text(",".join(agent_tool_names(a.name, stations, hosting)) or "-"), Text(",".join(hosting) or "-"),
+                    Text(",".join(f"{k}={v}" for k, v in a.labels.items()) or "-")]
         table.add_row(*cells(row))
     return table
+
+
+def agent_tool_names(agent: str, stations: Sequence[StationRecord], hosting: Sequence[str]) -> list[str]:
+    """The tools the stations hosting ``agent`` discovered (``source:name``), as their records list them."""
+    found = {t for s in stations if s.station_id in hosting for t in s.agent_tools.get(agent, [])}
+    return sorted(found)
 
 
 def preview(value: Any, width: int = 48) -> str:

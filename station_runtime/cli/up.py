@@ -86,12 +86,17 @@ def apply(
     ctx: typer.Context,
     files: Annotated[list[Path], typer.Option("--filename", "-f", help="Manifest file or directory.")],
 ) -> None:
-    """Publish Agent manifests to a running lattice (stations load them live) and submit WorkItem manifests."""
+    """Publish ToolServer and Agent manifests to a running lattice (stations load them live) and submit WorkItem
+    manifests."""
     g: Globals = ctx.obj
     manifests = load(files)
 
     async def main() -> None:
         async with LatticeClient(g.nats, g.org) as client:
+            for server in manifests.tool_servers:
+                users = await client.put_tool_server(server)
+                console.print(f"toolserver/{server.name} configured"
+                              + (f" (agents republished: {', '.join(users)})" if users else ""), markup=False)
             for agent in manifests.agents:
                 rev = await client.put_agent(agent)
                 console.print(f"agent/{agent.name} configured (revision {rev})", markup=False)

@@ -35,7 +35,9 @@ PresenceKind = Literal["announce", "heartbeat", "goodbye"]
 #: stored; this is how waiters learn the outcome. ``progress``: live progress from the station running it.
 WorkUpdate = Literal["progress", "record"]
 EventCategory = Literal["station", "agent", "work"]
-Bucket = Literal["stations", "agents", "work"]
+#: ``toolservers``: the org's ToolServers as ``lattice apply`` stores them (embedded; on Kubernetes they are
+#: resources); read and written by the org's admin only: stations get them inside the agents that name them.
+Bucket = Literal["stations", "agents", "work", "toolservers"]
 #: The default reply-inbox prefix of NATS clients (the org's admin and CLI use it; stations have their own).
 INBOX_PREFIX: Final = "_INBOX"
 JS_API: Final = "$JS.API"

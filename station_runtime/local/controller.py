@@ -155,6 +155,9 @@ class LocalLattice:
         self.client = LatticeClient(settings, self.org, create_state=True, policy=self.policy, source="lattice-up")
         await self.client.connect()
         await self.client.state()
+        for server in self.manifests.tool_servers:
+            await self.client.put_tool_server(server)
+            self.on_event(f"toolserver {server.name} stored ({server.spec.transport})")
         for agent in self.manifests.agents:
             await self.client.put_agent(agent, org=agent.spec.org or self.org)
             self.on_event(f"agent {agent.name} published ({agent.spec.model.provider})")

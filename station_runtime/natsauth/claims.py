@@ -207,14 +207,14 @@ def org_admin_permissions(org: str) -> Permissions:
     subject space and the JetStream API of its account (which holds only this org's streams), including creating
     the org's buckets and streams. It uses the default ``_INBOX`` prefix, which no station can subscribe to."""
     root = subjects.org_root(org)
-    buckets = [subjects.bucket(org, kind) for kind in ("stations", "agents", "work")]
+    buckets = [subjects.bucket(org, kind) for kind in ("stations", "agents", "work", "toolservers")]
     return Permissions(
         pub_allow=(
             f"{root}.>",  # every lattice subject of the org: auctions, assignments, cancels, invokes, events
             f"{subjects.JS_API}.>",  # JetStream API of the account: the org's streams and consumers
             "$JS.ACK.>",  # acknowledgements of consumers with explicit acks
             "$JS.FC.>",  # flow control replies of push consumers (watches, event replays, object reads)
-            *(subjects.kv_all(b) for b in buckets),  # KV writes: agents, work records, presence clean-up
+            *(subjects.kv_all(b) for b in buckets),  # KV writes: agents, work records, presence clean-up, ToolServers
             subjects.object_all(subjects.results_bucket(org)),  # reading/writing/deleting large results
         ),
         sub_allow=(f"{root}.>", subjects.inbox_all(subjects.INBOX_PREFIX)),

@@ -78,6 +78,8 @@ class StateLimits:
     work_retention_s: float = 24 * 3600.0
     #: Agent definitions (about 1 KiB each; at most ``max_value_bytes``).
     agents_max_bytes: int = 16 * MIB
+    #: ToolServers stored by ``lattice apply`` (about 1 KiB each).
+    toolservers_max_bytes: int = 4 * MIB
     #: Presence records (about 1 KiB per station; they expire by themselves).
     stations_max_bytes: int = 8 * MIB
     #: Results larger than a record holds (up to 32 MiB each); each lives for the retention and an hour more.
@@ -86,7 +88,7 @@ class StateLimits:
     def total_bytes(self) -> int:
         """What one org may take on disk at most: an embedded server's ``max_file_store`` must hold it."""
         return (self.work_max_bytes + self.agents_max_bytes + self.stations_max_bytes + self.results_max_bytes
-                + self.events_max_bytes)
+                + self.events_max_bytes + self.toolservers_max_bytes)
 
 
 class OrgState:
@@ -110,6 +112,7 @@ class OrgState:
         self.presence_ttl_s = presence_ttl_s
 
         self._results: ObjectStore | None = None
+        self._tool_servers: KeyValue | None = None
 
     async def list(self, kind: subjects.Bucket) -> list[KvItem]:
         """Every live key of one of the org's buckets, exactly, leaving no consumer behind."""
@@ -136,6 +139,14 @@ class OrgState:
                 except BadRequestError:  # created by someone else meanwhile
                     self._results = await self.js.object_store(name)
         return self._results
+
+    async def tool_servers(self) -> KeyValue:
+        """The org's ToolServers bucket (admin only), created (bounded) on first use if it is missing."""
+        if self._tool_servers is None:
+            self._tool_servers = await _bucket(self.js, subjects.bucket(self.org, "toolservers"), True,
+                                               max_value_size=self.limits.max_value_bytes,
+                                               max_bytes=self.limits.toolservers_max_bytes)
+        return self._tool_servers
 
     @classmethod
     async def open(cls, nc: NatsClient, org: str, limits: StateLimits | None = None,

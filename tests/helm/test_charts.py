@@ -45,11 +45,12 @@ def test_lint_strict(helm: Helm, chart: Any, values: dict[str, Any] | None) -> N
 
 def test_platform_renders_crds_operator_nats_and_rbac(helm: Helm) -> None:
     docs = helm.template(PLATFORM_CHART, release="station-lattice")
-    assert kinds(docs) == sorted(["CustomResourceDefinition"] * 3 + [
+    assert kinds(docs) == sorted(["CustomResourceDefinition"] * 4 + [
         "ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "ClusterRole", "ClusterRole",
         "ConfigMap", "Service", "Service", "StatefulSet"])
     assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition") == [
-        "agents.lattice.station.dev", "stations.lattice.station.dev", "workitems.lattice.station.dev"]
+        "agents.lattice.station.dev", "stations.lattice.station.dev", "toolservers.lattice.station.dev",
+        "workitems.lattice.station.dev"]
     for doc in docs:
         if doc["kind"] != "CustomResourceDefinition":
             labels = doc["metadata"]["labels"]
@@ -106,9 +107,11 @@ def test_every_container_is_non_root_read_only_and_bounded(helm: Helm) -> None:
 OPERATOR_RULES = {
     ("lattice.station.dev", "stations"): {"get", "list", "watch", "patch"},
     ("lattice.station.dev", "agents"): {"get", "list", "watch", "patch"},
+    ("lattice.station.dev", "toolservers"): {"get", "list", "watch", "patch"},
     ("lattice.station.dev", "workitems"): {"get", "list", "watch", "patch", "delete"},
     ("lattice.station.dev", "stations/status"): {"patch"},
     ("lattice.station.dev", "agents/status"): {"patch"},
+    ("lattice.station.dev", "toolservers/status"): {"patch"},
     ("lattice.station.dev", "workitems/status"): {"patch"},
     ("lattice.station.dev", "stations/finalizers"): {"update"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},

@@ -89,6 +89,8 @@ def test_a_tenant_cannot_choose_another_org(lattice: Lattice) -> None:
     ("create", "statefulsets", "apps", True),
     ("patch", "workitems/status", "lattice.station.dev", True),
     ("delete", "workitems", "lattice.station.dev", True),
+    ("list", "toolservers", "lattice.station.dev", True),
+    ("patch", "toolservers/status", "lattice.station.dev", True),
     ("get", "secrets", "", True),
     ("list", "secrets", "", False),
     ("delete", "secrets", "", False),

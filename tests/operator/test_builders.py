@@ -17,12 +17,15 @@ from station_runtime.api.models import (
     SecretKeyRef,
     Station,
     StationSpec,
+    ToolServer,
     WorkItem,
     WorkItemSpec,
+    resolve_tool_servers,
 )
 from station_runtime.api.status import MAX_STATUS_RESULT_CHARS
 from station_runtime.contract.messages import ErrorCode, StationRecord, WorkError, WorkPhase, WorkRecord
 from station_runtime.contract.selectors import parse_selector
+from station_runtime.contract.specs import ToolServerSpec, ValueSource
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -128,3 +131,45 @@ def test_conditions_keep_their_transition_time_until_they_change() -> None:
     assert later[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
     flipped = merge(later, [condition("Ready", True, "Live")], now=NOW + timedelta(minutes=9))
     assert flipped[0]["lastTransitionTime"] != first[0]["lastTransitionTime"]
+
+
+def test_mcp_secrets_of_an_agent_and_its_tool_servers_become_key_files() -> None:
+    token = {"secretRef": {"name": "gh", "key": "token"}}
+    agent = Agent(metadata=ObjectMeta(name="coder"), spec=AgentSpec.model_validate({
+        "model": {"provider": "openai", "name": "m", "apiKeySecretRef": {"name": "llm", "key": "api-key"}},
+        "tools": [{"server": "github"}, {"mcp": {"command": "mcp-files", "env": {"ROOT": "/data", "KEY": token}}}]}))
+    github = ToolServer(metadata=ObjectMeta(name="github"), spec=ToolServerSpec.model_validate({
+        "url": "https://mcp.example/", "headers": {"Authorization": token, "X-Team": {"value": "docs"}}}))
+    unused = ToolServer(metadata=ObjectMeta(name="other"), spec=ToolServerSpec(command="x"))
+    servers = resolve_tool_servers(agent, [github, unused])
+    assert list(servers) == ["github"]
+    definition = builders.agent_definition(agent, "acme", servers)
+    headers = definition.tool_servers["github"].headers
+    assert headers["Authorization"] == ValueSource(from_file="${LATTICE_MODEL_KEYS_DIR}/gh.token")
+    assert headers["X-Team"] == ValueSource(value="docs")
+    inline = definition.spec.tools[1].mcp
+    assert inline is not None and inline.env == {"ROOT": "/data",
+                                                 "KEY": ValueSource(from_file="${LATTICE_MODEL_KEYS_DIR}/gh.token")}
+    assert [(r.name, r.key) for r in builders.secret_refs(agent, servers)] == [("gh", "token"), ("llm", "api-key")]
+    assert "secretRef" not in definition.model_dump_json(by_alias=True, exclude_none=True)
+
+
+def test_discovered_tools_reach_the_agents_and_the_tool_servers_status() -> None:
+    agent = Agent(metadata=ObjectMeta(name="coder"), spec=AgentSpec.model_validate({
+        "model": {"provider": "openai", "name": "m"}, "tools": [{"server": "github"}, {"lattice": ["submit"]}]}))
+    hosting = record("s1", agents=("coder",)).model_copy(update={"agent_tools": {"coder": [
+        "github:create_issue", "github:search", "lattice:lattice_submit"]}})
+    status = builders.agent_status(agent, "acme", [hosting], 1, NOW)
+    assert status["tools"] == [{"name": "create_issue", "source": "github"}, {"name": "search", "source": "github"},
+                               {"name": "lattice_submit", "source": "lattice"}]
+    assert status["toolsSummary"] == "3 tools"
+    server = ToolServer(metadata=ObjectMeta(name="github", generation=2), spec=ToolServerSpec(url="https://x/"))
+    ts = builders.tool_server_status(server, "acme", [agent], [hosting], NOW)
+    assert (ts["agents"], ts["tools"], ts["transport"]) == (["coder"], ["create_issue", "search"], "http")
+    assert {c["type"]: c["reason"] for c in ts["conditions"]}["Ready"] == "Discovered"
+    down = record("s1", agents=()).model_copy(update={"agent_errors": {"coder": "tool server unavailable: 401"}})
+    ts = builders.tool_server_status(server, "acme", [agent], [down], NOW)
+    ready = next(c for c in ts["conditions"] if c["type"] == "Ready")
+    assert (ready["reason"], ready["message"]) == ("Unreachable", "coder: tool server unavailable: 401")
+    alone = builders.tool_server_status(server, "acme", [], [hosting], NOW)
+    assert next(c for c in alone["conditions"] if c["type"] == "Ready")["reason"] == "Unused"

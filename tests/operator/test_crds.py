@@ -64,7 +64,8 @@ def crds(kube_cluster: KubeCluster) -> Iterator[Any]:
 
 def _create(api: Any, namespace: str, doc: str) -> dict[str, Any]:
     body = yaml.safe_load(doc)
-    plural = {"Station": "stations", "Agent": "agents", "WorkItem": "workitems"}[body["kind"]]
+    plural = {"Station": "stations", "Agent": "agents", "ToolServer": "toolservers", "WorkItem": "workitems"}[
+        body["kind"]]
     result: dict[str, Any] = client.CustomObjectsApi(api).create_namespaced_custom_object(
         GROUP, VERSION, namespace, plural, body)
     return result
@@ -92,7 +93,12 @@ def test_valid_resources_are_accepted_with_defaults(crds: Any, k8s_namespace: st
     ("kind: Station\nmetadata: {name: w.x}\nspec: {}\n", "metadata.name"),
     ("kind: Agent\nmetadata: {name: a}\nspec: {model: {provider: gpt}}\n", "spec.model.provider"),
     ("kind: Agent\nmetadata: {name: a}\nspec: {model: {provider: python}}\n", "needs function"),
-    ("kind: Agent\nmetadata: {name: a}\nspec: {model: {provider: openai}}\n", "needs name"),
+    ("kind: Agent\nmetadata: {name: a}\nspec: {model: {provider: openai}}\n", "need name: the model to call"),
+    ("kind: Agent\nmetadata: {name: a}\nspec: {model: {provider: openai, name: m}, tools: [{server: s, "
+     "function: 'm:f'}]}\n", "exactly one of server, mcp, function, lattice"),
+    ("kind: Agent\nmetadata: {name: a}\nspec: {model: {provider: echo}, tools: [{server: s}]}\n",
+     "tools need a model that calls them"),
+    ("kind: ToolServer\nmetadata: {name: t}\nspec: {args: [x]}\n", "needs command (stdio) or url (http)"),
     ("kind: WorkItem\nmetadata: {name: w}\nspec: {input: x}\n", "set agent, requiredCapabilities or steps"),
     ("kind: WorkItem\nmetadata: {name: w}\nspec: {agent: a, maxRetries: 99}\n", "spec.maxRetries"),
 ])

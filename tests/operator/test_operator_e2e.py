@@ -80,7 +80,8 @@ def operator(kube_cluster: KubeCluster, crds: Any, nats_url: str, k8s_namespace:
 def apply(api: Any, namespace: str, text: str) -> None:
     custom = client.CustomObjectsApi(api)
     for doc in yaml.safe_load_all(text):
-        plural = {"Station": "stations", "Agent": "agents", "WorkItem": "workitems"}[doc["kind"]]
+        plural = {"Station": "stations", "Agent": "agents", "ToolServer": "toolservers",
+                  "WorkItem": "workitems"}[doc["kind"]]
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, doc)
 
 
@@ -275,7 +276,7 @@ def test_model_keys_come_from_secrets_and_stay_out_of_nats_and_status(crds: Any,
 
     from station_runtime.client import LatticeClient
     from station_runtime.natsio.connect import NatsSettings
-    from tests.support.modelsim_thread import modelsim_in_thread
+    from tests.support.in_thread import modelsim_in_thread
 
     with modelsim_in_thread(require_key=True) as sim:
         client.CoreV1Api(crds).create_namespaced_secret(k8s_namespace, {
@@ -315,6 +316,63 @@ spec: {{agent: assistant, input: what is a lattice}}
         assert "assistant" in in_nats and "sk-test" not in in_nats
         agent = get(crds, k8s_namespace, "agents", "assistant")
         assert "sk-test" not in str(agent) and "sk-test" not in operator.output()
+
+
+def test_a_tool_server_reaches_its_agents_stations_with_its_secret_and_its_tools_reach_status(
+        crds: Any, operator: Operator, k8s_namespace: str) -> None:
+    from station_runtime.modelsim import Script, Step, ToolCallStep
+    from tests.support import mcp_tools_server
+    from tests.support.in_thread import in_thread, modelsim_in_thread
+
+    adder = Script("adder", (Step(tool_calls=(ToolCallStep("add", {"a": 40, "b": 2}),)), Step(text="{tool_results}")))
+    with modelsim_in_thread(scripts=[adder]) as sim, \
+            in_thread(lambda: mcp_tools_server.serve_http(require_header=("Authorization", "Bearer t0ken"))) as url:
+        client.CoreV1Api(crds).create_namespaced_secret(k8s_namespace, {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mcp"},
+            "stringData": {"token": "Bearer t0ken"}})
+        apply(crds, k8s_namespace, f"""\
+apiVersion: {GROUP}/{VERSION}
+kind: ToolServer
+metadata: {{name: calc}}
+spec:
+  url: "{url}"
+  headers: {{Authorization: {{secretRef: {{name: mcp, key: token}}}}}}
+---
+apiVersion: {GROUP}/{VERSION}
+kind: Agent
+metadata: {{name: mathbot}}
+spec:
+  model: {{provider: openai, name: adder, baseUrl: "{sim.openai_base_url}"}}
+  tools: [{{server: calc, allow: [add, echo]}}]
+""")
+        # The header's Secret is in the model-keys Secret before the station pods start (they mount it).
+        def model_keys() -> dict[str, str]:
+            found = client.CoreV1Api(crds).list_namespaced_secret(k8s_namespace,
+                                                                  field_selector="metadata.name=lattice-model-keys")
+            return dict((found.items[0].data or {}) if found.items else {})
+
+        wait_sync(lambda: "mcp.token" in model_keys(), timeout_s=30,
+                  what=f"the MCP token in lattice-model-keys (operator log: {operator.output()})")
+        apply(crds, k8s_namespace, f"apiVersion: {GROUP}/{VERSION}\nkind: Station\nmetadata: {{name: tools}}\n"
+                                   "spec: {replicas: 1}\n")
+        agent = wait_sync(lambda: (a := get(crds, k8s_namespace, "agents", "mathbot"))
+                          and (a.get("status") or {}).get("tools") and a, timeout_s=60,
+                          what=f"mathbot's discovered tools in status (operator log: {operator.output()})")
+        assert agent["status"]["tools"] == [{"name": "add", "source": "calc"}, {"name": "echo", "source": "calc"}]
+        assert agent["status"]["toolsSummary"] == "2 tools" and agent["status"]["ready"] is True
+        server = wait_sync(lambda: (s := get(crds, k8s_namespace, "toolservers", "calc"))
+                           and (s.get("status") or {}).get("tools") and s, timeout_s=30, what="calc's status")
+        assert server["status"]["agents"] == ["mathbot"] and server["status"]["tools"] == ["add", "echo"]
+        assert condition(server, "Ready") == "True"
+        assert "t0ken" not in str(agent) + str(server) and "t0ken" not in operator.output()
+
+        apply(crds, k8s_namespace, f"apiVersion: {GROUP}/{VERSION}\nkind: WorkItem\nmetadata: {{name: sum}}\n"
+                                   "spec: {agent: mathbot, input: what is 40 + 2}\n")
+        item = wait_sync(lambda: (w := get(crds, k8s_namespace, "workitems", "sum"))
+                         and (w.get("status") or {}).get("phase") in ("Succeeded", "Failed") and w, timeout_s=60,
+                         what=f"WorkItem sum finished (operator log: {operator.output()})")
+        assert item["status"]["phase"] == "Succeeded", item["status"]
+        assert item["status"]["result"] == "42"
 
 
 def test_scaling_and_deleting_a_station_and_the_ttl_of_finished_work_items(

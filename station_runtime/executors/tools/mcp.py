@@ -178,6 +178,8 @@ class McpServer:
         await self._stop()
         self._close = asyncio.Event()
         ready: asyncio.Future[list[mt.Tool]] = asyncio.get_running_loop().create_future()
+        # Retrieved even when nobody awaits it any more (a load cancelled because a newer definition came).
+        ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._owner = asyncio.create_task(self._own(ready), name=f"mcp-{self.name}")
         try:
             async with asyncio.timeout(self.spec.connect_timeout_seconds):
