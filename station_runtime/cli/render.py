@@ -14,7 +14,16 @@ from rich.table import Table
 from rich.text import Text
 
 from ..contract.events import CloudEvent
-from ..contract.messages import AgentDefinition, InvokeResult, StationRecord, StationStatus, WorkRecord, utcnow
+from ..contract.messages import (
+    AgentDefinition,
+    InvokeResult,
+    StationRecord,
+    StationStatus,
+    Usage,
+    WorkProgress,
+    WorkRecord,
+    utcnow,
+)
 from ..routing import is_live
 
 
@@ -162,6 +171,8 @@ def work_table(records: Sequence[WorkRecord], *, wide: bool = False) -> Table:
         table.add_column("REASON")
     for r in records:
         progress = f"{r.progress_percent:.0f}%" if r.progress_percent is not None else "-"
+        if r.progress_message and not r.phase.terminal:  # e.g. an agent's "turn 2: calling add"
+            progress = f"{progress} {r.progress_message[:40]}"
         if r.is_workflow:
             progress = f"step {min(r.step_index + 1, len(r.spec.steps))}/{len(r.spec.steps)}"
         row: list[Any] = [r.work_id, work_target(r), phase_text(r.phase.value), r.station_id or "-", str(r.attempt),
@@ -170,6 +181,37 @@ def work_table(records: Sequence[WorkRecord], *, wide: bool = False) -> Table:
             row.append(r.reason or (r.error.message if r.error else ""))
         table.add_row(*cells(row))
     return table
+
+
+def progress_line(update: WorkProgress) -> str:
+    """One progress update as a line: its message, and for agent runs the turn and the tool under way."""
+    parts = [update.message] if update.message else []
+    if update.turn is not None and f"turn {update.turn}" not in update.message:
+        parts.append(f"turn {update.turn}")
+    if update.tool and update.tool not in update.message:
+        parts.append(f"tool {update.tool}")
+    return " · ".join(parts)
+
+
+#: ``work get`` names this many children; the rest are counted.
+MAX_CHILDREN_SHOWN = 20
+
+
+def usage_text(usage: Usage) -> str:
+    """Tokens (cache reads and writes apart), cost, model and tool calls, and what delegated children spent."""
+    parts = [f"{usage.input_tokens} in / {usage.output_tokens} out tokens"]
+    if usage.cached_input_tokens or usage.cache_write_tokens:
+        parts.append(f"cache {usage.cached_input_tokens} read / {usage.cache_write_tokens} written")
+    if usage.cost_usd:
+        parts.append(f"${usage.cost_usd:.6f}")
+    parts.append(f"{usage.model_calls} model call{'s' if usage.model_calls != 1 else ''}, "
+                 f"{usage.tool_calls} tool call{'s' if usage.tool_calls != 1 else ''}")
+    if usage.delegated_tokens or usage.delegated_cost_usd:
+        delegated = f"children: {usage.delegated_tokens} tokens"
+        if usage.delegated_cost_usd:
+            delegated += f", ${usage.delegated_cost_usd:.6f}"
+        parts.append(delegated)
+    return "; ".join(parts)
 
 
 def work_detail(record: WorkRecord, result: Any) -> Table:
@@ -187,6 +229,14 @@ def work_detail(record: WorkRecord, result: Any) -> Table:
             rows.append((label, ts.isoformat()))
     if record.progress_percent is not None or record.progress_message:
         rows.append(("Progress", f"{record.progress_percent or 0:.0f}% {record.progress_message}"))
+    if record.parent_id:
+        rows.append(("Parent", f"{record.parent_id} (depth {record.depth})"))
+    if record.children:
+        shown = record.children[:MAX_CHILDREN_SHOWN]
+        more = len(record.children) - len(shown)
+        rows.append(("Children", ", ".join(shown) + (f" (+{more} more)" if more else "")))
+    if record.usage:
+        rows.append(("Usage", usage_text(record.usage)))
     if record.reason:
         rows.append(("Reason", record.reason))
     if record.error:

@@ -112,6 +112,9 @@ def submit(
                     print_item(final, output, lambda: "")
                 elif final.phase == WorkPhase.SUCCEEDED:
                     print(result if isinstance(result, str) else json.dumps(result, indent=2))
+                    if final.usage:  # on stderr: stdout stays the result alone, for pipes
+                        err_console.print(f"usage: {render.usage_text(final.usage)}", markup=False,
+                                          highlight=False)
                 else:
                     err_console.print(render.work_detail(final, result))
                 code = code or (0 if final.phase == WorkPhase.SUCCEEDED else 2)
@@ -135,7 +138,7 @@ async def _follow(client: LatticeClient, work_id: str, *, live: bool) -> WorkRec
                 if update.phase == WorkPhase.SUCCEEDED:
                     bar.update(task, completed=100)
             else:
-                bar.update(task, completed=update.percent or 0, description=update.message[:60])
+                bar.update(task, completed=update.percent or 0, description=render.progress_line(update)[:60])
 
         return await client.wait_work(work_id, on_progress=on_progress)
 

@@ -108,7 +108,7 @@ class AnthropicWire:
         content: list[dict[str, Any]] = []
         if reply.text or not reply.tool_calls:
             content.append({"type": "text", "text": reply.text})
-        content.extend({"type": "tool_use", "id": _tool_id(), "name": c.name, "input": _tool_input(c.arguments)}
+        content.extend({"type": "tool_use", "id": c.id or _tool_id(), "name": c.name, "input": _tool_input(c.arguments)}
                        for c in reply.tool_calls)
         return _dumps({"id": _message_id(), "type": "message", "role": "assistant", "model": model,
                        "content": content, "stop_reason": _STOP_REASONS[reply.finish], "stop_sequence": None,
@@ -125,8 +125,8 @@ class AnthropicWire:
         if reply.text or not reply.tool_calls:
             blocks.append(({"type": "text", "text": ""}, "text_delta", list(reply.tokens)))
         for call in reply.tool_calls:
-            blocks.append(({"type": "tool_use", "id": _tool_id(), "name": call.name, "input": {}}, "input_json_delta",
-                           ["", *call.fragments]))
+            block = {"type": "tool_use", "id": call.id or _tool_id(), "name": call.name, "input": {}}
+            blocks.append((block, "input_json_delta", ["", *call.fragments]))
         paced_total = sum(len(pieces) for _, _, pieces in blocks)
         cut = paced_total // 2 if reply.fail is not None else -1
         sent = 0

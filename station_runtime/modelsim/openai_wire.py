@@ -98,7 +98,7 @@ class OpenAIWire:
                                    "content": reply.text if reply.text or not reply.tool_calls else None,
                                    "refusal": None, "annotations": []}
         if reply.tool_calls:
-            message["tool_calls"] = [{"id": _call_id(), "type": "function",
+            message["tool_calls"] = [{"id": c.id or _call_id(), "type": "function",
                                       "function": {"name": c.name, "arguments": c.arguments}}
                                      for c in reply.tool_calls]
         return _dumps({"id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
@@ -124,7 +124,7 @@ class OpenAIWire:
                                  "refusal": None}
         paced = [chunk({"content": t}) for t in reply.tokens]
         for i, call in enumerate(reply.tool_calls):
-            paced.append(chunk({"tool_calls": [{"index": i, "id": _call_id(), "type": "function",
+            paced.append(chunk({"tool_calls": [{"index": i, "id": call.id or _call_id(), "type": "function",
                                                 "function": {"name": call.name, "arguments": ""}}]}))
             paced.extend(chunk({"tool_calls": [{"index": i, "function": {"arguments": f}}]}) for f in call.fragments)
         frames: list[Frame] = [(False, chunk(first))]

@@ -43,10 +43,15 @@ class ToolCallStep:
 
     name: str
     arguments: dict[str, Any] | str = field(default_factory=dict)
+    #: The call's id as the model sends it (default: a fresh random one, as real models do); fixed, a test knows
+    #: what the loop derives from it (a delegated child's work id).
+    id: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError("a tool call needs a non-empty name")
+        if self.id is not None and not (isinstance(self.id, str) and 0 < len(self.id) <= 64):
+            raise ValueError("a tool call's id must be a string of 1-64 characters")
         if not isinstance(self.arguments, dict | str):
             raise ValueError("tool call arguments must be a mapping or a string of raw JSON")
 
@@ -168,6 +173,7 @@ class PlannedCall:
     name: str
     arguments: str
     fragments: tuple[str, ...]
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +255,8 @@ def play(script: Script, prompt: Prompt, attempts: Attempts) -> Reply | ErrorSte
             fail = step.error
     text = _render(step.text, prompt)
     tokens = split_tokens(text)
-    calls = tuple(PlannedCall(c.name, a, split_fragments(a)) for c in step.tool_calls for a in (c.arguments_json,))
+    calls = tuple(PlannedCall(c.name, a, split_fragments(a), c.id) for c in step.tool_calls
+                  for a in (c.arguments_json,))
     finish = step.finish or ("tool_calls" if calls else "stop")
     if step.finish is None and prompt.max_tokens is not None and len(tokens) > prompt.max_tokens:
         tokens = tokens[:max(prompt.max_tokens, 0)]
@@ -275,7 +282,7 @@ _SCRIPT_KEYS = {"name", "steps", "tokens_per_s"}
 _STEP_KEYS = {"text", "tool_calls", "error", "input_tokens", "output_tokens", "cached_input_tokens",
               "cache_write_tokens", "finish"}
 _ERROR_KEYS = {"status", "kind", "message", "retry_after_s", "times", "mid_stream"}
-_CALL_KEYS = {"name", "arguments"}
+_CALL_KEYS = {"name", "arguments", "id"}
 
 
 def _mapping(value: Any, where: str, keys: set[str]) -> dict[str, Any]:

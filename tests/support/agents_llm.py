@@ -10,14 +10,15 @@ from station_runtime.modelsim import ModelSim, Script, Step, ToolCallStep
 
 
 def llm_agent(sim: ModelSim, provider: str, script: str, name: str = "assistant", *,
-              model: dict[str, Any] | None = None, **spec: Any) -> Agent:
+              model: dict[str, Any] | None = None, labels: dict[str, str] | None = None, **spec: Any) -> Agent:
     """An ``openai`` or ``anthropic`` agent whose model is the script ``script`` on ``sim``."""
     base = sim.openai_base_url if provider == "openai" else sim.anthropic_base_url
     params: dict[str, Any] = {"provider": provider, "name": script, "base_url": base,
                               "api_key_env": "TEST_MODEL_KEY", "max_retries": 2, "timeout_seconds": 10,
                               **(model or {})}
     spec.setdefault("system_prompt", "Be brief.")
-    return Agent(metadata=ObjectMeta(name=name), spec=AgentSpec(model=ModelSpec(**params), **spec))
+    return Agent(metadata=ObjectMeta(name=name, labels=labels or {}), spec=AgentSpec(model=ModelSpec(**params),
+                                                                                    **spec))
 
 
 def definition(agent: Agent, org: str = "o", **kwargs: Any) -> AgentDefinition:
