@@ -52,7 +52,7 @@ from .natsio.retry import NATS_FAILURES, retry_transient
 from .natsio.state import OrgState, StateLimits
 from .routing import candidates
 from .work import phases
-from .work.auction import AuctionConfig, Auctioneer
+from .work.auction import AuctionConfig, Auctioneer, new_traceparent
 from .work.controller import OrgWork
 from .work.directory import StationDirectory
 from .work.policy import WitnessPolicy
@@ -431,6 +431,30 @@ class LatticeClient:
             versioned, _ = await auctioneer.submit(spec, work_id=work_id, parent_id=parent_id, depth=depth,
                                                    on_created=follow if watch else None)
         except BaseException:  # whatever ended the submit (a cancellation too): close the watch opened for it
+            if (opened := self._watches.pop(work_id, None)) is not None:
+                await opened.disarm()
+            raise
+        if (opened := self._watches.get(work_id)) is not None:
+            opened.latest = versioned
+        return versioned.record
+
+    async def hand_over(self, spec: WorkItemSpec, *, work_id: str, parent_id: str | None = None, depth: int = 0,
+                        watch: bool = False) -> WorkRecord:
+        """Create work for the org's controller to place: a Pending record due now, which its witness (watching
+        the work bucket) auctions at once. What a station does when one of its agents delegates: it writes the
+        record and never sends an auction or an assignment itself, so its permissions need neither. Idempotent
+        on ``work_id`` like :meth:`submit`."""
+        now = utcnow()
+        record = WorkRecord(org=self.org, work_id=work_id, spec=spec, phase=WorkPhase.PENDING, parent_id=parent_id,
+                            depth=depth, created_at=now, updated_at=now, retry_at=now,
+                            reason="handed to the controller to place", traceparent=new_traceparent())
+
+        async def follow(created: Versioned) -> None:
+            (await self._watch(work_id)).latest = created
+
+        try:
+            versioned, _ = await (await self.work_store()).submit(record, follow if watch else None)
+        except BaseException:
             if (opened := self._watches.pop(work_id, None)) is not None:
                 await opened.disarm()
             raise

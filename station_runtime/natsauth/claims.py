@@ -196,6 +196,8 @@ def station_permissions(org: str, station_id: str) -> Permissions:
         subjects.auction_request(org),
         # Its own inbox: replies to its JetStream API calls, publish acks, KV watch deliveries.
         subjects.inbox_all(subjects.station_inbox_prefix(me)),
+        # Delegation: the records (and progress) of the children it awaits; it may read any record anyway.
+        subjects.work_updates_all(org),
     )
     # Replies to the requests it received (invoke, assign, bids): once each, into the requester's inbox, which
     # it may not publish to otherwise.

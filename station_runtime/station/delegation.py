@@ -1,10 +1,12 @@
-"""Delegation for lattice tools: a station creates, places and awaits child work on its own connection.
+"""Delegation for lattice tools: a station creates and awaits child work on its own connection.
 
-The station opens a client on its connection the first time one of its agents delegates (a registry watch and an
-auctioneer, nothing before), so children are placed at once by the station itself, not by a controller's next
-sweep. A child records its parent and depth, runs with what is left of the parent's deadline (less a margin for
-the parent to use the answer) and budget, and is created under an id derived from the parent and the model's call:
-the same call submitted again finds the same child.
+A station writes a child's record, Pending and due now, and the org's controller places it: its witness follows the
+work bucket and auctions the child at once (no sweep to wait for). The station never auctions or assigns work
+itself, so a station's permissions let it send nothing to another station (an assignment or an invoke in another
+station's name is refused by the server). ``lattice_invoke`` is the same child work, awaited at once: recorded,
+placed like any work, and resumable. A child records its parent and depth, runs with what is left of the parent's
+deadline (less a margin for the parent to use the answer) and budget, and is created under an id derived from the
+parent and the model's call: the same call submitted again finds the same child.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import logging
 
 from nats.aio.client import Client as NatsClient
 
-from ..client import InvokeFailed, LatticeClient
-from ..contract.messages import Usage, WorkPhase
+from ..client import LatticeClient
+from ..contract.messages import WorkPhase
 from ..contract.specs import WorkItemSpec, WorkTimeouts
 from ..errors import ConflictError, LatticeError
 from ..executors.tools.lattice import ChildOutcome, ChildRequest
@@ -85,8 +87,8 @@ class RunDelegate:
     async def submit(self, request: ChildRequest) -> str:
         client = await self._service.client()
         try:
-            record = await client.submit(child_spec(request, self._retries), work_id=request.work_id, watch=True,
-                                         parent_id=request.parent_id, depth=request.depth)
+            record = await client.hand_over(child_spec(request, self._retries), work_id=request.work_id, watch=True,
+                                            parent_id=request.parent_id, depth=request.depth)
         except ConflictError:
             # The same call submitted again (a resumed run) with what is left now: the first child stands.
             return request.work_id
@@ -107,15 +109,7 @@ class RunDelegate:
         return ChildOutcome(work_id, record.phase.value, error=why, usage=record.usage)
 
     async def invoke(self, request: ChildRequest) -> ChildOutcome:
-        client = await self._service.client()
-        timeout = child_timeout(request.deadline_s)
-        try:
-            result = await client.invoke(request.input, agent=request.agent, capability=request.capability,
-                                         timeout_s=min(timeout, 3600.0),
-                                         context={"parent_id": request.parent_id, "depth": request.depth},
-                                         budget=request.budget, depth=request.depth)
-        except InvokeFailed as exc:
-            return ChildOutcome(request.work_id, "Failed", error=str(exc), usage=exc.error.usage)
-        except LatticeError as exc:
-            return ChildOutcome(request.work_id, "Failed", error=str(exc))
-        return ChildOutcome(request.work_id, "Succeeded", result=result.output, usage=result.usage or Usage())
+        """Run the agent now and wait for its answer: child work like a submit (recorded, placed by the
+        controller, resumable), awaited at once."""
+        work_id = await self.submit(request)
+        return await self.wait(work_id, child_timeout(request.deadline_s))

@@ -48,7 +48,6 @@ from ..contract.messages import (
     utcnow,
 )
 from ..contract.specs import WorkItemSpec
-from ..errors import ConflictError
 from ..routing import is_live
 from . import phases, placement, scoring
 from .bids import BidCollector, OpenAuction
@@ -224,21 +223,13 @@ class Auctioneer:
         """Create the record, let the submitter follow it, and record the event; ``undo`` what was prepared for
         placing it if it existed already (or the create failed)."""
         try:
-            versioned, created = await self.store.create(record)
+            versioned, created = await self.store.submit(record, on_created)
         except BaseException:  # whatever ended the create (a cancellation too): give back what was prepared
             undo()
             raise
         if not created:
             undo()
-            if versioned.record.spec != record.spec:
-                raise ConflictError(
-                    f"work {record.work_id!r} exists with a different spec (phase {versioned.record.phase}): a "
-                    "work id names one piece of work; submit the changed one under another id (or another name)")
-            return versioned, False
-        if on_created is not None:
-            await on_created(versioned)
-        await self.store.emit("work", "submitted", record)
-        return versioned, True
+        return versioned, created
 
     # --- the offer: the expected winner first ------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,7 +24,7 @@ from ..contract.errors import DecodeError
 from ..contract.events import Category
 from ..contract.messages import ErrorCode, Payload, WorkError, WorkPhase, WorkRecord, utcnow
 from ..contract.specs import WorkItemSpec
-from ..errors import ResultTooLarge
+from ..errors import ConflictError, ResultTooLarge
 from ..natsio.events import EventPublisher
 from ..natsio.listing import KvItem
 from ..natsio.requests import kv_write
@@ -69,6 +69,23 @@ class WorkStore:
                 revision = await self.kv.create(record.work_id, data)
                 return Versioned(record, revision), True
             return existing, False
+
+    async def submit(self, record: WorkRecord, on_created: Callable[[Versioned], Awaitable[None]] | None = None,
+                     ) -> tuple[Versioned, bool]:
+        """Create new work: idempotent on its id (the same spec again returns the first record, another spec
+        under that id raises :class:`ConflictError`); ``on_created`` runs once it exists and before any station
+        can have it (a waiter subscribes there); the ``submitted`` event is recorded."""
+        versioned, created = await self.create(record)
+        if not created:
+            if versioned.record.spec != record.spec:
+                raise ConflictError(
+                    f"work {record.work_id!r} exists with a different spec (phase {versioned.record.phase}): a "
+                    "work id names one piece of work; submit the changed one under another id (or another name)")
+            return versioned, False
+        if on_created is not None:
+            await on_created(versioned)
+        await self.emit("work", "submitted", record)
+        return versioned, True
 
     async def get(self, work_id: str) -> Versioned | None:
         try:

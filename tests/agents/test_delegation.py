@@ -14,6 +14,7 @@ from station_runtime.contract.selectors import parse_selector
 from station_runtime.contract.specs import Budget, WorkItemSpec
 from station_runtime.executors.tools.lattice import child_id
 from station_runtime.modelsim import ModelSim, Step, ToolCallStep
+from station_runtime.work.controller import WorkController
 from tests.support.agents_llm import llm_agent, script
 from tests.support.cli import lattice
 from tests.support.lattice import running_station
@@ -40,7 +41,8 @@ async def test_a_parent_on_one_station_delegates_to_children_on_two_others(
                                      tools=[{"lattice": ["submit", "await"], "delegateTo": ["researcher", "writer"]}]))
     await client.put_agent(llm_agent(sim, provider, "researcher-model", "researcher", labels={"role": "research"}))
     await client.put_agent(llm_agent(sim, provider, "writer-model", "writer", labels={"role": "write"}))
-    async with running_station(nats_url, org, "s-plan", agent_selector=parse_selector("role=plan")), \
+    async with WorkController(await client.org_work(), interval_s=0.5), \
+            running_station(nats_url, org, "s-plan", agent_selector=parse_selector("role=plan")), \
             running_station(nats_url, org, "s-research", agent_selector=parse_selector("role=research")), \
             running_station(nats_url, org, "s-write", agent_selector=parse_selector("role=write")):
         for agent in ("planner", "researcher", "writer"):
@@ -76,7 +78,8 @@ async def test_delegation_past_the_depth_limit_is_refused_to_the_model(
     script(sim, "recurser", Step(tool_calls=(again,)), "done: {tool_results}")
     await client.put_agent(llm_agent(sim, "openai", "recurser", "recurse", max_delegation_depth=1,
                                      tools=[{"lattice": ["invoke"]}]))
-    async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"):
+    async with WorkController(await client.org_work(), interval_s=0.5), running_station(nats_url, org, "s1"), \
+            running_station(nats_url, org, "s2"):
         await client.wait_for_stations(2, agent="recurse", timeout_s=20)
         reply = await client.invoke("go", agent="recurse", timeout_s=30)
     assert "delegation depth limit reached (1 levels)" in str(reply.output)

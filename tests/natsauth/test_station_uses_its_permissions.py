@@ -18,6 +18,8 @@ from station_runtime.api.models import WorkItemSpec
 from station_runtime.client import LatticeClient
 from station_runtime.contract import subjects
 from station_runtime.contract.messages import WorkPhase, WorkRecord
+from station_runtime.executors.tools.lattice import child_id
+from station_runtime.modelsim import ModelSim, Step, ToolCallStep
 from station_runtime.natsauth import OrgAccount, Tenancy, prepare_org_state, station_permissions
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.embedded import EmbeddedNats
@@ -27,6 +29,7 @@ from station_runtime.work import phases
 from station_runtime.work.auction import AuctionConfig
 from station_runtime.work.controller import WorkController
 from tests.natsauth.conftest import connected, server_log_since, write_creds
+from tests.support.agents_llm import llm_agent, script
 from tests.support.lattice import echo_agent
 from tests.support.limits import TEST_LIMITS
 from tests.support.waiting import eventually
@@ -96,9 +99,16 @@ async def test_a_station_uses_exactly_its_permissions(server: EmbeddedNats, tena
     with recording(f"station-{ORG}-{STATION}") as used:
         async with LatticeClient(admin, ORG, create_state=True, limits=TEST_LIMITS, policy=FAST,
                                  auction=AuctionConfig(deadline_s=0.5, assign_timeout_s=2.0)) as client, \
-                WorkController(await client.org_work(), interval_s=0.2):
+                WorkController(await client.org_work(), interval_s=0.2), ModelSim() as sim:
             await client.put_agent(echo_agent("echo", prefix="done: "))
             await client.put_agent(echo_agent("slow", delaySeconds=1.2, steps=6))
+            submit = ToolCallStep("lattice_submit", {"agent": "echo", "input": "child"}, id="c1")
+            wait = ToolCallStep("lattice_await", {"work_ids": [child_id("deleg-1", "c1")]}, id="c2")
+            invoke = ToolCallStep("lattice_invoke", {"agent": "echo", "input": "quick"}, id="c3")
+            script(sim, "delegating", Step(tool_calls=(submit,)), Step(tool_calls=(wait,)),
+                   Step(tool_calls=(invoke,)), "{tool_results}")
+            await client.put_agent(llm_agent(sim, "openai", "delegating", "delegator",
+                                             tools=[{"lattice": ["submit", "await", "invoke"]}]))
             station = Station(StationSettings(org=ORG, station_id=STATION, nats=station_nats,
                                               heartbeat_interval_s=0.5, drain_timeout_s=5.0))
             await station.start()
@@ -125,12 +135,25 @@ async def test_a_station_uses_exactly_its_permissions(server: EmbeddedNats, tena
                     r, WorkPhase.PENDING, reason="taken back by the test", retry_at=None))
                 final = await client.wait_work(again.work_id, timeout_s=30)
                 assert final.phase == WorkPhase.SUCCEEDED and final.result_ref and final.attempt == 2
+                # An agent of the station delegates: it writes its children's records (the controller places
+                # them) and awaits them, for lattice_submit + lattice_await and for lattice_invoke.
+                parent = await client.submit(WorkItemSpec(agent="delegator", input="go"), work_id="deleg-1",
+                                             watch=True)
+                done = await client.wait_work(parent.work_id, timeout_s=30)
+                assert done.phase == WorkPhase.SUCCEEDED, done.error
+                assert "done: quick" in str(done.result)
+                assert done.children == [child_id("deleg-1", "c1"), child_id("deleg-1", "c3")]
+                child = await client.get_work(child_id("deleg-1", "c1"))
+                assert child is not None and child.result == "done: child" and child.parent_id == "deleg-1"
             finally:
                 await station.stop("test over")
     assert "Violation" not in server_log_since(server, log_offset)
     perms = station_permissions(ORG, STATION)
     # Replies to requests it received go to the requester's inbox (allow_responses), under the default prefix.
-    published = {s for s in used.published if not s.startswith(f"{subjects.INBOX_PREFIX}.")}
+    # A station that delegates is also a requester: the bids and answers it gives its own auctions and invokes go
+    # to its own inbox, the same way.
+    replies = (f"{subjects.INBOX_PREFIX}.", f"{subjects.station_inbox_prefix(STATION)}.")
+    published = {s for s in used.published if not s.startswith(replies)}
     assert not [s for s in published if not any(subjects.matches(p, s) for p in perms.pub_allow)]
     assert not [s for s in used.subscribed if not any(subjects.matches(p, s) for p in perms.sub_allow)]
     unused_pub = {p for p in perms.pub_allow if not any(subjects.matches(p, s) for s in published)}

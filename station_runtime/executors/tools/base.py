@@ -144,11 +144,16 @@ class ToolBox:
         timeout = entry.tool.timeout_s or self.default_timeout_s
         if ctx.remaining_s is not None:
             timeout = min(timeout, max(ctx.remaining_s, 0.001))
+        bound = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with bound:
                 result = await entry.tool.call(arguments, ctx)
-        except TimeoutError:
-            return ToolResult(f"error: {call.name} did not answer within {timeout:g}s", True)
+        except TimeoutError as exc:
+            if bound.expired():
+                return ToolResult(f"error: {call.name} did not answer within {timeout:g}s", True)
+            # A timeout inside the tool (its own request timed out), not ours: said as the tool's failure.
+            log.info("tool %s (%s) timed out inside: %r", call.name, entry.tool.source, exc)
+            return ToolResult(f"error: {call.name} failed: {type(exc).__name__}: {truncate(str(exc), 2000)}", True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a tool may raise anything: the model hears of it, the run goes on

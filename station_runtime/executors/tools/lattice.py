@@ -67,7 +67,7 @@ class Delegate(Protocol):
         ...
 
     async def invoke(self, request: ChildRequest) -> ChildOutcome:
-        """Run an agent synchronously (no record) and return its answer."""
+        """Run an agent now (child work, awaited at once) and return its answer."""
         ...
 
 
@@ -141,7 +141,7 @@ class LatticeTool:
         if self.which == "invoke":
             outcome = await delegate.invoke(request)
             return ToolResult(as_text(outcome.as_dict()), bool(outcome.error),
-                              delegated=_delegated(outcome.usage or Usage()))
+                              delegated=_delegated(outcome.usage or Usage()), child=outcome.work_id)
         work_id = await delegate.submit(request)
         return ToolResult(json.dumps({"work_id": work_id, "agent": agent, "capability": capability}), child=work_id)
 
