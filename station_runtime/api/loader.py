@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from ..errors import LatticeError
 from . import boundedyaml
+from .dotprompt import PromptError, load_prompt
 from .models import API_VERSION, KINDS, Agent, Manifest, Station, ToolServer, WorkItem
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -95,23 +96,28 @@ def _files(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"no manifest file or directory at {path}")
-    return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".prompt") and p.is_file())
 
 
 def load_manifests(*paths: Path | str) -> ManifestSet:
-    """Load every ``*.yaml``/``*.yml`` under the given files or directories; raise :class:`ManifestError`
-    listing every problem if any document is invalid."""
+    """Load every ``*.yaml``/``*.yml`` (and ``*.prompt``: Dotprompt agents) under the given files or directories;
+    raise :class:`ManifestError` listing every problem if any document is invalid."""
     result, problems = ManifestSet(), []
     #: Where each (kind, org, name) was first defined: a second definition names both places.
     defined: dict[tuple[str, str | None, str], tuple[Path, int]] = {}
     for root in paths:
         for file in _files(Path(root)):
-            docs, problem = _read(file)
-            if problem is not None:
-                problems.append(problem)
-                continue
-            for index, doc in enumerate(d for d in docs if d is not None):
-                manifest, errs = parse_document(doc, file, index)
+            parsed: list[tuple[int, Manifest | None, list[ManifestProblem]]]
+            if file.suffix == ".prompt":
+                parsed = [(0, *_prompt(file))]
+            else:
+                docs, problem = _read(file)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                parsed = [(index, *parse_document(doc, file, index))
+                          for index, doc in enumerate(d for d in docs if d is not None)]
+            for index, manifest, errs in parsed:
                 problems.extend(errs)
                 if manifest is None:
                     continue
@@ -126,6 +132,18 @@ def load_manifests(*paths: Path | str) -> ManifestSet:
     if problems:
         raise ManifestError(problems)
     return result
+
+
+def _prompt(file: Path) -> tuple[Manifest | None, list[ManifestProblem]]:
+    """A ``.prompt`` file (Dotprompt) as the Agent it describes, or its problems by front-matter key."""
+    if file.stat().st_size > MAX_MANIFEST_BYTES:
+        return None, [ManifestProblem(file, 0, "", f"file is larger than {MAX_MANIFEST_BYTES} bytes")]
+    try:
+        return load_prompt(file), []
+    except UnicodeDecodeError:
+        return None, [ManifestProblem(file, 0, "", "not UTF-8 text")]
+    except PromptError as exc:
+        return None, [ManifestProblem(file, 0, p.key, p.message) for p in exc.problems]
 
 
 def _read(file: Path) -> tuple[list[Any], ManifestProblem | None]:

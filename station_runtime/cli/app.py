@@ -1,7 +1,7 @@
 """``lattice``: the root command, its global options, and the commands by noun.
 
-Each command module (``station``, ``up``, ``get``, ``invoke``, ``work``, ``events``, ``controller``, ``demo``)
-parses and validates its arguments, then calls library code; :mod:`.common` holds what they share. Commands of
+Each command module (``station``, ``up``, ``get``, ``invoke``, ``work``, ``events``, ``controller``, ``demo``,
+``imports``) parses and validates its arguments, then calls library code; :mod:`.common` holds what they share. Commands of
 other installed packages (the Kubernetes operator's ``lattice operator`` and ``lattice auth``) are found through
 the ``station_lattice.cli`` entry point group, so this package never imports them.
 """
@@ -20,7 +20,7 @@ from .. import __version__
 from ..contract.errors import InvalidIdError
 from ..contract.ids import validate_id
 from ..natsio.connect import DEFAULT_URL, NatsSettings
-from . import controller, demo, events, get, invoke, station, up, work
+from . import controller, demo, events, get, imports, invoke, station, up, work
 from .common import USAGE, Globals, console, fail, setup_logging
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def version() -> None:
     console.print(f"station-lattice {__version__}", markup=False)
 
 
-for module in (station, up, get, invoke, work, events, controller, demo):
+for module in (station, up, get, invoke, work, events, controller, demo, imports):
     module.register(app)
 
 

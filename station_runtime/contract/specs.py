@@ -49,7 +49,9 @@ class Price(ApiModel):
 #: The model providers a station can run, and which need a model name.
 MODEL_PROVIDERS = ("echo", "python", "openai", "anthropic")
 LLM_PROVIDERS = ("openai", "anthropic")
-ParamValue = str | int | float | bool
+Scalar = str | int | float | bool
+#: A model parameter: a scalar, or a list of them (stop sequences).
+ParamValue = Scalar | list[Scalar]
 
 
 class ModelSpec(ApiModel):
@@ -209,6 +211,12 @@ class AgentSpec(ApiModel):
     description: str = Field(default="", max_length=4096)
     capabilities: list[Capability] = Field(default_factory=list)
     system_prompt: str = Field(default="", max_length=1_000_000)
+    prompt_template: str | None = Field(
+        default=None, max_length=1_000_000,
+        description="Handlebars template of the first user message (a .prompt file's body); with it, systemPrompt "
+        "is a template too. Both are rendered with the work's input: a JSON object's fields, and input.")
+    input_schema: dict[str, Any] | None = Field(
+        default=None, description="JSON schema a JSON object input must match (checked when a run starts).")
     model: ModelSpec
     tools: list[ToolRef] = Field(default_factory=list, max_length=64)
     max_turns: int = Field(default=10, ge=1, le=1000, description="Model calls per run.")

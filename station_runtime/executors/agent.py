@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from ..contract.messages import AgentDefinition, ErrorCode
@@ -16,6 +17,7 @@ from ..contract.specs import ToolRef
 from .base import AgentFailure, Execution, Outcome
 from .limits import run_limits
 from .loop import AgentLoop
+from .prompting import Prompting
 from .providers.anthropic_messages import AnthropicMessages
 from .providers.base import Provider
 from .providers.openai_chat import OpenAIChat
@@ -39,6 +41,7 @@ class AgentExecutor:
         self.definition = definition
         spec = definition.spec
         self.provider = provider_for(definition)
+        self.prompting = Prompting(spec.system_prompt, spec.prompt_template, spec.input_schema)
         self.tools = ToolBox(default_timeout_s=spec.tool_timeout_seconds)
         self.servers: list[tuple[McpServer, ToolRef]] = []
         local: list[Tool] = []
@@ -85,7 +88,11 @@ class AgentExecutor:
 
     async def run(self, execution: Execution) -> Outcome:
         spec = self.definition.spec
-        loop = AgentLoop(provider=self.provider, tools=self.tools, system=spec.system_prompt,
+        system = spec.system_prompt
+        if self.prompting.active:
+            system, text = self.prompting.render(execution.input)
+            execution = dataclasses.replace(execution, input=text)
+        loop = AgentLoop(provider=self.provider, tools=self.tools, system=system,
                          limits=run_limits(spec, execution.work, execution.inherited_budget), price=spec.model.price,
                          model_max_tokens=spec.model.max_tokens, output_schema=spec.output_schema)
         return await loop.run(execution)
