@@ -1,9 +1,9 @@
 """``lattice``: the root command, its global options, and the commands by noun.
 
 Each command module (``station``, ``up``, ``get``, ``invoke``, ``work``, ``events``, ``controller``, ``demo``,
-``imports``) parses and validates its arguments, then calls library code; :mod:`.common` holds what they share. Commands of
-other installed packages (the Kubernetes operator's ``lattice operator`` and ``lattice auth``) are found through
-the ``station_lattice.cli`` entry point group, so this package never imports them.
+``imports``) parses and validates its arguments, then calls library code; :mod:`.common` holds what they share.
+Commands of other installed packages (the Kubernetes operator's ``lattice operator`` and ``lattice auth``) are found
+through the ``station_lattice.cli`` entry point group, so this package never imports them.
 """
 
 from __future__ import annotations

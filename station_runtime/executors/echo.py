@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import asyncio
 
-from ..contract.messages import AgentDefinition
+from ..contract.messages import AgentDefinition, ErrorCode
 from .base import AgentFailure, Execution, Outcome, Progress
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise AgentFailure(f"params.{name} must be a number, not {value!r}", ErrorCode.BAD_REQUEST)
+    try:
+        return float(value)
+    except ValueError:
+        raise AgentFailure(f"params.{name} must be a number, not {value!r}", ErrorCode.BAD_REQUEST) from None
 
 
 class EchoExecutor:
     def __init__(self, definition: AgentDefinition) -> None:
         self.definition = definition
         params = definition.spec.model.params
-        self.delay_s = float(params.get("delaySeconds", 0.0))
-        self.steps = max(int(params.get("steps", 4)), 1)
+        self.delay_s = _number(params.get("delaySeconds", 0.0), "delaySeconds")
+        self.steps = max(int(_number(params.get("steps", 4), "steps")), 1)
         self.prefix = str(params.get("prefix", ""))
         self.fail_with = str(params.get("failWith", ""))
 
