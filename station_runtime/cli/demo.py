@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -17,11 +20,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.text import Text
 
 from ..api.loader import load_manifests
-from ..contract.messages import InvokeResult, WorkPhase
+from ..api.models import Agent, ToolServer
+from ..contract.messages import InvokeResult, WorkPhase, WorkProgress, WorkRecord
 from ..contract.specs import WorkItemSpec
 from ..errors import LatticeError
 from ..examples import DEMO_DIR
+from ..executors.tools.lattice import child_id
 from ..local.controller import LocalLattice
+from ..modelsim import ModelSim, Script, Step, ToolCallStep
 from ..work.policy import WitnessPolicy
 from . import render
 from .common import console, live_view, run
@@ -93,6 +99,85 @@ async def async_work_act(console: Console, lattice: LocalLattice, agent: str) ->
     return len(ids) - ok
 
 
+PLANNER_ID = "demo-plan"
+PLANNER_TEXT = "the witness requeues work whose station died so that nothing is lost in the auction"
+
+
+def planner_script() -> Script:
+    """What the stand-in model does as the planner: look a term up (MCP), count words (a Python tool) and hand
+    a summary and a word count to two other agents through the lattice, at once; then await both and report."""
+    children = [child_id(PLANNER_ID, "s1"), child_id(PLANNER_ID, "s2")]
+    first = Step(tool_calls=(
+        ToolCallStep("define", {"term": "witness"}, id="g1"),
+        ToolCallStep("count_words", {"text": PLANNER_TEXT}, id="w1"),
+        ToolCallStep("lattice_submit", {"agent": "summarizer", "input": PLANNER_TEXT}, id="s1"),
+        ToolCallStep("lattice_submit", {"agent": "wordcount", "input": PLANNER_TEXT}, id="s2")))
+    return Script("demo-planner", (first, Step(tool_calls=(ToolCallStep("lattice_await", {"work_ids": children},
+                                                                        id="a1"),)),
+                                   Step(text="Report. The children answered: {tool_results}")))
+
+
+def planner_agent(base_url: str | None) -> Agent:
+    """The planner: modelsim's script at ``base_url``, or (``None``) gpt-4o-mini with the user's OPENAI_API_KEY."""
+    model: dict[str, object] = {"provider": "openai", "name": "demo-planner", "baseUrl": base_url,
+                                "apiKeyEnv": "LATTICE_DEMO_NO_KEY"}
+    if base_url is None:
+        model = {"provider": "openai", "name": "gpt-4o-mini", "apiKeyEnv": "OPENAI_API_KEY"}
+    model["price"] = {"inputPerMillionUsd": 0.15, "outputPerMillionUsd": 0.60}  # gpt-4o-mini's list price
+    return Agent.model_validate({"metadata": {"name": "planner"}, "spec": {
+        "description": "Plans: looks terms up, counts words, delegates a summary and a count, reports.",
+        "systemPrompt": "You plan. Define the key term with define, count the words with count_words, hand the "
+                        "text to the agents summarizer and wordcount with lattice_submit, await both with "
+                        "lattice_await, then report what they said.",
+        "model": model, "maxTurns": 6, "budget": {"maxTokens": 50_000},
+        "tools": [{"server": "glossary", "allow": ["define"]},
+                  {"function": "station_runtime.examples.agents:count_words"},
+                  {"lattice": ["submit", "await"], "delegateTo": ["summarizer", "wordcount"]}]}})
+
+
+async def agent_act(console: Console, lattice: LocalLattice) -> int:
+    """Act three: a tool-using agent (an MCP server's tool, a Python tool) that delegates two pieces of its work
+    to agents on other stations and reports; its record shows parent, children and usage. Returns failures."""
+    client = lattice.client
+    assert client is not None
+    heading(console, "An agent with tools that delegates through the lattice")
+    real = bool(os.environ.get("OPENAI_API_KEY")) and os.environ.get("LATTICE_DEMO_MODEL") == "openai"
+    async with contextlib.AsyncExitStack() as stack:
+        if real:
+            console.print("model: gpt-4o-mini (OPENAI_API_KEY, LATTICE_DEMO_MODEL=openai)", highlight=False)
+            base_url = None
+        else:
+            sim = await stack.enter_async_context(ModelSim([planner_script()], record=False))
+            console.print(Text.assemble(("model: modelsim", "bold yellow"), f", a local stand-in at "
+                                        f"{sim.openai_base_url}, not a real LLM: it plays a script. With a key, "
+                                        "OPENAI_API_KEY=... LATTICE_DEMO_MODEL=openai make demo."))
+            base_url = sim.openai_base_url
+        glossary = ToolServer.model_validate({"metadata": {"name": "glossary"}, "spec": {
+            "command": sys.executable, "args": ["-m", "station_runtime.examples.mcp_glossary"]}})
+        await client.put_tool_server(glossary)
+        await client.put_agent(planner_agent(base_url))
+        with console.status("stations load the planner and start its MCP server"):
+            await client.wait_for_stations(1, agent="planner", timeout_s=30)
+        await client.submit(WorkItemSpec(agent="planner", input=PLANNER_TEXT, max_retries=1), work_id=PLANNER_ID,
+                            watch=True)
+        said: set[str] = set()
+
+        async def on_progress(update: WorkProgress | WorkRecord) -> None:
+            line = render.progress_line(update) if isinstance(update, WorkProgress) else update.phase.value
+            if line and line not in said:  # each step once (a record update repeats its phase)
+                said.add(line)
+                console.print(Text(f"  {line}", style="dim"))
+
+        final = await client.wait_work(PLANNER_ID, timeout_s=90, on_progress=on_progress)
+    console.print(render.work_detail(final, render.preview(await client.result(final), 200)))
+    for child_id_ in final.children:
+        child = await client.get_work(child_id_)
+        if child is not None:
+            console.print(f"  child {child.work_id}: {child.spec.agent} on {child.station_id}, {child.phase.value}: "
+                          f"{render.preview(await client.result(child))}", highlight=False, markup=False)
+    return 0 if final.phase == WorkPhase.SUCCEEDED else 1
+
+
 def heading(console: Console, title: str) -> None:
     """A rule across a terminal; a plain line in a pipe (a rule there would be as wide as the pipe's console)."""
     if console.is_terminal:
@@ -159,6 +244,7 @@ async def run_demo(console: Console, *, invocations: int = 20, stations: int = 3
                                   f"p99 {percentile(mine, 0.99):.1f} ms", highlight=False)
             failed = len(rows) - len(ok)
             failed += await async_work_act(console, lattice, agents[0])
+            failed += await agent_act(console, lattice)
         finally:
             await lattice.stop()
     console.print(f"[bold green]demo finished[/bold green] in {time.monotonic() - started:.1f}s, "

@@ -119,3 +119,17 @@ def test_ids_inside_specs_are_validated() -> None:
         WorkItemSpec(agent="a*")
     with pytest.raises(ValueError, match="invalid capability"):
         WorkItemSpec(required_capabilities=["has space"])
+
+
+def test_every_example_loads_and_names_only_tool_servers_it_declares() -> None:
+    from station_runtime.api.models import referenced_servers
+    from station_runtime.examples import EXAMPLES_DIR
+
+    examples = load_manifests(EXAMPLES_DIR)
+    names = {a.name for a in examples.agents}
+    assert {"assistant", "explainer", "local", "planner", "glossarist", "summarize"} <= names
+    assert {a.spec.model.provider for a in examples.agents} >= {"openai", "anthropic"}
+    declared = {t.name for t in examples.tool_servers}
+    assert {s for a in examples.agents for s in referenced_servers(a)} <= declared
+    delegates = {d for a in examples.agents for t in a.spec.tools for d in t.delegate_to}
+    assert delegates <= names
