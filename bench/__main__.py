@@ -72,6 +72,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              keys=("soak_rss_mb_per_10k_items", "contention_attempts_spent_5000_items")),
     Scenario("idle_controller", "bench.soak:run_idle_controller", modes=("full", "quick"),
              keys=("idle_controller_cpu_pct_0_records", "idle_controller_cpu_pct_20k_records")),
+    # Agents: the loop's own cost per turn and per tool call; one station carrying 500 streaming runs.
+    Scenario("agent_overhead", "bench.agents:run_overhead", modes=("full", "quick"),
+             keys=("agent_turn_overhead_us", "agent_tool_call_overhead_us")),
+    Scenario("agent_streams", "bench.agents:run_streams", modes=("full", "quick"),
+             keys=("agent_streams_500_rss_mb", "agent_streams_500_progress_lag_p99_ms", "agent_streams_500_lost")),
 )
 
 #: Every key of latest.json's ``results``, in the issue's order; present (maybe null) in every run.
@@ -80,7 +85,8 @@ RESULT_KEYS: tuple[str, ...] = (
     "auction_close_p99_us_50_stations", "celery_p50_us", "taskiq_p50_us", "lattice_throughput_per_s",
     "celery_throughput_per_s", "taskiq_throughput_per_s", "recovery_s", "station_idle_rss_mb",
     "soak_rss_mb_per_10k_items", "contention_attempts_spent_5000_items", "idle_controller_cpu_pct_0_records",
-    "idle_controller_cpu_pct_20k_records",
+    "idle_controller_cpu_pct_20k_records", "agent_turn_overhead_us", "agent_tool_call_overhead_us",
+    "agent_streams_500_rss_mb", "agent_streams_500_progress_lag_p99_ms", "agent_streams_500_lost",
 )
 
 

@@ -314,4 +314,22 @@ def work_item_status(work_item: WorkItem, org: str, record: WorkRecord) -> dict[
         "errorCode": record.error.code.value if record.error else None, "reason": record.reason[:1024],
         "submittedAt": _ts(record.created_at), "startedAt": _ts(record.started_at),
         "finishedAt": _ts(record.finished_at), "observedGeneration": gen, "conditions": conditions,
+        **_usage_status(record),
     }
+
+
+#: A WorkItem's status names at most this many of the children its run delegated.
+MAX_STATUS_CHILDREN = 50
+
+
+def _usage_status(record: WorkRecord) -> dict[str, Any]:
+    """An agent run's spend and family in a WorkItem's status (nothing for work that has none)."""
+    out: dict[str, Any] = {}
+    if record.usage:
+        out.update(inputTokens=record.usage.input_tokens, outputTokens=record.usage.output_tokens,
+                   costUsd=round(record.usage.budget_cost_usd, 6), toolCalls=record.usage.tool_calls)
+    if record.children:
+        out["children"] = record.children[:MAX_STATUS_CHILDREN]
+    if record.parent_id:
+        out["parent"] = record.parent_id
+    return out

@@ -23,7 +23,7 @@ from station_runtime.api.models import (
     resolve_tool_servers,
 )
 from station_runtime.api.status import MAX_STATUS_RESULT_CHARS
-from station_runtime.contract.messages import ErrorCode, StationRecord, WorkError, WorkPhase, WorkRecord
+from station_runtime.contract.messages import ErrorCode, StationRecord, Usage, WorkError, WorkPhase, WorkRecord
 from station_runtime.contract.selectors import parse_selector
 from station_runtime.contract.specs import ToolServerSpec, ValueSource
 
@@ -122,6 +122,13 @@ def test_work_item_status_mirrors_the_record_with_a_bounded_result() -> None:
                                     "error": WorkError(code=ErrorCode.AGENT_ERROR, message="boom")})
     status = builders.work_item_status(item, "acme", failed)
     assert status["error"] == "boom" and status["errorCode"] == "agent_error"
+    assert "inputTokens" not in status and "children" not in status
+    spent = rec.model_copy(update={"usage": Usage(input_tokens=10, output_tokens=5, cost_usd=0.01,
+                                                  delegated_cost_usd=0.02, tool_calls=3),
+                                   "children": ["c1", "c2"], "parent_id": "p"})
+    rich = builders.work_item_status(item, "acme", spent)
+    assert (rich["inputTokens"], rich["outputTokens"], rich["costUsd"], rich["toolCalls"]) == (10, 5, 0.03, 3)
+    assert rich["children"] == ["c1", "c2"] and rich["parent"] == "p"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "False"
 
 
