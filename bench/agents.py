@@ -2,9 +2,11 @@
 
 ``run_overhead``: an agent loop in this process against modelsim with no pacing (a zero-latency model server) and a
 no-op tool. The turn's overhead is an agent run of one turn less the same request made straight through the SDK
-client the provider uses (medians of interleaved samples); the tool call's is the extra time of a turn with eleven
-no-op calls over one with a single call, per call (so it includes what the loop does per call: argument checks,
-the tool box, progress, the result message), for a Python function tool and for an MCP tool over stdio.
+client the provider uses, its stream read and nothing done with it (medians of interleaved samples). The tool call's
+is the extra time of a run whose first turn makes eleven no-op calls over one that makes a single call, per call,
+less what those ten calls add to the model's own traffic (the same two requests made straight through the SDK):
+what the loop does per call (arguments parsed and checked, the tool box, the call, progress, the result message),
+for a Python function tool and for an MCP tool over stdio.
 
 ``run_streams``: one station process (max concurrency 500) runs 500 agent runs at once, each streaming its answer
 from a modelsim process at 50 tokens/s; a follower subscribed to the org's progress measures each message's lag
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -24,7 +27,7 @@ from typing import Any
 
 import openai
 
-from bench.common import Child, free_port, percentile, python, stop_all
+from bench.common import Child, cpu_s, free_port, percentile, python, stop_all
 from bench.context import RunContext, log
 from station_runtime.api.models import Agent, WorkItemSpec
 from station_runtime.client import LatticeClient
@@ -37,6 +40,7 @@ from station_runtime.natsio.connect import NatsSettings
 from station_runtime.work.controller import WorkController
 
 NOOP_TOOL = "bench.agents:noop"
+MCP_SERVER = str(Path(__file__).resolve().parent.parent / "tests" / "support" / "mcp_tools_server.py")
 STREAMS = 500
 STREAM_TOKENS_PER_S = 50.0
 #: Words in each streamed answer: ~3 s at 50 tokens/s.
@@ -66,7 +70,6 @@ async def _timed(fn: Any, n: int) -> list[float]:
 
 async def run_overhead(ctx: RunContext) -> None:
     n = {"full": 400, "quick": 80}.get(ctx.mode.name, 10)
-    mcp_server = str(Path(__file__).resolve().parent.parent / "tests" / "support" / "mcp_tools_server.py")
     many = 11
     scripts = [Script("answer", (Step(text="done"),)),
                Script("one-tool", (Step(tool_calls=(ToolCallStep("noop"),)), Step(text="done"))),
@@ -77,22 +80,44 @@ async def run_overhead(ctx: RunContext) -> None:
         plain = await load_executor(_agent(sim, "answer", []))
         py_one = await load_executor(_agent(sim, "one-tool", [{"function": NOOP_TOOL}]))
         py_many = await load_executor(_agent(sim, "many-tools", [{"function": NOOP_TOOL}]))
-        mcp = [{"mcp": {"command": sys.executable, "args": [mcp_server]}, "allow": ["noop"]}]
+        mcp = [{"mcp": {"command": sys.executable, "args": [MCP_SERVER]}, "allow": ["noop"]}]
         mcp_one = await load_executor(_agent(sim, "one-tool", mcp))
         mcp_many = await load_executor(_agent(sim, "many-tools", mcp))
 
+        tools = [{"type": "function", "function": {"name": "noop", "description": "Do nothing (the no-op tool).",
+                                                   "parameters": {"type": "object", "properties": {}}}}]
+
+        async def request(model: str, messages: list[dict[str, Any]], with_tools: bool) -> None:
+            """One streamed request through the SDK, its lines read and nothing else: the model's own cost."""
+            extra: dict[str, Any] = {"tools": tools} if with_tools else {}
+            opened = sdk.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+                model=model, messages=messages, stream=True, stream_options={"include_usage": True}, **extra)
+            async with opened as response:
+                async for _ in response.iter_lines():
+                    pass
+
+        prompt = [{"role": "system", "content": ""}, {"role": "user", "content": "go"}]
+
         async def raw() -> None:
-            stream = await sdk.chat.completions.create(
-                model="answer", messages=[{"role": "system", "content": ""}, {"role": "user", "content": "go"}],
-                stream=True, stream_options={"include_usage": True})
-            async for _ in stream:
-                pass
+            await request("answer", prompt, False)
+
+        def raw_tools(model: str, k: int) -> Any:
+            calls = [{"id": f"c{i}", "type": "function", "function": {"name": "noop", "arguments": "{}"}}
+                     for i in range(k)]
+            second: list[dict[str, Any]] = [*prompt, {"role": "assistant", "content": None, "tool_calls": calls},
+                      *({"role": "tool", "tool_call_id": f"c{i}", "content": "ok"} for i in range(k))]
+
+            async def both() -> None:
+                await request(model, prompt, True)
+                await request(model, second, True)
+            return both
 
         def run(ex: Any) -> Any:
             return lambda: ex.run(Execution(input="go"))
 
         try:
-            cases = {"raw": raw, "turn": run(plain), "py_one": run(py_one), "py_many": run(py_many),
+            cases = {"raw": raw, "turn": run(plain), "raw_one": raw_tools("one-tool", 1),
+                     "raw_many": raw_tools("many-tools", many), "py_one": run(py_one), "py_many": run(py_many),
                      "mcp_one": run(mcp_one), "mcp_many": run(mcp_many)}
             for fn in cases.values():  # warm every path (connections, imports, the MCP server)
                 await _timed(fn, 5)
@@ -107,19 +132,23 @@ async def run_overhead(ctx: RunContext) -> None:
             await sdk.close()
     med = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
     turn_us = med["turn"] - med["raw"]
-    tool_us = (med["py_many"] - med["py_one"]) / (many - 1)
-    mcp_us = (med["mcp_many"] - med["mcp_one"]) / (many - 1)
+    model_us = (med["raw_many"] - med["raw_one"]) / (many - 1)  # what ten more calls cost the model's traffic
+    tool_us = (med["py_many"] - med["py_one"]) / (many - 1) - model_us
+    mcp_us = (med["mcp_many"] - med["mcp_one"]) / (many - 1) - model_us
     ctx.results["agent_turn_overhead_us"] = round(turn_us, 1)
     ctx.results["agent_tool_call_overhead_us"] = round(tool_us, 1)
     ctx.record("agent_overhead", {
         "samples_per_case": len(samples["raw"]), "sdk_call_p50_us": round(med["raw"], 1),
         "agent_one_turn_p50_us": round(med["turn"], 1), "turn_overhead_us": round(turn_us, 1),
         "python_tool_call_us": round(tool_us, 1), "mcp_tool_call_us": round(mcp_us, 1),
+        "model_traffic_per_call_us": round(model_us, 1),
         "one_tool_run_p50_us": round(med["py_one"], 1), "eleven_tool_run_p50_us": round(med["py_many"], 1)})
 
 
 async def run_streams(ctx: RunContext) -> None:
     count = {"full": STREAMS, "quick": STREAMS}.get(ctx.mode.name, 20)
+    if ctx.mode.name == "smoke" or os.environ.get("BENCH_STREAMS"):
+        count = int(os.environ.get("BENCH_STREAMS", "20"))
     org = f"benchagents{uuid.uuid4().hex[:6]}"
     words = " ".join(f"w{i}" for i in range(STREAM_WORDS))
     scripts = ctx.workdir / "stream-scripts.json"
@@ -164,22 +193,24 @@ async def run_streams(ctx: RunContext) -> None:
                 await asyncio.wait({waits}, timeout=0.25)
             finals = waits.result()
             elapsed = time.monotonic() - t0
+            cpu = {"station_cpu_s": round(cpu_s(station.pid), 1), "modelsim_cpu_s": round(cpu_s(sim.pid), 1)}
         await sub.unsubscribe()
     finally:
         await client.close()
         await asyncio.to_thread(stop_all, children)
     ok = sum(1 for f in finals if not isinstance(f, BaseException) and f.phase == WorkPhase.SUCCEEDED)
     lost = count - ok
-    lag_ms = [lag * 1000 for lag in lags]
+    # bench.common.percentile takes seconds and gives microseconds.
+    lag_ms = {q: percentile(lags, q) / 1000 for q in (50, 99)} if lags else {}
     ctx.results["agent_streams_500_rss_mb"] = round(peak_rss, 1)
-    ctx.results["agent_streams_500_progress_lag_p99_ms"] = round(percentile(lag_ms, 99), 1) if lag_ms else None
+    ctx.results["agent_streams_500_progress_lag_p99_ms"] = round(lag_ms[99], 1) if lag_ms else None
     ctx.results["agent_streams_500_lost"] = lost
     ctx.record("agent_streams", {
         "runs": count, "succeeded": ok, "lost": lost, "seconds": round(elapsed, 1),
         "tokens_per_s_each": STREAM_TOKENS_PER_S, "words_each": STREAM_WORDS,
-        "station_idle_rss_mb": round(idle_rss, 1), "station_peak_rss_mb": round(peak_rss, 1),
-        "progress_messages": len(lag_ms),
-        "progress_lag_p50_ms": round(percentile(lag_ms, 50), 1) if lag_ms else None,
-        "progress_lag_p99_ms": round(percentile(lag_ms, 99), 1) if lag_ms else None})
+        "station_idle_rss_mb": round(idle_rss, 1), **cpu, "station_peak_rss_mb": round(peak_rss, 1),
+        "progress_messages": len(lags),
+        "progress_lag_p50_ms": round(lag_ms[50], 2) if lag_ms else None,
+        "progress_lag_p99_ms": round(lag_ms[99], 2) if lag_ms else None})
     if lost:
         log.warning("agent streams: %d of %d runs did not succeed", lost, count)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from ..contract.messages import AgentDefinition, ErrorCode
 from ..contract.specs import ToolRef
@@ -18,21 +19,26 @@ from .base import AgentFailure, Execution, Outcome
 from .limits import run_limits
 from .loop import AgentLoop
 from .prompting import Prompting
-from .providers.anthropic_messages import AnthropicMessages
 from .providers.base import Provider
-from .providers.openai_chat import OpenAIChat
 from .tools.base import Tool, ToolBox
 from .tools.functions import FunctionTool
 from .tools.lattice import lattice_tools
-from .tools.mcp import McpServer
+
+if TYPE_CHECKING:
+    from .tools.mcp import McpServer
 
 log = logging.getLogger(__name__)
 
 
 def provider_for(definition: AgentDefinition) -> Provider:
+    """The provider, its SDK imported on first use (a station pays only for the SDKs its agents use)."""
     model = definition.spec.model
     if model.provider == "anthropic":
+        from .providers.anthropic_messages import AnthropicMessages
+
         return AnthropicMessages(model)
+    from .providers.openai_chat import OpenAIChat
+
     return OpenAIChat(model)
 
 
@@ -51,6 +57,8 @@ class AgentExecutor:
             elif ref.lattice is not None:
                 local.extend(lattice_tools(ref.lattice, ref.delegate_to, spec.max_delegation_depth))
             else:
+                from .tools.mcp import McpServer  # the MCP SDK, on first use
+
                 name = ref.server or "mcp"
                 server_spec = ref.mcp if ref.mcp is not None else definition.tool_servers.get(name)
                 if server_spec is None:

@@ -167,8 +167,8 @@ class _Connection(asyncio.Protocol):
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's transports implement the interface without deriving from it.
+        self._transport = transport  # type: ignore[assignment]
         self._sim._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -8,6 +8,7 @@ Tool calls arrive streamed as fragments keyed by their index; usage comes in a l
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -54,6 +55,17 @@ def usage_of(raw: Any) -> Usage:
                  cached_input_tokens=(getattr(details, "cached_tokens", None) or 0) if details else 0)
 
 
+def _usage_from(raw: dict[str, Any]) -> Usage:
+    """A streamed chunk's usage object, read defensively (a count that is not a count is left out)."""
+    def count(value: Any) -> int:
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    details = raw.get("prompt_tokens_details")
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(input_tokens=count(raw.get("prompt_tokens")), output_tokens=count(raw.get("completion_tokens")),
+                 cached_input_tokens=cached)
+
+
 def _arguments(text: str) -> dict[str, Any] | str:
     try:
         value = json.loads(text) if text.strip() else {}
@@ -89,18 +101,28 @@ class OpenAIChat:
 
     async def turn(self, request: TurnRequest, on_text: TextFn) -> Turn:
         body = self._body(request)
+        started = False
         try:
             if not self.model.stream:
                 completion = await self.client.chat.completions.create(**body)
                 return self._complete(completion)
-            stream = await self.client.chat.completions.create(**body, stream=True,
-                                                               stream_options={"include_usage": True})
+            # The raw stream, read here: the SDK's stream builds a pydantic object per chunk, ~400 us each, which
+            # made one station core the limit at ~2,000 streamed tokens/s (docs/benchmarks.md, agent streams). The
+            # SDK still makes the request (auth, base URL, headers) and raises the API's status errors.
+            opened = self.client.chat.completions.with_streaming_response.create(
+                **body, stream=True, stream_options={"include_usage": True})
+            async with opened as response:
+                started = True
+                try:
+                    return await self._read(response.iter_lines(), on_text)
+                except (openai.APIError, ModelError):
+                    raise
+                except Exception as exc:  # the stream broke off (the HTTP client's own errors)
+                    raise ModelError(f"the model API failed mid-answer: {type(exc).__name__}: "
+                                     f"{redact(str(exc), self._key)}", retryable=True,
+                                     code=ErrorCode.MODEL_UNAVAILABLE, started=True) from exc
         except openai.APIError as exc:
-            raise self._error(exc, started=False) from exc
-        try:
-            return await self._read(stream, on_text)
-        except openai.APIError as exc:
-            raise self._error(exc, started=True) from exc
+            raise self._error(exc, started=started) from exc
 
     def _complete(self, completion: Any) -> Turn:
         if not completion.choices:
@@ -113,30 +135,53 @@ class OpenAIChat:
                     finish_reason="tool_calls" if calls else _FINISH.get(choice.finish_reason or "stop", "stop"),
                     usage=usage_of(completion.usage), model=completion.model or "")
 
-    async def _read(self, stream: Any, on_text: TextFn) -> Turn:
+    async def _read(self, lines: AsyncIterator[str], on_text: TextFn) -> Turn:
+        """A streamed completion's server-sent events: ``data: {chunk}`` lines until ``data: [DONE]``."""
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish: str | None = None
         usage = Usage()
         model = ""
-        async for chunk in stream:
-            model = chunk.model or model
-            if chunk.usage is not None:
-                usage = usage_of(chunk.usage)
-            for choice in chunk.choices:
-                delta = choice.delta
-                if delta is not None and delta.content:
-                    text.append(delta.content)
-                    await on_text(delta.content)
-                for part in (delta.tool_calls or []) if delta is not None else []:
-                    call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
-                    if part.id:
-                        call["id"] = part.id
-                    if part.function is not None:
-                        call["name"] += part.function.name or ""
-                        call["arguments"] += part.function.arguments or ""
-                if choice.finish_reason:
-                    finish = choice.finish_reason
+        done = False
+        async for line in lines:
+            # Read to the end even after [DONE]: a response left unread is closed instead of going back to the
+            # connection pool, and every turn would open a new connection.
+            if done or not line.startswith("data:"):
+                continue  # blank separators, comments, event names
+            data = line[5:].strip()
+            if data == "[DONE]":
+                done = True
+                continue
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                raise ModelError("the model API sent a stream chunk that is not JSON", retryable=True,
+                                 code=ErrorCode.MODEL_UNAVAILABLE, started=True) from None
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error") is not None:  # an error event in the stream, as the SDK's stream raises it
+                error = chunk["error"]
+                said = error.get("message") if isinstance(error, dict) else str(error)
+                raise ModelError(f"the model API failed mid-answer: {redact(str(said), self._key)}",
+                                 retryable=True, code=ErrorCode.MODEL_UNAVAILABLE, started=True)
+            model = chunk.get("model") or model
+            if isinstance(chunk.get("usage"), dict):
+                usage = _usage_from(chunk["usage"])
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
+                if content:
+                    text.append(content)
+                    await on_text(content)
+                for part in delta.get("tool_calls") or ():
+                    call = calls.setdefault(int(part.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+                    if part.get("id"):
+                        call["id"] = part["id"]
+                    function = part.get("function") or {}
+                    call["name"] += function.get("name") or ""
+                    call["arguments"] += function.get("arguments") or ""
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
         tool_calls = [ToolCall(c["id"] or f"call_{i}", c["name"], _arguments(c["arguments"]))
                       for i, c in sorted(calls.items())]
         reason: FinishReason = "tool_calls" if tool_calls else _FINISH.get(finish or "stop", "stop")
