@@ -1,8 +1,9 @@
 """Agents: the lattice's own cost per model turn and per tool call, and one station carrying 500 streaming runs.
 
 ``run_overhead``: an agent loop in this process against modelsim with no pacing (a zero-latency model server) and a
-no-op tool. The turn's overhead is an agent run of one turn less the same request made straight through the SDK
-client the provider uses, its stream read and nothing done with it (medians of interleaved samples). The tool call's
+no-op tool. The turn's overhead is the time of an agent run of one turn spent outside its provider's model call
+(the conversation, limits, progress, the outcome), medians of interleaved samples; the provider's call itself is
+compared with the same request made straight through the SDK, its stream read and nothing done with it. The tool call's
 is the extra time of a run whose first turn makes eleven no-op calls over one that makes a single call, per call,
 less what those ten calls add to the model's own traffic (the same two requests made straight through the SDK):
 what the loop does per call (arguments parsed and checked, the tool box, the call, progress, the result message),
@@ -115,8 +116,29 @@ async def run_overhead(ctx: RunContext) -> None:
         def run(ex: Any) -> Any:
             return lambda: ex.run(Execution(input="go"))
 
+        # The loop's own time around the model call: the one-turn agent's provider call timed from inside.
+        in_model: list[float] = []
+        turn_of = plain.provider.turn  # type: ignore[attr-defined]
+
+        async def timed_turn(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return await turn_of(*args, **kwargs)
+            finally:
+                in_model.append(time.perf_counter() - t0)
+
+        plain.provider.turn = timed_turn  # type: ignore[attr-defined]
+
+        async def loop_only() -> None:
+            before = len(in_model)
+            t0 = time.perf_counter()
+            await plain.run(Execution(input="go"))
+            outside.append(time.perf_counter() - t0 - sum(in_model[before:]))
+
+        outside: list[float] = []
+
         try:
-            cases = {"raw": raw, "turn": run(plain), "raw_one": raw_tools("one-tool", 1),
+            cases = {"raw": raw, "turn": loop_only, "raw_one": raw_tools("one-tool", 1),
                      "raw_many": raw_tools("many-tools", many), "py_one": run(py_one), "py_many": run(py_many),
                      "mcp_one": run(mcp_one), "mcp_many": run(mcp_many)}
             for fn in cases.values():  # warm every path (connections, imports, the MCP server)
@@ -131,7 +153,8 @@ async def run_overhead(ctx: RunContext) -> None:
                 await ex.aclose()
             await sdk.close()
     med = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
-    turn_us = med["turn"] - med["raw"]
+    turn_us = statistics.median(outside) * 1e6
+    provider_vs_sdk_us = statistics.median(in_model) * 1e6 - med["raw"]
     model_us = (med["raw_many"] - med["raw_one"]) / (many - 1)  # what ten more calls cost the model's traffic
     tool_us = (med["py_many"] - med["py_one"]) / (many - 1) - model_us
     mcp_us = (med["mcp_many"] - med["mcp_one"]) / (many - 1) - model_us
@@ -140,6 +163,7 @@ async def run_overhead(ctx: RunContext) -> None:
     ctx.record("agent_overhead", {
         "samples_per_case": len(samples["raw"]), "sdk_call_p50_us": round(med["raw"], 1),
         "agent_one_turn_p50_us": round(med["turn"], 1), "turn_overhead_us": round(turn_us, 1),
+        "provider_call_vs_bare_sdk_us": round(provider_vs_sdk_us, 1),
         "python_tool_call_us": round(tool_us, 1), "mcp_tool_call_us": round(mcp_us, 1),
         "model_traffic_per_call_us": round(model_us, 1),
         "one_tool_run_p50_us": round(med["py_one"], 1), "eleven_tool_run_p50_us": round(med["py_many"], 1)})

@@ -47,6 +47,10 @@ class Versioned:
 Mutation = Callable[[WorkRecord], WorkRecord | None]
 
 
+#: A finished run's event names at most this many of the children it delegated (its record has them all).
+MAX_EVENT_CHILDREN = 50
+
+
 class WorkStore:
     def __init__(self, state: OrgState, events: EventPublisher | None = None) -> None:
         self.state = state
@@ -181,6 +185,8 @@ class WorkStore:
                 payload["parent"] = record.parent_id
             if record.usage is not None and record.phase.terminal:
                 payload["usage"] = record.usage.model_dump(exclude_defaults=True)
+            if record.children and record.phase.terminal:
+                payload["children"] = record.children[:MAX_EVENT_CHILDREN]
             payload.update(data)
             await self.events.emit(category, type_, subject=record.work_id, data=payload,
                                    traceparent=record.traceparent)

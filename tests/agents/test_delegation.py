@@ -67,6 +67,12 @@ async def test_a_parent_on_one_station_delegates_to_children_on_two_others(
         assert shown.code == 0, shown.stderr
         assert "Children" in shown.stdout and all(c.work_id in shown.stdout for c in children if c), shown.stdout
         assert "3 model calls, 3 tool calls; children: 330 tokens" in shown.stdout, shown.stdout
+        finished = [e async for e in client.events(category="work", work_id=parent_id)
+                    if e.short_type == "work.succeeded"]
+        assert finished and sorted(finished[0].data["children"]) == sorted(parent.children)
+        assert finished[0].data["usage"]["delegated_tokens"] == 330
+        child_events = [e async for e in client.events(category="work", work_id=children[0].work_id)]  # type: ignore[union-attr]
+        assert child_events and all(e.data.get("parent") == parent_id for e in child_events)
         child_shown = await lattice("--nats", nats_url, "--org", org, "work", "get", children[0].work_id)  # type: ignore[union-attr]
         assert parent_id in child_shown.stdout, child_shown.stdout
 
