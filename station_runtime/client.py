@@ -422,21 +422,8 @@ class LatticeClient:
         auctioneer = await self.auctioneer()
         work_id = work_id or uuid.uuid4().hex
 
-        async def follow(created: Versioned) -> None:
-            # Subscribed once the record exists (so its creation is not pushed to us) and before a station can
-            # have it: a wait_work() that follows needs no read. The SUB leaves with the assignment's write.
-            (await self._watch(work_id)).latest = created
-
-        try:
-            versioned, _ = await auctioneer.submit(spec, work_id=work_id, parent_id=parent_id, depth=depth,
-                                                   on_created=follow if watch else None)
-        except BaseException:  # whatever ended the submit (a cancellation too): close the watch opened for it
-            if (opened := self._watches.pop(work_id, None)) is not None:
-                await opened.disarm()
-            raise
-        if (opened := self._watches.get(work_id)) is not None:
-            opened.latest = versioned
-        return versioned.record
+        return await self._create(work_id, watch, lambda on_created: auctioneer.submit(
+            spec, work_id=work_id, parent_id=parent_id, depth=depth, on_created=on_created))
 
     async def hand_over(self, spec: WorkItemSpec, *, work_id: str, parent_id: str | None = None, depth: int = 0,
                         watch: bool = False) -> WorkRecord:
@@ -449,12 +436,21 @@ class LatticeClient:
                             depth=depth, created_at=now, updated_at=now, retry_at=now,
                             reason="handed to the controller to place", traceparent=new_traceparent())
 
+        store = await self.work_store()
+        return await self._create(work_id, watch, lambda on_created: store.submit(record, on_created))
+
+    async def _create(self, work_id: str, watch: bool,
+                      create: Callable[[Callable[[Versioned], Awaitable[None]] | None],
+                                       Awaitable[tuple[Versioned, bool]]]) -> WorkRecord:
+        """Create work through ``create`` and, with ``watch``, follow its record for a wait_work() to come."""
         async def follow(created: Versioned) -> None:
+            # Subscribed once the record exists (so its creation is not pushed to us) and before a station can
+            # have it: a wait_work() that follows needs no read. The SUB leaves with the assignment's write.
             (await self._watch(work_id)).latest = created
 
         try:
-            versioned, _ = await (await self.work_store()).submit(record, follow if watch else None)
-        except BaseException:
+            versioned, _ = await create(follow if watch else None)
+        except BaseException:  # whatever ended the create (a cancellation too): close the watch opened for it
             if (opened := self._watches.pop(work_id, None)) is not None:
                 await opened.disarm()
             raise

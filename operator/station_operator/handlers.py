@@ -149,9 +149,11 @@ async def _quietly(model: type[M], body: kopf.Body, memo: Any) -> tuple[M, OrgRu
 
 def _status_changed(current: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     current = current or {}
-    return any(current.get(k) != v for k, v in new.items() if k != "conditions") or [
-        (c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in current.get("conditions") or []
-    ] != [(c["type"], c["status"], c["reason"], c["message"]) for c in new.get("conditions") or []]
+    if any(current.get(k) != v for k, v in new.items() if k != "conditions"):
+        return True
+    # Only the conditions given: the others (Accepted, kept by the reconcile handler) are merged as they are.
+    had = {c.get("type"): (c.get("status"), c.get("reason"), c.get("message")) for c in current.get("conditions") or []}
+    return any(had.get(c["type"]) != (c["status"], c["reason"], c["message"]) for c in new.get("conditions") or [])
 
 
 def _with_conditions(current: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +266,16 @@ async def _agents(namespace: str) -> list[Agent]:
 
 
 async def agent_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
+    current = body.get("status") or {}
+    if _refused(current, body.get("metadata", {}).get("generation")):
+        return  # the reconcile handler's refusal (a missing Secret) stands until its retry publishes the agent
     await agent_status(body, memo)
+
+
+def _refused(status: dict[str, Any], generation: int | None) -> bool:
+    """Did the reconcile handler refuse this generation (``Accepted=False`` from :func:`_refuse`)?"""
+    return any(c.get("type") == "Accepted" and c.get("status") == "False" and c.get("observedGeneration") == generation
+               for c in status.get("conditions") or [])
 
 
 async def agent_status(body: kopf.Body, memo: Any, revision: int | None = None) -> None:
@@ -274,10 +285,24 @@ async def agent_status(body: kopf.Body, memo: Any, revision: int | None = None) 
     agent, runtime = found
     namespace = body["metadata"]["namespace"]
     current = body.get("status") or {}
-    revision = revision if revision is not None else current.get("revision")
+    published = revision is not None
+    revision = revision if published else current.get("revision")
     new = builders.agent_status(agent, runtime.org, runtime.records(), revision, datetime.now(UTC))
-    if _status_changed(current, new):
+    if not published:
+        # Accepted belongs to the reconcile handler (published, or refused for a missing Secret). The timer's body
+        # may be older than such a refusal, and a status patch replaces the whole list of conditions: so the
+        # timer leaves Accepted out, and merges into the status as stored now.
+        new["conditions"] = [c for c in new["conditions"] if c["type"] != "Accepted"]
+    if not _status_changed(current, new):
+        return
+    if published:
         await kube.patch_status("agents", namespace, agent.name, _with_conditions(current, new))
+        return
+    stored = await kube.read_status("agents", namespace, agent.name)
+    if stored is None or _refused(stored[0], agent.metadata.generation):
+        return
+    # A compare-and-set on the version read: a refusal written meanwhile wins, and the next tick looks again.
+    await kube.patch_status("agents", namespace, agent.name, _with_conditions(stored[0], new), stored[1])
 
 
 async def agent_delete(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:

@@ -128,19 +128,39 @@ async def patch_secret_keys(namespace: str, name: str, values: dict[str, str | N
     await asyncio.to_thread(write)
 
 
-async def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any]) -> bool:
-    """Patch a custom resource's status; False if the resource is gone."""
+async def patch_status(plural: str, namespace: str, name: str, status: dict[str, Any],
+                       resource_version: str | None = None) -> bool:
+    """Patch a custom resource's status; False if the resource is gone or (with ``resource_version``, a
+    compare-and-set) changed since that version."""
     def write() -> bool:
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         try:
             client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": status})
+                GROUP, VERSION, namespace, plural, name, body)
             return True
         except ApiException as error:
-            if error.status == 404:
+            if error.status in (404, 409):
                 return False
             raise
 
     return await asyncio.to_thread(write)
+
+
+async def read_status(plural: str, namespace: str, name: str) -> tuple[dict[str, Any], str] | None:
+    """A custom resource's status as stored now and its resourceVersion (None if the resource is gone)."""
+    def read() -> tuple[dict[str, Any], str] | None:
+        try:
+            found: dict[str, Any] = client.CustomObjectsApi(api()).get_namespaced_custom_object(  # type: ignore[assignment]
+                GROUP, VERSION, namespace, plural, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(found.get("status") or {}), str(found["metadata"]["resourceVersion"])
+
+    return await asyncio.to_thread(read)
 
 
 async def list_custom(plural: str, namespace: str) -> list[dict[str, Any]]:

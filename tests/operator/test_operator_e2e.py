@@ -169,9 +169,13 @@ kind: Station
 metadata: {{name: elsewhere}}
 spec: {{org: someone-else}}
 """)
-    agent = _waiting_on(operator, lambda: (a := get(crds, k8s_namespace, "agents", "keyed"))
-                        and condition(a, "Accepted") == "False" and a, timeout_s=30,
-                        what="the agent's missing-secret condition")
+    seen: list[Any] = []
+    try:
+        agent = _waiting_on(operator, lambda: (a := get(crds, k8s_namespace, "agents", "keyed"))
+                            and not seen.append(a.get("status")) and condition(a, "Accepted") == "False" and a,
+                            timeout_s=30, what="the agent's missing-secret condition")
+    except AssertionError as exc:
+        raise AssertionError(f"the agent's last status: {seen[-1:]}\n{exc}") from None
     accepted = next(c for c in agent["status"]["conditions"] if c["type"] == "Accepted")
     assert accepted["reason"] == "SecretMissing" and "missing" in accepted["message"]
     station = _waiting_on(operator, lambda: (s := get(crds, k8s_namespace, "stations", "elsewhere"))
