@@ -1,4 +1,5 @@
-"""``lattice up`` (an embedded lattice from manifests) and ``lattice apply`` (manifests into a running one)."""
+"""``lattice up`` (an embedded lattice from manifests), ``lattice apply`` (manifests into a running one) and
+``lattice delete agent|toolserver``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from rich.text import Text
 
 from ..api.loader import ManifestError, ManifestSet, load_manifests
 from ..client import LatticeClient
+from ..contract.errors import InvalidIdError
+from ..contract.ids import validate_id
 from .common import USAGE, Globals, console, fail, run, stop_on_signals
 
 #: The port `lattice up` listens on unless told otherwise (the NATS default, so that other tools find it).
@@ -20,6 +23,47 @@ DEFAULT_PORT = 4222
 def register(app: typer.Typer) -> None:
     app.command()(up)
     app.command()(apply)
+    delete_app = typer.Typer(help="Remove an agent or a ToolServer from a running lattice.", no_args_is_help=True)
+    delete_app.command("agent")(delete_agent)
+    delete_app.command("toolserver")(delete_toolserver)
+    app.add_typer(delete_app, name="delete")
+
+
+def delete_agent(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The agent.")]) -> None:
+    """Remove an agent: its stations drop it live (work for it then finds no station)."""
+    g: Globals = ctx.obj
+    try:
+        validate_id(name, "agent name")
+    except InvalidIdError as exc:
+        fail(str(exc), code=USAGE)
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            if name not in {a.name for a in await client.agents()}:
+                fail(f"no agent {name!r} in org {g.org}")
+            await client.delete_agent(name)
+        console.print(f"agent/{name} deleted", markup=False)
+
+    run(main())
+
+
+def delete_toolserver(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The ToolServer.")]) -> None:
+    """Remove a ToolServer: the agents that name it are published without it, and their stations say so."""
+    g: Globals = ctx.obj
+    try:
+        validate_id(name, "ToolServer name")
+    except InvalidIdError as exc:
+        fail(str(exc), code=USAGE)
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            if name not in {s.name for s in await client.tool_servers()}:
+                fail(f"no ToolServer {name!r} in org {g.org}")
+            users = await client.delete_tool_server(name)
+        console.print(f"toolserver/{name} deleted" + (f" (agents republished without it: {', '.join(users)})"
+                                                       if users else ""), markup=False)
+
+    run(main())
 
 
 def load(paths: list[Path]) -> ManifestSet:

@@ -73,7 +73,10 @@ async def test_a_tool_server_applied_once_serves_its_agents_tools(client: Lattic
         assert after.revision > before
 
         # Deleted: the agent is published without it and its station says what is missing.
-        assert await client.delete_tool_server("calc") == ["mathbot"]
+        gone = await lattice("--nats", nats_url, "--org", org, "delete", "toolserver", "calc")
+        assert gone.code == 0 and "toolserver/calc deleted (agents republished without it: mathbot)" in gone.stdout
+        missing = await lattice("--nats", nats_url, "--org", org, "delete", "toolserver", "calc")
+        assert missing.code == 1 and "no ToolServer 'calc'" in missing.stderr
 
         async def not_loaded() -> str | None:
             [r] = await client.stations()
@@ -81,3 +84,8 @@ async def test_a_tool_server_applied_once_serves_its_agents_tools(client: Lattic
 
         error = await eventually(not_loaded, timeout_s=20, what="the station's load error for mathbot")
         assert "ToolServer 'calc' is not defined" in error
+        deleted = await lattice("--nats", nats_url, "--org", org, "delete", "agent", "mathbot")
+        assert deleted.code == 0 and "agent/mathbot deleted" in deleted.stdout
+        assert await client.agents() == []
+        bad = await lattice("--nats", nats_url, "--org", org, "delete", "agent", "no*pe")
+        assert bad.code == 2 and "invalid agent name" in bad.stderr
