@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -31,37 +32,40 @@ def register(app: typer.Typer) -> None:
 
 def delete_agent(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The agent.")]) -> None:
     """Remove an agent: its stations drop it live (work for it then finds no station)."""
-    g: Globals = ctx.obj
-    try:
-        validate_id(name, "agent name")
-    except InvalidIdError as exc:
-        fail(str(exc), code=USAGE)
+    async def remove(client: LatticeClient) -> str:
+        if name not in {a.name for a in await client.agents()}:
+            fail(f"no agent {name!r} in org {client.org}")
+        await client.delete_agent(name)
+        return f"agent/{name} deleted"
 
-    async def main() -> None:
-        async with LatticeClient(g.nats, g.org) as client:
-            if name not in {a.name for a in await client.agents()}:
-                fail(f"no agent {name!r} in org {g.org}")
-            await client.delete_agent(name)
-        console.print(f"agent/{name} deleted", markup=False)
-
-    run(main())
+    _delete(ctx, name, "agent name", remove)
 
 
 def delete_toolserver(ctx: typer.Context, name: Annotated[str, typer.Argument(help="The ToolServer.")]) -> None:
     """Remove a ToolServer: the agents that name it are published without it, and their stations say so."""
+    async def remove(client: LatticeClient) -> str:
+        if name not in {s.name for s in await client.tool_servers()}:
+            fail(f"no ToolServer {name!r} in org {client.org}")
+        users = await client.delete_tool_server(name)
+        return f"toolserver/{name} deleted" + (f" (agents republished without it: {', '.join(users)})"
+                                               if users else "")
+
+    _delete(ctx, name, "ToolServer name", remove)
+
+
+def _delete(ctx: typer.Context, name: str, what: str,
+            remove: Callable[[LatticeClient], Awaitable[str]]) -> None:
+    """Check the name (exit 2 if it cannot be one), then remove it on the org's lattice and say so."""
     g: Globals = ctx.obj
     try:
-        validate_id(name, "ToolServer name")
+        validate_id(name, what)
     except InvalidIdError as exc:
         fail(str(exc), code=USAGE)
 
     async def main() -> None:
         async with LatticeClient(g.nats, g.org) as client:
-            if name not in {s.name for s in await client.tool_servers()}:
-                fail(f"no ToolServer {name!r} in org {g.org}")
-            users = await client.delete_tool_server(name)
-        console.print(f"toolserver/{name} deleted" + (f" (agents republished without it: {', '.join(users)})"
-                                                       if users else ""), markup=False)
+            said = await remove(client)
+        console.print(said, markup=False)
 
     run(main())
 

@@ -61,7 +61,7 @@ def _import_sdks(definition: AgentDefinition) -> None:
     provider = "anthropic_messages" if definition.spec.model.provider == "anthropic" else "openai_chat"
     importlib.import_module(f"{__name__}.agent")
     importlib.import_module(f"{__name__}.providers.{provider}")
-    if _servers(definition) or any(ref.mcp is not None or ref.server is not None for ref in definition.spec.tools):
+    if any(ref.mcp is not None or ref.server is not None for ref in definition.spec.tools):
         importlib.import_module(f"{__name__}.tools.mcp")
 
 
