@@ -68,6 +68,11 @@ class ModelSpec(ApiModel):
                                     description="Environment variable holding the API key (default OPENAI_API_KEY "
                                     "or ANTHROPIC_API_KEY).")
     api_key_file: str | None = Field(default=None, max_length=4096, description="File holding the API key.")
+    api_version: str | None = Field(
+        default=None, max_length=64, pattern=r"^[A-Za-z0-9.\-]+$",
+        description="openai on Azure OpenAI: the api-version to call (e.g. 2024-10-21). With it, baseUrl is the "
+        "resource endpoint (https://NAME.openai.azure.com), name is the deployment, and the key goes in the "
+        "api-key header (default variable AZURE_OPENAI_API_KEY).")
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Kubernetes only.")
     function: str | None = Field(default=None, max_length=512, description="module:function for the python provider.")
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -88,6 +93,9 @@ class ModelSpec(ApiModel):
     def _provider_fields(self) -> ModelSpec:
         if self.provider == "python" and not (self.function and ":" in self.function):
             raise ValueError("provider 'python' needs function: 'module:function'")
+        if self.api_version is not None and not (self.provider == "openai" and self.base_url):
+            raise ValueError("apiVersion is for provider 'openai' on Azure OpenAI, and needs baseUrl: the resource "
+                             "endpoint, e.g. https://NAME.openai.azure.com")
         if self.provider in LLM_PROVIDERS and not self.name:
             example = "gpt-4o-mini" if self.provider == "openai" else "claude-sonnet-4-5"
             raise ValueError(f"provider {self.provider!r} needs name: the model to call, e.g. {example!r}")

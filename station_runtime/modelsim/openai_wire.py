@@ -51,7 +51,8 @@ class OpenAIWire:
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         scheme, _, key = headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and bool(key.strip())
+        # Azure OpenAI takes the key in an api-key header instead.
+        return (scheme.lower() == "bearer" and bool(key.strip())) or bool(headers.get("api-key", "").strip())
 
     def unauthorized(self) -> tuple[str, str | None]:
         return ("You didn't provide an API key. You need to provide your API key in an Authorization header using "

@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -49,6 +50,8 @@ _OPENAI: _Wire = OpenAIWire()
 _ANTHROPIC: _Wire = AnthropicWire()
 _ROUTES = {"/v1/chat/completions": _OPENAI, "/chat/completions": _OPENAI,
            "/v1/messages": _ANTHROPIC, "/messages": _ANTHROPIC}
+#: Azure OpenAI's deployment paths (the api-version goes in the query).
+_AZURE_ROUTE = re.compile(r"^/openai/deployments/[^/]+/chat/completions/?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +376,8 @@ class ModelSim:
     def _respond(self, head: _Head, raw: bytes) -> _Response:
         path = head.target.partition("?")[0]
         wire = _ROUTES.get(path.rstrip("/"))
+        if wire is None and _AZURE_ROUTE.match(path):
+            wire = _OPENAI
         if wire is None:
             return self._other(head, path)
         if head.method != "POST":

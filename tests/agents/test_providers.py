@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from station_runtime.contract.messages import ErrorCode
+from station_runtime.contract.specs import ModelSpec
 from station_runtime.executors import AgentFailure, Execution, Progress, load_executor
 from station_runtime.modelsim import ErrorStep, ModelSim, Step
 from tests.support.agents_llm import definition, llm_agent, script
@@ -148,3 +149,20 @@ async def test_params_go_to_the_api_as_they_are(sim: ModelSim, provider: str) ->
         assert body["top_p"] == 0.5 and body["seed"] == 7
     else:
         assert body["top_k"] == 3
+
+
+async def test_azure_openai_shape(sim: ModelSim, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Azure OpenAI: the deployment in the path, api-version in the query, the key in an api-key header.
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "azure-key-123")
+    outcome = await run(sim, "openai", "echo", base_url=sim.base_url, api_version="2024-10-21", api_key_env=None)
+    assert outcome.output == "hello there"  # type: ignore[attr-defined]
+    [request] = sim.requests
+    assert request.path == "/openai/deployments/echo/chat/completions?api-version=2024-10-21"
+    assert request.headers["api-key"] == "azure-key-123" and "authorization" not in request.headers
+
+
+def test_api_version_needs_openai_and_an_endpoint() -> None:
+    with pytest.raises(ValueError, match="apiVersion is for provider 'openai' on Azure OpenAI"):
+        ModelSpec(provider="openai", name="gpt-4o", api_version="2024-10-21")
+    with pytest.raises(ValueError, match="apiVersion"):
+        ModelSpec(provider="anthropic", name="claude", base_url="http://x", api_version="2024-10-21")

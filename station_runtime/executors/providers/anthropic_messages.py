@@ -9,7 +9,7 @@ goes into the system prompt and the loop checks the answer against it.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anthropic
@@ -18,6 +18,7 @@ from ...contract.messages import ErrorCode, Usage
 from ...contract.specs import ModelSpec
 from ..conversation import FinishReason, Message, ToolCall, Turn
 from .base import ModelError, TextFn, TurnRequest, read_api_key, redact, retry_after
+from .sse import count, sse_events, tool_arguments
 
 #: The API requires a cap on output tokens.
 DEFAULT_MAX_TOKENS = 4096
@@ -94,14 +95,67 @@ class AnthropicMessages:
         try:
             if not self.model.stream:
                 return self._turn(await self.client.messages.create(**body))
-            async with self.client.messages.stream(**body) as stream:
+            # The raw stream, read by sse_events (why: that module's docstring).
+            async with self.client.messages.with_streaming_response.create(**body, stream=True) as response:
                 started = True
-                async for event in stream:
-                    if event.type == "text" and event.text:
-                        await on_text(event.text)
-                return self._turn(await stream.get_final_message())
+                try:
+                    return await self._read(response.iter_lines(), on_text)
+                except (anthropic.APIError, ModelError):
+                    raise
+                except Exception as exc:  # the stream broke off (the HTTP client's own errors)
+                    raise ModelError(f"the model API failed mid-answer: {type(exc).__name__}: "
+                                     f"{redact(str(exc), self._key)}", retryable=True,
+                                     code=ErrorCode.MODEL_UNAVAILABLE, started=True) from exc
         except anthropic.APIError as exc:
             raise self._error(exc, started=started) from exc
+
+    async def _read(self, lines: AsyncIterator[str], on_text: TextFn) -> Turn:
+        """A streamed message: ``message_start``, content blocks (text deltas, tool input as JSON fragments),
+        ``message_delta`` with the stop reason and the final usage, ``message_stop``; ``ping`` and unknown events
+        (thinking blocks among them) are skipped, as the SDK's accumulator skips what it does not keep."""
+        blocks: dict[int, dict[str, str]] = {}
+        usage: dict[str, Any] = {}
+        stop: str | None = None
+        model = ""
+        async for event in sse_events(lines):
+            kind = event.get("type")
+            if kind == "content_block_delta":
+                delta = event.get("delta") or {}
+                block = blocks.get(_index(event))
+                if block is None:
+                    continue
+                if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                    block["text"] += delta["text"]
+                    if delta["text"]:
+                        await on_text(delta["text"])
+                elif delta.get("type") == "input_json_delta" and isinstance(delta.get("partial_json"), str):
+                    block["input"] += delta["partial_json"]
+            elif kind == "content_block_start":
+                start = event.get("content_block") or {}
+                if start.get("type") in ("text", "tool_use"):
+                    blocks[_index(event)] = {"type": start["type"], "text": str(start.get("text") or ""),
+                                             "id": str(start.get("id") or ""), "name": str(start.get("name") or ""),
+                                             "input": ""}
+            elif kind == "message_start":
+                message = event.get("message") or {}
+                model = str(message.get("model") or "")
+                usage.update(message.get("usage") or {})
+            elif kind == "message_delta":
+                stop = (event.get("delta") or {}).get("stop_reason") or stop
+                # The final counts: output tokens always, input and cache counts when the API gives them again.
+                usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
+            elif kind == "error":
+                error = event.get("error") or {}
+                said = redact(str(error.get("message") or "error"), self._key)
+                error_type = str(error.get("type") or "error")
+                raise ModelError(f"model API answered {error_type}: {said}", retryable=error_type in _RETRYABLE_TYPES,
+                                 code=ErrorCode.MODEL_UNAVAILABLE if error_type in _RETRYABLE_TYPES
+                                 else ErrorCode.AGENT_ERROR, started=True)
+        text = "".join(b["text"] for _, b in sorted(blocks.items()) if b["type"] == "text")
+        calls = [ToolCall(b["id"] or f"toolu_{i}", b["name"], tool_arguments(b["input"]))
+                 for i, b in sorted(blocks.items()) if b["type"] == "tool_use"]
+        reason: FinishReason = "tool_calls" if calls else _STOP.get(stop or "end_turn", "stop")
+        return Turn(text=text, tool_calls=calls, finish_reason=reason, usage=_usage_from(usage), model=model)
 
     @staticmethod
     def _turn(message: Any) -> Turn:
@@ -137,6 +191,18 @@ class AnthropicMessages:
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+def _index(event: dict[str, Any]) -> int:
+    index = event.get("index")
+    return index if isinstance(index, int) else -1
+
+
+def _usage_from(raw: dict[str, Any]) -> Usage:
+    """Streamed usage, counted as :func:`usage_of` counts it."""
+    read, written = count(raw.get("cache_read_input_tokens")), count(raw.get("cache_creation_input_tokens"))
+    return Usage(input_tokens=count(raw.get("input_tokens")) + read + written,
+                 output_tokens=count(raw.get("output_tokens")), cached_input_tokens=read, cache_write_tokens=written)
 
 
 def _error_type(body: object) -> str:

@@ -7,7 +7,6 @@ Tool calls arrive streamed as fragments keyed by their index; usage comes in a l
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from ...contract.messages import ErrorCode, Usage
 from ...contract.specs import ModelSpec
 from ..conversation import FinishReason, Message, ToolCall, Turn
 from .base import ModelError, TextFn, TurnRequest, read_api_key, redact, retry_after
+from .sse import count, sse_events, tool_arguments
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 #: OpenAI-compatible servers that need no key (Ollama, vLLM) still get one from the SDK: this placeholder.
@@ -57,29 +57,27 @@ def usage_of(raw: Any) -> Usage:
 
 def _usage_from(raw: dict[str, Any]) -> Usage:
     """A streamed chunk's usage object, read defensively (a count that is not a count is left out)."""
-    def count(value: Any) -> int:
-        return value if isinstance(value, int) and value >= 0 else 0
-
     details = raw.get("prompt_tokens_details")
     cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     return Usage(input_tokens=count(raw.get("prompt_tokens")), output_tokens=count(raw.get("completion_tokens")),
                  cached_input_tokens=cached)
 
 
-def _arguments(text: str) -> dict[str, Any] | str:
-    try:
-        value = json.loads(text) if text.strip() else {}
-    except ValueError:
-        return text
-    return value if isinstance(value, dict) else text
-
-
 class OpenAIChat:
     def __init__(self, model: ModelSpec) -> None:
         self.model = model
-        self._key = read_api_key(model.api_key_env, model.api_key_file, "OPENAI_API_KEY")
-        self.client = openai.AsyncOpenAI(api_key=self._key or NO_KEY, base_url=model.base_url or DEFAULT_BASE_URL,
-                                         timeout=model.timeout_seconds, max_retries=model.max_retries)
+        azure = model.api_version is not None
+        self._key = read_api_key(model.api_key_env, model.api_key_file,
+                                 "AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
+        self.client: openai.AsyncOpenAI
+        if azure:
+            # Azure's own shape: /openai/deployments/{name}/chat/completions?api-version=..., key in api-key.
+            self.client = openai.AsyncAzureOpenAI(azure_endpoint=model.base_url or "", api_version=model.api_version,
+                                                  api_key=self._key or NO_KEY, timeout=model.timeout_seconds,
+                                                  max_retries=model.max_retries)
+        else:
+            self.client = openai.AsyncOpenAI(api_key=self._key or NO_KEY, base_url=model.base_url or DEFAULT_BASE_URL,
+                                             timeout=model.timeout_seconds, max_retries=model.max_retries)
 
     def _body(self, request: TurnRequest) -> dict[str, Any]:
         model = self.model
@@ -106,9 +104,7 @@ class OpenAIChat:
             if not self.model.stream:
                 completion = await self.client.chat.completions.create(**body)
                 return self._complete(completion)
-            # The raw stream, read here: the SDK's stream builds a pydantic object per chunk, ~400 us each, which
-            # made one station core the limit at ~2,000 streamed tokens/s (docs/benchmarks.md, agent streams). The
-            # SDK still makes the request (auth, base URL, headers) and raises the API's status errors.
+            # The raw stream, read by sse_events (why: that module's docstring).
             opened = self.client.chat.completions.with_streaming_response.create(
                 **body, stream=True, stream_options={"include_usage": True})
             async with opened as response:
@@ -129,36 +125,20 @@ class OpenAIChat:
             raise ModelError("the model API answered with no choices", retryable=True)
         choice = completion.choices[0]
         message = choice.message
-        calls = [ToolCall(c.id, c.function.name, _arguments(c.function.arguments or ""))
+        calls = [ToolCall(c.id, c.function.name, tool_arguments(c.function.arguments or ""))
                  for c in (message.tool_calls or []) if getattr(c, "function", None) is not None]
         return Turn(text=message.content or "", tool_calls=calls,
                     finish_reason="tool_calls" if calls else _FINISH.get(choice.finish_reason or "stop", "stop"),
                     usage=usage_of(completion.usage), model=completion.model or "")
 
     async def _read(self, lines: AsyncIterator[str], on_text: TextFn) -> Turn:
-        """A streamed completion's server-sent events: ``data: {chunk}`` lines until ``data: [DONE]``."""
+        """A streamed completion: ``data: {chunk}`` events until ``data: [DONE]``."""
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish: str | None = None
         usage = Usage()
         model = ""
-        done = False
-        async for line in lines:
-            # Read to the end even after [DONE]: a response left unread is closed instead of going back to the
-            # connection pool, and every turn would open a new connection.
-            if done or not line.startswith("data:"):
-                continue  # blank separators, comments, event names
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                continue
-            try:
-                chunk = json.loads(data)
-            except ValueError:
-                raise ModelError("the model API sent a stream chunk that is not JSON", retryable=True,
-                                 code=ErrorCode.MODEL_UNAVAILABLE, started=True) from None
-            if not isinstance(chunk, dict):
-                continue
+        async for chunk in sse_events(lines):
             if chunk.get("error") is not None:  # an error event in the stream, as the SDK's stream raises it
                 error = chunk["error"]
                 said = error.get("message") if isinstance(error, dict) else str(error)
@@ -182,7 +162,7 @@ class OpenAIChat:
                     call["arguments"] += function.get("arguments") or ""
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
-        tool_calls = [ToolCall(c["id"] or f"call_{i}", c["name"], _arguments(c["arguments"]))
+        tool_calls = [ToolCall(c["id"] or f"call_{i}", c["name"], tool_arguments(c["arguments"]))
                       for i, c in sorted(calls.items())]
         reason: FinishReason = "tool_calls" if tool_calls else _FINISH.get(finish or "stop", "stop")
         return Turn(text="".join(text), tool_calls=tool_calls, finish_reason=reason, usage=usage, model=model)
