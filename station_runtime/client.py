@@ -51,8 +51,9 @@ from .natsio.events import EventPublisher, read_events
 from .natsio.retry import NATS_FAILURES, retry_transient
 from .natsio.state import OrgState, StateLimits
 from .routing import candidates
+from .telemetry import tracing
 from .work import phases
-from .work.auction import AuctionConfig, Auctioneer, new_traceparent
+from .work.auction import AuctionConfig, Auctioneer
 from .work.controller import OrgWork
 from .work.directory import StationDirectory
 from .work.policy import WitnessPolicy
@@ -434,7 +435,8 @@ class LatticeClient:
         now = utcnow()
         record = WorkRecord(org=self.org, work_id=work_id, spec=spec, phase=WorkPhase.PENDING, parent_id=parent_id,
                             depth=depth, created_at=now, updated_at=now, retry_at=now,
-                            reason="handed to the controller to place", traceparent=new_traceparent())
+                            reason="handed to the controller to place",
+                            traceparent=tracing.new_traceparent())
 
         store = await self.work_store()
         return await self._create(work_id, watch, lambda on_created: store.submit(record, on_created))

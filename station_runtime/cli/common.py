@@ -14,7 +14,7 @@ import enum
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from rich.console import Console, RenderableType
 from rich.text import Text
 
+from .. import telemetry
 from ..errors import LatticeError
 from ..natsio.connect import NatsSettings
 from . import render
@@ -140,6 +141,31 @@ def quiet_below_info() -> None:
 # --- running -----------------------------------------------------------------------------------------------------
 
 
+MetricsPort = Annotated[int | None, typer.Option(
+    "--metrics-port", envvar="LATTICE_METRICS_PORT", min=0, max=65535, show_default=False,
+    help="Serve /metrics (Prometheus text), /healthz and /readyz on this port.")]
+
+
+@contextlib.asynccontextmanager
+async def metrics_endpoint(port: int | None, host: str = "0.0.0.0") -> AsyncIterator[None]:
+    """Serve this process's metrics on ``port`` while the block runs (None: not served)."""
+    if port is None:
+        yield
+        return
+    from ..station.health import HealthServer
+
+    server = HealthServer(port, host=host)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise LatticeError(f"cannot serve metrics on port {port}: {exc.strerror}; choose another --metrics-port") \
+            from exc
+    try:
+        yield
+    finally:
+        await server.stop()
+
+
 def stop_on_signals() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM, for commands that run until stopped (call inside the running loop)."""
     stop = asyncio.Event()
@@ -149,9 +175,16 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def run(coro: Coroutine[Any, Any, T], *, fast: bool = False) -> T:
+def run(coro: Coroutine[Any, Any, T], *, fast: bool = False, service: str = "lattice-cli",
+        attributes: dict[str, str] | None = None, serve_metrics: bool = False) -> T:
     """Run ``coro``; a :class:`~station_runtime.errors.LatticeError` becomes its message and exit code 1, Ctrl-C
-    exit code 130. ``fast``: on uvloop where installed (stations: the hot path)."""
+    exit code 130. ``fast``: on uvloop where installed (stations: the hot path). Traces go out when the
+    ``OTEL_*`` variables ask for them, as ``service`` (the spans buffered are exported before the process ends);
+    ``serve_metrics``: a long-running process, whose metrics are recorded for its ``/metrics``."""
+    if serve_metrics:
+        telemetry.configure(service, attributes)
+    else:
+        telemetry.tracing.configure(service, attributes)
     runner: Callable[[Coroutine[Any, Any, T]], T] = asyncio.run
     if fast:
         with contextlib.suppress(ImportError):
@@ -164,3 +197,5 @@ def run(coro: Coroutine[Any, Any, T], *, fast: bool = False) -> T:
         fail(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    finally:
+        telemetry.tracing.shutdown()

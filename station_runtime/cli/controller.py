@@ -9,7 +9,7 @@ import typer
 from ..client import LatticeClient
 from ..work.controller import WorkController
 from ..work.policy import WitnessPolicy
-from .common import Globals, quiet_below_info, run, stop_on_signals
+from .common import Globals, MetricsPort, metrics_endpoint, quiet_below_info, run, stop_on_signals
 
 
 def register(app: typer.Typer) -> None:
@@ -24,6 +24,7 @@ def controller_run(
     stuck_threshold: Annotated[float, typer.Option("--stuck-threshold", min=0.1, max=30 * 86_400,
                                                    help="Seconds without progress before requeue.")] = 600.0,
     accept_timeout: Annotated[float, typer.Option("--accept-timeout", min=0.1, max=3600)] = 5.0,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Run the work controller until SIGTERM: it schedules what nobody scheduled and witnesses stuck work.
     Several may run at once."""
@@ -33,9 +34,10 @@ def controller_run(
     async def main() -> int:
         stop = stop_on_signals()
         policy = WitnessPolicy(accept_timeout_s=accept_timeout, stuck_threshold_s=stuck_threshold)
-        async with LatticeClient(g.nats, g.org, create_state=True, policy=policy, source="controller") as client, \
+        async with metrics_endpoint(metrics_port), \
+                LatticeClient(g.nats, g.org, create_state=True, policy=policy, source="controller") as client, \
                 WorkController(await client.org_work(), interval_s=interval):
             await stop.wait()
         return 0
 
-    raise typer.Exit(run(main()))
+    raise typer.Exit(run(main(), service="lattice-controller", serve_metrics=True, attributes={"lattice.org": g.org}))

@@ -25,6 +25,7 @@ from ..contract.messages import (
     utcnow,
 )
 from ..routing import is_live
+from ..telemetry import tracing
 
 
 def cells(values: Sequence[Any]) -> list[RenderableType]:
@@ -237,6 +238,8 @@ def work_detail(record: WorkRecord, result: Any) -> Table:
         rows.append(("Children", ", ".join(shown) + (f" (+{more} more)" if more else "")))
     if record.usage:
         rows.append(("Usage", usage_text(record.usage)))
+    if (trace := tracing.trace_id(record.traceparent)) is not None:
+        rows.append(("Trace", trace))
     if record.reason:
         rows.append(("Reason", record.reason))
     if record.error:

@@ -43,7 +43,7 @@ def station_run(
     drain_timeout: Annotated[float, typer.Option("--drain-timeout", envvar="LATTICE_DRAIN_TIMEOUT", min=0, max=86_400,
                                                  help="Seconds to finish in-flight work on SIGTERM.")] = 30.0,
     health_port: Annotated[int | None, typer.Option("--health-port", envvar="LATTICE_HEALTH_PORT", min=0, max=65535,
-                                                    help="Serve /healthz and /readyz on this port.")] = None,
+                                                    help="Serve /healthz, /readyz and /metrics on this port.")] = None,
 ) -> None:
     """Run one station until SIGTERM (then drain). The entry point of station pods and of `lattice up`."""
     from ..station.runtime import run_station
@@ -61,4 +61,5 @@ def station_run(
     except (ValueError, ValidationError) as exc:
         fail(str(exc), code=USAGE)
     quiet_below_info()
-    raise typer.Exit(run(run_station(settings), fast=True))
+    raise typer.Exit(run(run_station(settings), fast=True, service="lattice-station", serve_metrics=True,
+                         attributes={"service.instance.id": settings.station_id, "lattice.org": settings.org}))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from ..api.loader import ManifestError, ManifestSet, load_manifests
 from ..client import LatticeClient
 from ..contract.errors import InvalidIdError
 from ..contract.ids import validate_id
-from .common import USAGE, Globals, console, fail, run, stop_on_signals
+from .common import USAGE, Globals, MetricsPort, console, fail, metrics_endpoint, run, stop_on_signals
 
 #: The port `lattice up` listens on unless told otherwise (the NATS default, so that other tools find it).
 DEFAULT_PORT = 4222
@@ -97,6 +98,7 @@ def up(
     heartbeat_interval: Annotated[float, typer.Option("--heartbeat-interval", min=0.05, max=3600)] = 2.0,
     use_nats: Annotated[bool, typer.Option("--use-nats/--embedded", help="Use the --nats URL instead of "
                                            "starting an embedded server.")] = False,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Start a lattice from manifests: embedded NATS, the agents, and the stations. Ctrl-C stops it."""
     from ..local.controller import LocalLattice
@@ -116,7 +118,9 @@ def up(
                                port_required=bool(port), sync_always=not no_sync,
                                heartbeat_s=heartbeat_interval, on_event=say)
         stop = stop_on_signals()
+        stack = contextlib.AsyncExitStack()
         try:
+            await stack.enter_async_context(metrics_endpoint(metrics_port))
             await lattice.start()
             write_current(lattice.url, g.org)
             console.print(Text.assemble(("lattice up", "bold green"), f": org {g.org}, NATS {lattice.url}. In another "
@@ -126,8 +130,9 @@ def up(
         finally:
             clear_current()
             await lattice.stop()
+            await stack.aclose()
 
-    raise typer.Exit(run(main()))
+    raise typer.Exit(run(main(), service="lattice-up", serve_metrics=True, attributes={"lattice.org": g.org}))
 
 
 def apply(

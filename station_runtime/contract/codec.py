@@ -7,6 +7,7 @@ from typing import Final, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from ..telemetry import metrics
 from .errors import DecodeError, PayloadTooLargeError
 from .messages import InvokeError, InvokeResult
 
@@ -46,6 +47,7 @@ def decode_or_log(data: bytes, model: type[M], *, what: str, logger: logging.Log
         return decode(data, model)
     except DecodeError as exc:
         logger.warning("ignoring malformed %s: %s", what, exc)
+        metrics.MESSAGES_DROPPED.add(1, {"reason": "malformed", "kind": what})
         return None
 
 

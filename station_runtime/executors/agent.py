@@ -102,7 +102,8 @@ class AgentExecutor:
             execution = dataclasses.replace(execution, input=text)
         loop = AgentLoop(provider=self.provider, tools=self.tools, system=system,
                          limits=run_limits(spec, execution.work, execution.inherited_budget), price=spec.model.price,
-                         model_max_tokens=spec.model.max_tokens, output_schema=spec.output_schema)
+                         model_max_tokens=spec.model.max_tokens, output_schema=spec.output_schema,
+                         agent=self.definition.name, provider_name=spec.model.provider, model=spec.model.name or "")
         return await loop.run(execution)
 
     async def aclose(self) -> None:

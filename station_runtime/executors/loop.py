@@ -20,6 +20,7 @@ import jsonschema
 from ..backoff import compute_backoff
 from ..contract.messages import ErrorCode, Payload, Usage
 from ..contract.specs import Price
+from ..telemetry import metrics, tracing
 from .base import AgentFailure, Execution, Outcome, Progress
 from .conversation import Message, ToolCall, Turn
 from .limits import RunLimits, cost_usd, output_cap, over_budget, remaining_budget, tool_calls_allowed
@@ -59,6 +60,10 @@ class AgentLoop:
     model_max_tokens: int | None = None
     model_retries: int = MAX_STREAM_RETRIES
     output_schema: dict[str, Any] | None = None
+    #: Who runs (agent, provider, model): the labels of its metrics and the attributes of its spans.
+    agent: str = ""
+    provider_name: str = ""
+    model: str = ""
 
     async def run(self, execution: Execution) -> Outcome:
         state = RunState(messages=[Message("user", text=input_text(execution.input))])
@@ -91,7 +96,7 @@ class AgentLoop:
         attempt = 0
         while True:
             try:
-                result = await self.provider.turn(request, on_text)
+                result = await self._turn(request, on_text, turn)
                 break
             except ModelError as exc:
                 if not exc.retryable:
@@ -107,7 +112,46 @@ class AgentLoop:
                 attempt += 1
         spent = result.usage.model_copy(update={"model_calls": 1, "cost_usd": cost_usd(self.price, result.usage)})
         state.usage += spent
+        self._count(spent, result.model)
         return result
+
+    async def _turn(self, request: TurnRequest, on_text: Any, turn: int) -> Turn:
+        """One model call, as the GenAI semantic conventions describe it: a ``chat {model}`` client span (the
+        provider sends its context to the API as ``traceparent``) and the ``gen_ai.client.*`` metrics."""
+        base = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": self.provider_name,
+                "gen_ai.request.model": self.model}
+        started = time.perf_counter()
+        with tracing.span(f"chat {self.model}", kind="client", attributes={
+                **base, "gen_ai.system": self.provider_name, "gen_ai.request.max_tokens": request.max_tokens,
+                "lattice.agent": self.agent, "lattice.agent.turn": turn}) as span:
+            try:
+                result = await self.provider.turn(request, on_text)
+            except ModelError as exc:
+                error = exc.error_type
+                metrics.GENAI_DURATION.record(time.perf_counter() - started, {**base, "error.type": error})
+                metrics.MODEL_ERRORS.add(1, {"agent": self.agent, "model": self.model, "error.type": error})
+                span.set_attribute("error.type", error)
+                raise
+            metrics.GENAI_DURATION.record(time.perf_counter() - started, base)
+            if tracing.enabled():
+                span.set_attributes({"gen_ai.response.model": result.model or self.model,
+                                     "gen_ai.usage.input_tokens": result.usage.input_tokens,
+                                     "gen_ai.usage.output_tokens": result.usage.output_tokens,
+                                     "gen_ai.response.finish_reasons": [result.finish_reason]})
+        return result
+
+    def _count(self, spent: Usage, response_model: str) -> None:
+        labels = {"agent": self.agent, "model": self.model}
+        base = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": self.provider_name,
+                "gen_ai.request.model": self.model, "gen_ai.response.model": response_model or self.model}
+        metrics.GENAI_TOKENS.record(spent.input_tokens, {**base, "gen_ai.token.type": "input"})
+        metrics.GENAI_TOKENS.record(spent.output_tokens, {**base, "gen_ai.token.type": "output"})
+        for kind, count in (("input", spent.input_tokens), ("output", spent.output_tokens),
+                            ("cache_read", spent.cached_input_tokens), ("cache_write", spent.cache_write_tokens)):
+            if count:
+                metrics.TOKENS_USED.add(count, {**labels, "type": kind})
+        if spent.cost_usd:
+            metrics.COST.add(spent.cost_usd, labels)
 
     async def _run_tools(self, calls: list[ToolCall], state: RunState, turn: int, execution: Execution,
                          remaining_s: float | None) -> None:
@@ -118,7 +162,17 @@ class AgentLoop:
 
         async def one(call: ToolCall) -> ToolResult:
             await execution.progress(Progress(message=f"calling {call.name}", turn=turn, tool=call.name))
-            result = await self.tools.run(call, ToolContext(execution, call.id, remaining_s, ctx_budget))
+            started = time.perf_counter()
+            with tracing.span(f"execute_tool {call.name}", attributes={
+                    "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.name,
+                    "gen_ai.tool.call.id": call.id, "lattice.agent": self.agent, "lattice.agent.turn": turn}) as span:
+                result = await self.tools.run(call, ToolContext(execution, call.id, remaining_s, ctx_budget))
+                if result.is_error:
+                    tracing.failed(span, result.text)
+                if result.child is not None and tracing.enabled():
+                    span.set_attribute("lattice.work.child", result.child)
+            metrics.TOOL_DURATION.record(time.perf_counter() - started, {
+                "agent": self.agent, "tool": call.name, "outcome": "error" if result.is_error else "ok"})
             said = "failed" if result.is_error else "answered"
             await execution.progress(Progress(message=f"{call.name} {said}", turn=turn, tool=call.name))
             return result

@@ -20,6 +20,7 @@ from nats.js.api import DeliverPolicy
 
 from ..contract import subjects
 from ..contract.events import Category, CloudEvent, make_event
+from ..telemetry import metrics
 from .retry import NATS_FAILURES
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class EventPublisher:
 
     def _failed(self, what: str, exc: BaseException) -> None:
         self.failures += 1
+        metrics.EVENTS_UNPUBLISHED.add(1)
         self._next_ack = 0.0  # ask again with the next event, until the stream takes them
         log.warning("could not record event %s: %s", what, exc or type(exc).__name__)
 

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from ..contract import subjects
 from ..contract.subjects import Header, Status
 from ..errors import StoreFullError
+from ..telemetry import tracing
 from .inbox import Inbox, status
 
 #: JetStream's error codes for "the subject's last sequence is not the one expected" (a failed compare-and-set).
@@ -69,6 +70,8 @@ async def kv_write(requests: Requests, bucket: str, key: str, value: bytes, *, l
     headers: dict[str, str] = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
     if ttl_s is not None:
         headers[Header.TTL] = f"{max(int(ttl_s), 1)}s"
+    # Stored with the value (and republished with it): a write of a work record carries the writer's span.
+    headers = tracing.headers(headers) or headers
     try:
         msg = await requests.request(subjects.kv_key(bucket, key), value, timeout_s=timeout_s, headers=headers)
     except nats.errors.NoRespondersError:

@@ -19,6 +19,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from opentelemetry.trace import Span
 
 from ..contract import subjects
 from ..contract.codec import decode_or_log, encode
@@ -39,6 +40,7 @@ from ..contract.messages import (
 from ..errors import LatticeError, ResultTooLarge
 from ..executors import AgentFailure, Execution, Progress
 from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES, is_transient, retry_transient
+from ..telemetry import metrics, tracing
 from ..work import phases, scoring
 from ..work.policy import Action, requeue_or_escalate
 from ..work.store import Versioned, WorkStore
@@ -90,6 +92,8 @@ class Run:
     children: tuple[str, ...] = ()
     #: The last structured progress published (turn, tool, message): a new one goes out at once.
     last_step: tuple[int | None, str, str] = (None, "", "")
+    #: The hosted agent that runs it (a metric label: work may name a capability instead).
+    agent: str = ""
 
     def spent(self, record: WorkRecord) -> dict[str, Any]:
         """The record's usage and children with this attempt's added (earlier attempts' spend is kept)."""
@@ -143,8 +147,10 @@ class WorkService:
         verdict = judge(view, scoring.requested(request), bid=True)
         bid = AuctionBid(auction_id=request.auction_id, station_id=self.station_id, load=view.load,
                          capacity=view.capacity, score=verdict.score, declined=not verdict.ok, reason=verdict.reason)
+        metrics.BIDS.add(1, {"declined": "true" if bid.declined else "false"})
         try:
-            await msg.respond(encode(bid))
+            # The bid answers in the auction's trace: its context goes back with it.
+            await self.nc.publish(msg.reply, encode(bid), headers=msg.headers if tracing.enabled() else None)
         except (nats.errors.Error, OSError) as exc:  # NATS away: the auction treats us as silent
             log.debug("could not send bid for %s: %s", request.work_id, exc)
 
@@ -153,9 +159,17 @@ class WorkService:
         if assign is None:
             return
         record = assign.record
+        with tracing.span("lattice.claim", kind="consumer", parent=tracing.incoming(msg.headers, record.traceparent),
+                          attributes=self._attributes(record)) as claiming:
+            await self._claim(msg, assign, claiming)
+
+    async def _claim(self, msg: Msg, assign: WorkAssign, claiming: Span) -> None:
+        record = assign.record
         verdict = judge(self.view(), scoring.requirements(record.spec), assigned_to=record.station_id,
                         running=record.work_id in self.runs, offer_max_load=assign.offer_max_load)
         accepted = verdict.ok and record.attempt_id is not None
+        if tracing.enabled():
+            claiming.set_attributes({"lattice.accepted": accepted, "lattice.reason": verdict.reason})
 
         async def reply() -> None:
             if not msg.reply:
@@ -163,13 +177,14 @@ class WorkService:
             answer = WorkAccept(work_id=record.work_id, attempt_id=record.attempt_id or "",
                                 station_id=self.station_id, accepted=accepted, reason=verdict.reason)
             try:
-                await msg.respond(encode(answer))
+                await self.nc.publish(msg.reply, encode(answer), headers=tracing.headers())
             except (nats.errors.Error, OSError) as exc:  # NATS away: the auctioneer's timeout tries the next bid
                 log.debug("could not answer the assignment of %s: %s", record.work_id, exc)
 
         if accepted:
             # The run answers first thing, before it waits for a slot: the answer then leaves in the same socket
             # write as the run's first messages (one write and one wake-up less per item), never later than that.
+            # Started inside the claim's span: the run's task inherits it as its parent.
             self._start(Versioned(record, assign.revision), accept=reply)
         else:
             await reply()
@@ -216,7 +231,14 @@ class WorkService:
             await run.accept()
         try:
             async with reservation.run():
-                await self._run_attempt(run)
+                record = run.current.record if run.current else None
+                with tracing.span("lattice.run", kind="consumer",
+                                  parent=tracing.continuing(record.traceparent if record else None),
+                                  attributes=self._attributes(record) if record else None) as running:
+                    await self._run_attempt(run)
+                    if tracing.enabled() and run.current is not None:
+                        running.set_attributes({"lattice.work.phase": run.current.record.phase.value,
+                                                "lattice.agent.name": run.agent})
         except Superseded as exc:
             await self._rejected(run, str(exc))
         except asyncio.CancelledError:
@@ -247,6 +269,7 @@ class WorkService:
             await self.store.emit("work", "started", started, resumed=True)
         spec = started.spec
         agent = self._pick_agent(started)
+        run.agent = agent.name if agent is not None else ""
         if agent is None:
             await self._finish(run, P.FAILED, error=WorkError(code=ErrorCode.NOT_FOUND,
                                                               message="no hosted agent can run this work"))
@@ -311,6 +334,24 @@ class WorkService:
         except BEST_EFFORT_FAILURES as exc:  # NATS down for minutes: the outcome write retries on its own
             log.warning("work %s: could not record Running: %s", run.work_id, exc)
 
+    def _attributes(self, record: WorkRecord) -> dict[str, Any]:
+        return {"lattice.org": self.org, "lattice.work.id": record.work_id, "lattice.work.attempt": record.attempt,
+                "lattice.attempt.id": record.attempt_id, "lattice.station.id": self.station_id,
+                "lattice.agent": record.spec.agent}
+
+    def _observe(self, run: Run, record: WorkRecord, outcome: str) -> None:
+        """An attempt ended: its metrics (schedule-to-start, run time and end-to-end for the final outcomes)."""
+        labels = {"agent": run.agent or record.spec.agent or "", "outcome": outcome}
+        metrics.RUNS.add(1, labels)
+        now = utcnow()
+        if run.started_at is not None:
+            metrics.RUN_DURATION.record((now - run.started_at).total_seconds(), labels)
+            if record.attempt <= 1:
+                metrics.SCHEDULE_TO_START.record(max((run.started_at - record.created_at).total_seconds(), 0.0),
+                                                 {"agent": labels["agent"]})
+        if record.phase.terminal:
+            metrics.END_TO_END.record(max((now - record.created_at).total_seconds(), 0.0), labels)
+
     def _pick_agent(self, record: WorkRecord) -> HostedAgent | None:
         name = pick_agent(self.agents.hosted(), scoring.requirements(record.spec), self.settings.capabilities)
         return None if name is None else self.agents.get(name)
@@ -332,7 +373,8 @@ class WorkService:
                                    percent=progress.percent, message=progress.message, tokens=tokens,
                                    turn=progress.turn, tool=progress.tool, usage=progress.usage)
             with contextlib.suppress(*NATS_FAILURES):  # live progress is best effort; the record has the rest
-                await self.nc.publish(subjects.work_update(self.org, run.work_id, "progress"), encode(message))
+                await self.nc.publish(subjects.work_update(self.org, run.work_id, "progress"), encode(message),
+                                      headers=tracing.headers())
         if now - run.last_record >= PROGRESS_RECORD_INTERVAL_S:
             run.last_record = now
             first = not run.running_recorded
@@ -362,6 +404,7 @@ class WorkService:
 
         done = await self._write(run, finish, outcome=True)
         self.completed += 1
+        self._observe(run, done.record, done.record.phase.value.lower())
         # Waiters need no word from us: the server pushed the stored record on work.{id}.record.
         await self.store.emit("work", done.record.phase.value.lower(), done.record)
 
@@ -370,8 +413,11 @@ class WorkService:
             requeued = await self._write(run, lambda r: phases.transition(r, P.PENDING, reason=reason,
                                                                           retry_at=utcnow(), **run.spent(r)),
                                          outcome=True)
+            self._observe(run, requeued.record, "requeued")
+            metrics.WORK_REQUEUED.add(1, {"by": "station"})
             await self.store.emit("work", "requeued", requeued.record)
         else:
+            metrics.WORK_ESCALATED.add(1, {"by": "station"})
             await self._finish(run, P.ESCALATED, reason=reason, error=WorkError(code=code, message=reason))
 
     async def _cancelled(self, run: Run) -> None:
@@ -379,6 +425,8 @@ class WorkService:
             requeued = await self._write(run, lambda r: phases.transition(
                 r, P.PENDING, reason=f"handed back: station {self.station_id} stopped", retry_at=utcnow()),
                 outcome=True)
+            self._observe(run, requeued.record, "handed_back")
+            metrics.WORK_REQUEUED.add(1, {"by": "drain"})
             await self.store.emit("work", "requeued", requeued.record)
             return
         await self._finish(run, P.CANCELLED, reason=run.cancel_reason or "cancelled")

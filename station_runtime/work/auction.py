@@ -30,6 +30,7 @@ from typing import Final
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry.trace import Span
 
 from ..backoff import compute_backoff
 from ..contract import subjects
@@ -49,6 +50,7 @@ from ..contract.messages import (
 )
 from ..contract.specs import WorkItemSpec
 from ..routing import is_live
+from ..telemetry import metrics, tracing
 from . import phases, placement, scoring
 from .bids import BidCollector, OpenAuction
 from .directory import StationDirectory
@@ -106,12 +108,6 @@ class AuctionConfig:
     offer_first: bool = True
 
 
-def new_traceparent() -> str:
-    """A W3C traceparent for new work (random ids, sampled)."""
-    ids = uuid.uuid4().hex + uuid.uuid4().hex[:16]
-    return f"00-{ids[:32]}-{ids[32:]}-01"
-
-
 def _assigned_to(r: WorkRecord, station_id: str, attempt: int) -> WorkRecord:
     return phases.transition(r, P.ASSIGNED, station_id=station_id, attempt_id=new_attempt_id(), attempt=attempt,
                              reason="", schedule_attempts=0, retry_at=None, assigned_at=utcnow())
@@ -165,13 +161,27 @@ class Auctioneer:
         record is created in Scheduling while the placement runs: one round trip saved. ``on_created`` runs once
         the record exists and before any station can have it (a waiter subscribes there)."""
         work_id = work_id or uuid.uuid4().hex
+        with tracing.span("lattice.submit", kind="producer", attributes=work_attributes(self.org, work_id, spec)):
+            return await self._submit(spec, work_id, parent_id, depth, schedule, on_created)
+
+    async def _submit(self, spec: WorkItemSpec, work_id: str, parent_id: str | None, depth: int, schedule: bool,
+                      on_created: Callable[[Versioned], Awaitable[None]] | None) -> tuple[Versioned, bool]:
         phase = P.SCHEDULING if schedule and not spec.steps else P.PENDING
         now = utcnow()
+        # The record carries the submission's span: whoever acts on the work later (a station, the witness, a
+        # restarted station) continues this trace from it.
         record = WorkRecord(org=self.org, work_id=work_id, spec=spec, phase=phase, parent_id=parent_id,
                             depth=depth, created_at=now, updated_at=now,
-                            scheduled_at=now if phase == P.SCHEDULING else None, traceparent=new_traceparent())
+                            scheduled_at=now if phase == P.SCHEDULING else None,
+                            traceparent=tracing.new_traceparent())
         if phase != P.SCHEDULING:
             return await self._create(record, on_created)
+        with tracing.span("lattice.place") as placing:
+            return await self._place_new(record, on_created, placing)
+
+    async def _place_new(self, record: WorkRecord, on_created: Callable[[Versioned], Awaitable[None]] | None,
+                         placing: Span) -> tuple[Versioned, bool]:
+        work_id, spec = record.work_id, record.spec
         stations = self.stations()
         req = scoring.requirements(spec)
         cfg = self.config
@@ -184,13 +194,13 @@ class Auctioneer:
             versioned, created = await self._create(record, on_created, undo=lambda: self.inflight.unplace(work_id))
             if not created:
                 return versioned, False
-            return await self._offer(versioned, target), True
+            return placed(placing, await self._offer(versioned, target, placing)), True
         # The auction's request goes out before the create: stations bid while the record is written.
         auction = await self._open_auction(record, req, stations)
         versioned, created = await self._create(record, on_created, undo=lambda: self.bids.cancel(auction.auction_id))
         if not created:
             return versioned, False
-        return await self._conclude(versioned, auction), True
+        return placed(placing, await self._conclude(versioned, auction, placing)), True
 
     async def schedule(self, work: Versioned | str) -> Versioned | None:
         """Auction existing work that is Pending, Unschedulable, or stuck in Scheduling. Safe to call from many
@@ -213,10 +223,13 @@ class Auctioneer:
         claimed = await self.store.mutate(current.record.work_id, claim, current=current)
         if claimed is None:
             return None
-        await self.store.emit("work", "scheduled", claimed.record)
-        req = scoring.requirements(claimed.record.spec)
-        auction = await self._open_auction(claimed.record, req, self.stations())
-        return await self._conclude(claimed, auction)
+        record = claimed.record
+        with tracing.span("lattice.place", parent=tracing.incoming(None, record.traceparent),
+                          attributes=work_attributes(self.org, record.work_id, record.spec)) as placing:
+            placing.set_attribute("lattice.work.attempt", record.attempt)
+            await self.store.emit("work", "scheduled", record)
+            auction = await self._open_auction(record, scoring.requirements(record.spec), self.stations())
+            return placed(placing, await self._conclude(claimed, auction, placing))
 
     async def _create(self, record: WorkRecord, on_created: Callable[[Versioned], Awaitable[None]] | None, *,
                       undo: Callable[[], object] = lambda: None) -> tuple[Versioned, bool]:
@@ -233,19 +246,22 @@ class Auctioneer:
 
     # --- the offer: the expected winner first ------------------------------------------------------------------
 
-    async def _offer(self, versioned: Versioned, target: placement.OfferTarget) -> Versioned:
+    async def _offer(self, versioned: Versioned, target: placement.OfferTarget, placing: Span) -> Versioned:
         self.offers += 1
         opened = time.perf_counter()
         r = versioned.record
         offered = Versioned(_assigned_to(r, target.station_id, r.attempt + 1), versioned.revision)
         taken = await self._hand_over(offered, offer_max_load=target.max_load)
         self.offer_times_s.append(time.perf_counter() - opened)
+        metrics.OFFERS.add(1, {"taken": "true" if taken else "false"})
+        if tracing.enabled():
+            placing.add_event("offer", {"lattice.station.id": target.station_id, "taken": taken})
         if taken:
             return offered
         self.inflight.unplace(r.work_id)
         self.offers_declined += 1
         auction = await self._open_auction(r, scoring.requirements(r.spec), self.stations())
-        return await self._conclude(versioned, auction)
+        return await self._conclude(versioned, auction, placing)
 
     # --- the auction ----------------------------------------------------------------------------------------
 
@@ -265,12 +281,14 @@ class Auctioneer:
             return auction
         # Buffered, not awaited on the wire: the caller creates the record while stations bid.
         data = encode(request)
+        trace_headers = tracing.headers()
         if len(bidders) < len(stations):
             for station in bidders:
                 await self.nc.publish(subjects.station_auction(self.org, station.station_id), data,
-                                      reply=self.bids.reply_to(auction, station.station_id))
+                                      reply=self.bids.reply_to(auction, station.station_id), headers=trace_headers)
         else:
-            await self.nc.publish(subjects.auction_request(self.org), data, reply=self.bids.reply_to(auction))
+            await self.nc.publish(subjects.auction_request(self.org), data, reply=self.bids.reply_to(auction),
+                                  headers=trace_headers)
         return auction
 
     def _eligible(self, req: scoring.Requirements, stations: list[StationRecord]) -> list[StationRecord]:
@@ -291,7 +309,7 @@ class Auctioneer:
         # Two beats: by then the station's own load (its heartbeat) counts the work if it still runs.
         self.inflight.place(work_id, station_id, 2 * (record.heartbeat_interval_s if record else DEFAULT_HEARTBEAT_S))
 
-    async def _conclude(self, versioned: Versioned, auction: OpenAuction) -> Versioned:
+    async def _conclude(self, versioned: Versioned, auction: OpenAuction, placing: Span) -> Versioned:
         """Close the auction (asking everyone in a second round if the sample did not bid) and act on it."""
         self.auctions += 1
         cfg = self.config
@@ -300,8 +318,14 @@ class Auctioneer:
         try:
             while True:
                 bids = await self.bids.close(auction, cfg.deadline_s)
-                self.close_times_s.append(auction.waited_s())
+                waited = auction.waited_s()
+                self.close_times_s.append(waited)
                 self.last_bid_counts.append(len(bids))
+                metrics.AUCTION_CLOSE.record(waited)
+                if tracing.enabled():
+                    for bid in auction.bids:
+                        placing.add_event("bid", {"lattice.station.id": bid.station_id, "score": bid.score,
+                                                  "declined": bid.declined, "reason": bid.reason})
                 candidates = [b.station_id for b in scoring.rank(bids, work_id)]
                 if not candidates:
                     silent = not auction.bids and bool(auction.expected)
@@ -378,7 +402,8 @@ class Auctioneer:
         try:
             assign = WorkAssign(record=record, revision=assigned.revision, offer_max_load=offer_max_load)
             reply = await self.store.state.requests.request(subjects.work_assign(self.org, record.station_id),
-                                                            encode(assign), timeout_s=self.config.assign_timeout_s)
+                                                            encode(assign), timeout_s=self.config.assign_timeout_s,
+                                                            headers=tracing.headers())
             accept = decode(reply.data, WorkAccept)
         except (NoRespondersError, NatsTimeoutError, DecodeError) as exc:
             log.info("work %s: assignment to %s failed: %s", record.work_id, record.station_id,
@@ -450,3 +475,18 @@ class Auctioneer:
             return versioned
         await self.store.emit("work", "failed", result.record)
         return result
+
+
+def work_attributes(org: str, work_id: str, spec: WorkItemSpec) -> dict[str, str | None]:
+    """Pure: what a person filters a work item's spans on."""
+    return {"lattice.org": org, "lattice.work.id": work_id, "lattice.agent": spec.agent,
+            "lattice.capabilities": ",".join(spec.required_capabilities) or None}
+
+
+def placed(placing: Span, versioned: Versioned) -> Versioned:
+    """Say on the placement's span where the work went."""
+    if tracing.enabled():
+        record = versioned.record
+        placing.set_attributes({"lattice.work.phase": record.phase.value, "lattice.station.id": record.station_id
+                                or "", "lattice.work.reason": record.reason or ""})
+    return versioned

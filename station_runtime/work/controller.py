@@ -17,6 +17,8 @@ from types import TracebackType
 
 from nats.aio.client import Client as NatsClient
 
+from ..contract.messages import StationRecord, utcnow
+from ..telemetry import metrics
 from .auction import Auctioneer
 from .directory import StationDirectory
 from .index import WorkIndex
@@ -51,6 +53,7 @@ class WorkController:
         self.interval_s = interval_s
         self.index = WorkIndex(work.store.state, work.policy)
         self.witness: Witness | None = None
+        self._unobserve: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         w = self.work
@@ -61,8 +64,23 @@ class WorkController:
         w.on_reconnect.append(self.index.rewatch)
         w.directory.on_join.append(self._joined)
         self.witness.start()
+        self._unobserve = [
+            metrics.WORK_ITEMS.add(self.index.depth), metrics.HEARTBEAT_AGE.add(self._heartbeats),
+            metrics.STATION_LOAD.add(lambda: [(r.load, {"org": self.org, "station": r.station_id})
+                                              for r in self._stations()]),
+            metrics.STATION_CAPACITY.add(lambda: [(r.capacity, {"org": self.org, "station": r.station_id})
+                                                  for r in self._stations()])]
         log.info("work controller for org %s started (%d unfinished, %d finished records)", self.org,
                  len(self.index.live), self.index.finished)
+
+    def _stations(self) -> list[StationRecord]:
+        return list(self.work.directory.records.values())
+
+    def _heartbeats(self) -> list[tuple[float, dict[str, str]]]:
+        """Seconds since each registered station's last heartbeat (a metrics scrape reads it, off the loop)."""
+        now = utcnow()
+        return [(max(r.age_s(now), 0.0), {"org": self.org, "station": r.station_id, "status": r.status.value.lower()})
+                for r in self._stations()]
 
     async def _joined(self, _: object) -> None:
         if self.witness is not None:
@@ -72,6 +90,8 @@ class WorkController:
         """Stop the witness and the index; the connection and the parts stay with their owner (the client)."""
         if self.witness is None:
             return
+        for unobserve in self._unobserve:
+            unobserve()
         await self.witness.stop()
         self.witness = None
         await self.index.stop()

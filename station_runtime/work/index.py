@@ -31,6 +31,7 @@ from ..contract.errors import DecodeError
 from ..contract.messages import WorkPhase, WorkRecord, utcnow
 from ..natsio.listing import KvItem
 from ..natsio.state import OrgState
+from ..telemetry import metrics
 from .policy import WitnessPolicy, next_check
 from .store import Versioned
 
@@ -170,6 +171,7 @@ class WorkIndex:
         except ValidationError:
             peek = None  # the full decode below says what is wrong
         if peek is not None and peek.phase.terminal and not self.wanted(key):
+            self._count_finished(key, peek.phase)
             self._finished(key, peek.parent_id)
             return
         try:
@@ -178,7 +180,26 @@ class WorkIndex:
             await self._undecodable(key, revision, entry.value, exc)
             return
         self.decoded += 1
+        if record.phase.terminal:
+            self._count_finished(key, record.phase)
+        elif key not in self.live and self.ready.is_set():
+            # A key never seen, after the first snapshot: new work (whoever submitted it, from whatever process).
+            metrics.WORK_SUBMITTED.add(1, {"org": self._state.org, "agent": record.spec.agent or ""})
         self.put(Versioned(record, revision))
+
+    def _count_finished(self, key: str, phase: WorkPhase) -> None:
+        """Work we held as unfinished has finished: counted once per controller (records finished before we ever
+        saw them, at start-up, are history and not counted)."""
+        if key in self.live:
+            metrics.WORK_FINISHED.add(1, {"org": self._state.org, "phase": phase.value.lower()})
+
+    def depth(self) -> list[tuple[float, dict[str, str]]]:
+        """The unfinished work by phase (every unfinished phase, zeros too: a query sees an empty queue as 0).
+        Read by a metrics scrape, off the event loop: one copy of the values, then counted."""
+        counts = dict.fromkeys((p for p in WorkPhase if not p.terminal), 0)
+        for versioned in list(self.live.values()):
+            counts[versioned.record.phase] += 1
+        return [(n, {"org": self._state.org, "phase": p.value.lower()}) for p, n in counts.items()]
 
     def _finished(self, key: str, parent_id: str | None) -> None:
         """A record finished (or was finished when we first saw it): it leaves the index; its workflow, if any, is

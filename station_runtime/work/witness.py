@@ -32,6 +32,7 @@ from ..contract.messages import ErrorCode, WorkCancel, WorkError, WorkPhase, Wor
 from ..errors import LatticeError
 from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES
 from ..routing import MISSED_BEATS_LOST, overdue
+from ..telemetry import metrics, tracing
 from . import phases, workflow
 from .auction import DEFAULT_HEARTBEAT_S, Auctioneer
 from .directory import StationDirectory
@@ -236,6 +237,15 @@ class Witness:
             result = await self.auctioneer.schedule(versioned)
             return self._count(action, result)
 
+        # The witness's action joins the work's trace (from the record: no message started it).
+        r = versioned.record
+        with tracing.span(f"lattice.witness.{action.value}", parent=tracing.incoming(None, r.traceparent),
+                          attributes={"lattice.org": self.org, "lattice.work.id": r.work_id,
+                                      "lattice.work.attempt": r.attempt, "lattice.station.id": r.station_id,
+                                      "lattice.reason": decision.reason}):
+            return await self._act(versioned, action)
+
+    async def _act(self, versioned: Versioned, action: Action) -> int:
         def apply(r: WorkRecord) -> WorkRecord | None:
             fresh = self._decide(r)  # the freshest record must still call for this action
             if fresh.action != action:
@@ -249,6 +259,10 @@ class Witness:
         record = result.record
         event = {Action.REQUEUE: "requeued", Action.ESCALATE: "escalated", Action.FAIL: "failed",
                  Action.CANCEL: "cancelled"}[action]
+        if action == Action.REQUEUE:
+            metrics.WORK_REQUEUED.add(1, {"by": "witness"})
+        elif action == Action.ESCALATE:
+            metrics.WORK_ESCALATED.add(1, {"by": "witness"})
         log.info("witness: work %s %s: %s", record.work_id, event, record.reason)
         await self.store.emit("work", event, record, witness=True)
         if action == Action.REQUEUE:

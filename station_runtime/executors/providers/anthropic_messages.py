@@ -16,6 +16,7 @@ import anthropic
 
 from ...contract.messages import ErrorCode, Usage
 from ...contract.specs import ModelSpec
+from ...telemetry import tracing
 from ..conversation import FinishReason, Message, ToolCall, Turn
 from .base import ModelError, TextFn, TurnRequest, read_api_key, redact, retry_after
 from .sse import count, sse_events, tool_arguments
@@ -26,6 +27,9 @@ _STOP: dict[str, FinishReason] = {"end_turn": "stop", "stop_sequence": "stop", "
                                   "max_tokens": "length", "refusal": "refused", "pause_turn": "stop"}
 #: Error types (in an error event or body) that mean "try again later".
 _RETRYABLE_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
+#: The error types the API documents: one of these names a failure in metrics, anything else is "stream".
+_KNOWN_TYPES = _RETRYABLE_TYPES | {"invalid_request_error", "authentication_error", "permission_error",
+                                   "not_found_error", "request_too_large", "billing_error"}
 
 
 def to_wire(messages: Sequence[Message]) -> list[dict[str, Any]]:
@@ -87,6 +91,8 @@ class AnthropicMessages:
             extra.setdefault("temperature", model.temperature)
         if extra:
             body["extra_body"] = extra
+        if (trace_headers := tracing.headers()) is not None:  # the model call's span, to the API (W3C)
+            body["extra_headers"] = trace_headers
         return body
 
     async def turn(self, request: TurnRequest, on_text: TextFn) -> Turn:
@@ -150,7 +156,8 @@ class AnthropicMessages:
                 error_type = str(error.get("type") or "error")
                 raise ModelError(f"model API answered {error_type}: {said}", retryable=error_type in _RETRYABLE_TYPES,
                                  code=ErrorCode.MODEL_UNAVAILABLE if error_type in _RETRYABLE_TYPES
-                                 else ErrorCode.AGENT_ERROR, started=True)
+                                 else ErrorCode.AGENT_ERROR, started=True,
+                                 kind=error_type if error_type in _KNOWN_TYPES else "stream")
         text = "".join(b["text"] for _, b in sorted(blocks.items()) if b["type"] == "text")
         calls = [ToolCall(b["id"] or f"toolu_{i}", b["name"], tool_arguments(b["input"]))
                  for i, b in sorted(blocks.items()) if b["type"] == "tool_use"]
@@ -182,9 +189,10 @@ class AnthropicMessages:
                 ErrorCode.BAD_REQUEST if status in (400, 404, 413, 422) else ErrorCode.AGENT_ERROR)
             shown = status if status != 200 else (kind or "error")
             return ModelError(f"model API answered {shown}: {message}", retryable=retryable, code=code,
+                              status=status, kind=kind if kind in _KNOWN_TYPES else "",
                               retry_after_s=retry_after(exc.response.headers), started=started)
         if isinstance(exc, anthropic.APIConnectionError):
-            return ModelError(f"cannot reach the model API: {message}", retryable=True,
+            return ModelError(f"cannot reach the model API: {message}", retryable=True, kind="connection",
                               code=ErrorCode.MODEL_UNAVAILABLE, started=started)
         return ModelError(f"the model API failed mid-answer: {message}", retryable=True,
                           code=ErrorCode.MODEL_UNAVAILABLE, started=started)

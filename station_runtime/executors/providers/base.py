@@ -37,12 +37,24 @@ class ModelError(Exception):
     SDK's own retries could apply."""
 
     def __init__(self, message: str, *, retryable: bool, code: ErrorCode = ErrorCode.AGENT_ERROR,
-                 retry_after_s: float | None = None, started: bool = False) -> None:
+                 retry_after_s: float | None = None, started: bool = False, status: int | None = None,
+                 kind: str = "") -> None:
         self.retryable = retryable
         self.code = code
         self.retry_after_s = retry_after_s
         self.started = started
+        #: The HTTP status the API answered, if it answered; else ``kind`` says what failed (connection, stream).
+        self.status = status
+        self.kind = kind
         super().__init__(message)
+
+    @property
+    def error_type(self) -> str:
+        """A bounded name for what failed (a metric label, a span's ``error.type``): the status code ("429"),
+        or the kind of failure ("connection", "stream")."""
+        if self.status is not None and self.status != 200:
+            return str(self.status)
+        return self.kind or ("stream" if self.started else "error")
 
 
 class Provider(Protocol):

@@ -14,6 +14,7 @@ import openai
 
 from ...contract.messages import ErrorCode, Usage
 from ...contract.specs import ModelSpec
+from ...telemetry import tracing
 from ..conversation import FinishReason, Message, ToolCall, Turn
 from .base import ModelError, TextFn, TurnRequest, read_api_key, redact, retry_after
 from .sse import count, sse_events, tool_arguments
@@ -95,6 +96,8 @@ class OpenAIChat:
                                        "json_schema": {"name": "answer", "schema": request.output_schema}}
         if model.params:
             body["extra_body"] = dict(model.params)
+        if (trace_headers := tracing.headers()) is not None:  # the model call's span, to the API (W3C)
+            body["extra_headers"] = trace_headers
         return body
 
     async def turn(self, request: TurnRequest, on_text: TextFn) -> Turn:
@@ -175,9 +178,10 @@ class OpenAIChat:
             code = ErrorCode.MODEL_UNAVAILABLE if retryable else (
                 ErrorCode.BAD_REQUEST if status in (400, 404, 413, 422) else ErrorCode.AGENT_ERROR)
             return ModelError(f"model API answered {status}: {message}", retryable=retryable, code=code,
+                              status=status,
                               retry_after_s=retry_after(exc.response.headers), started=started)
         if isinstance(exc, openai.APIConnectionError):  # the timeout error is one too
-            return ModelError(f"cannot reach the model API: {message}", retryable=True,
+            return ModelError(f"cannot reach the model API: {message}", retryable=True, kind="connection",
                               code=ErrorCode.MODEL_UNAVAILABLE, started=started)
         # An error inside a stream (the API sent an error event, or the stream broke off).
         return ModelError(f"the model API failed mid-answer: {message}", retryable=True,

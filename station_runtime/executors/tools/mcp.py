@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mcp.types as mt
 from mcp import ClientSession, StdioServerParameters
@@ -29,6 +29,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from ...contract.specs import McpServerSpec, ValueSource
+from ...telemetry import tracing
 from ..conversation import ToolDefinition
 from .base import ToolContext, ToolResult, as_text, truncate
 
@@ -146,7 +147,11 @@ class McpServer:
         session = self._session
         assert session is not None
         try:
-            result = await session.call_tool(name, arguments, read_timeout_seconds=timeout_s)
+            # The tool call's span travels in the request's _meta (W3C trace context, as MCP's tracing proposal
+            # carries it): the session is shared by every call, so per-call HTTP headers cannot carry it.
+            meta = tracing.headers()
+            result = await session.call_tool(name, arguments, read_timeout_seconds=timeout_s,
+                                             meta=cast(Any, meta) if meta else None)
         except MCPError as exc:
             if exc.code == mt.REQUEST_TIMEOUT:
                 return ToolResult(f"error: {name} did not answer within {timeout_s:g}s", True)
