@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck unit k8s-bin helm-bin cluster bench bench-quick e2e-kind clean
+.PHONY: install demo test lint typecheck unit k8s-bin helm-bin telemetry-bin cluster bench bench-quick e2e-kind clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,7 +43,17 @@ helm-bin:
 		echo "helm-bin: no Go toolchain; Helm tests use helm v3 from PATH or LATTICE_HELM, else skip"; \
 	fi
 
-test: install lint typecheck k8s-bin helm-bin
+# Builds (once, cached) the OpenTelemetry Collector where Go exists, and installs Debian's prometheus where apt may:
+# the receivers of the telemetry tests (without them those tests skip, saying so).
+telemetry-bin:
+	@if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then \
+		bash scripts/otelcol-bin.sh >/dev/null; \
+	else \
+		echo "telemetry-bin: no Go toolchain; the tracing tests will skip"; \
+	fi
+	@bash scripts/prometheus-bin.sh >/dev/null || echo "telemetry-bin: no prometheus; the metrics tests will skip"
+
+test: install lint typecheck k8s-bin helm-bin telemetry-bin
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # For users with Docker and kind: cluster from kind-config.yaml, image, charts (platform + two orgs), e2e, teardown.
@@ -51,7 +61,7 @@ e2e-kind: install
 	bash scripts/e2e-kind.sh
 
 unit: install
-	$(BIN)/pytest -m "not k8s and not e2e and not fault and not helm" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not k8s and not e2e and not fault and not helm and not telemetry" $(PYTEST_ARGS)
 
 cluster: install k8s-bin
 	$(PY) -m tests.support.cluster

@@ -13,7 +13,7 @@ from . import metrics, tracing
 def configure(service: str, attributes: Mapping[str, str] | None = None) -> None:
     """What a long-running process (a station, ``lattice up``, a controller, the operator) does first: metrics
     always (served at ``/metrics``), traces when the ``OTEL_*`` variables ask for them."""
-    metrics.configure()
+    metrics.configure(service, attributes)
     tracing.configure(service, attributes)
 
 

@@ -71,7 +71,7 @@ GENAI_TOKENS = _meter.create_histogram("gen_ai.client.token.usage", unit="{token
 TOKENS_USED = _meter.create_counter("lattice.agent.tokens", unit="{token}",
                                     description="Tokens spent, by agent, model and type (input, output, "
                                     "cache_read, cache_write).")
-COST = _meter.create_counter("lattice.agent.cost", unit="USD", description="Cost of the tokens spent (where the "
+COST = _meter.create_counter("lattice.agent.cost.usd", description="US dollars the tokens spent cost (where the "
                              "agent's model has a price), by agent and model.")
 MODEL_ERRORS = _meter.create_counter("lattice.model.errors", unit="{call}",
                                      description="Model calls that failed, by agent, model and error.type "
@@ -138,15 +138,21 @@ class _State:
 _state = _State()
 
 
-def configure() -> None:
-    """Install the metrics SDK with a Prometheus reader for this process (once)."""
+def configure(service: str = "lattice", attributes: Mapping[str, str] | None = None) -> None:
+    """Install the metrics SDK with a Prometheus reader for this process (once). ``service`` (unless
+    ``OTEL_SERVICE_NAME`` says otherwise) and ``attributes`` describe the process in ``target_info``."""
     if _state.reader is not None:
         return
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
-    _state.reader = PrometheusMetricReader()
-    metrics.set_meter_provider(MeterProvider(metric_readers=[_state.reader]))
+    resource = Resource.create(dict(attributes or {}))
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: service}))
+    # No otel_scope_* labels: every instrument is ours (one scope), and they would only lengthen each series.
+    _state.reader = PrometheusMetricReader(scope_info_enabled=False)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[_state.reader], resource=resource))
 
 
 def configured() -> bool:
@@ -161,8 +167,3 @@ def render() -> bytes:
 
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def labels(**values: Any) -> dict[str, str]:
-    """Pure: a label set without the empty ones."""
-    return {k: str(v) for k, v in values.items() if v is not None and v != ""}

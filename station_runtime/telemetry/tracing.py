@@ -21,8 +21,8 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final
 
 from opentelemetry import context as otel_context
@@ -131,11 +131,6 @@ def shutdown() -> None:
         _state.provider.shutdown()
 
 
-def flush(timeout_ms: int = 5_000) -> None:
-    if _state.provider is not None:
-        _state.provider.force_flush(timeout_ms)
-
-
 # --- spans -----------------------------------------------------------------------------------------------------
 
 
@@ -154,19 +149,6 @@ def failed(current: Span, description: str) -> None:
     """Mark a span as failed without an exception (an outcome that is an error: a tool's error result)."""
     if _state.enabled:
         current.set_status(Status(StatusCode.ERROR, description[:200]))
-
-
-@contextmanager
-def within(parent: otel_context.Context | None) -> Iterator[None]:
-    """Make ``parent`` the current context for a block (what the block does joins that trace)."""
-    if not _state.enabled or parent is None:
-        yield
-        return
-    token = otel_context.attach(parent)
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
 
 
 # --- propagation -----------------------------------------------------------------------------------------------

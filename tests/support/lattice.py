@@ -45,7 +45,8 @@ class StationProcess:
     """``lattice station run`` as a real child process, for SIGKILL/SIGTERM tests."""
 
     def __init__(self, url: str, org: str, station_id: str, log_dir: Path, *args: str,
-                 heartbeat_s: float = 0.5) -> None:
+                 heartbeat_s: float = 0.5, env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.station_id = station_id
         self.log_path = log_dir / f"{station_id}.log"
         self.argv = [sys.executable, "-m", "station_runtime", "--nats", url, "--org", org, "station", "run",
@@ -54,7 +55,7 @@ class StationProcess:
 
     def start(self) -> StationProcess:
         self.log = open(self.log_path, "ab")  # noqa: SIM115
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         return self
 
