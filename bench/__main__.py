@@ -77,6 +77,11 @@ SCENARIOS: tuple[Scenario, ...] = (
              keys=("agent_turn_overhead_us", "agent_tool_call_overhead_us")),
     Scenario("agent_streams", "bench.agents:run_streams", modes=("full", "quick"),
              keys=("agent_streams_500_rss_mb", "agent_streams_500_progress_lag_p99_ms", "agent_streams_500_lost")),
+    # Telemetry: the work p50 traced at 100 % against untraced (child clients, interleaved), a /metrics scrape.
+    Scenario("tracing_cost", "bench.telemetry:run_tracing", modes=("full", "quick"),
+             keys=("lattice_work_p50_us_traced",)),
+    Scenario("metrics_scrape", "bench.telemetry:run_scrape", modes=("full", "quick"),
+             keys=("metrics_scrape_ms_50_stations",)),
 )
 
 #: Every key of latest.json's ``results``, in the issue's order; present (maybe null) in every run.
@@ -87,6 +92,7 @@ RESULT_KEYS: tuple[str, ...] = (
     "soak_rss_mb_per_10k_items", "contention_attempts_spent_5000_items", "idle_controller_cpu_pct_0_records",
     "idle_controller_cpu_pct_20k_records", "agent_turn_overhead_us", "agent_tool_call_overhead_us",
     "agent_streams_500_rss_mb", "agent_streams_500_progress_lag_p99_ms", "agent_streams_500_lost",
+    "lattice_work_p50_us_traced", "metrics_scrape_ms_50_stations",
 )
 
 

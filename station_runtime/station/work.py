@@ -19,7 +19,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from opentelemetry.trace import Span
+from opentelemetry.trace import INVALID_SPAN, Span
 
 from ..contract import subjects
 from ..contract.codec import decode_or_log, encode
@@ -94,6 +94,8 @@ class Run:
     last_step: tuple[int | None, str, str] = (None, "", "")
     #: The hosted agent that runs it (a metric label: work may name a capability instead).
     agent: str = ""
+    #: The attempt's span (the no-op span when not tracing), ended when the run ends.
+    span: Span = INVALID_SPAN
 
     def spent(self, record: WorkRecord) -> dict[str, Any]:
         """The record's usage and children with this attempt's added (earlier attempts' spend is kept)."""
@@ -159,17 +161,24 @@ class WorkService:
         if assign is None:
             return
         record = assign.record
-        with tracing.span("lattice.claim", kind="consumer", parent=tracing.incoming(msg.headers, record.traceparent),
-                          attributes=self._attributes(record)) as claiming:
-            await self._claim(msg, assign, claiming)
+        # The attempt's span starts with the claim: accepted, it is the run's span (ended by the run's task);
+        # declined, it is renamed lattice.claim and ends here. One span per attempt, not two: a span costs ~30 us
+        # to make and as much to export, on the work's critical path (docs/architecture.md, Telemetry).
+        span = tracing.start("lattice.run", kind="consumer", parent=tracing.incoming(msg.headers, record.traceparent),
+                             attributes=self._attributes(record))
+        with tracing.use(span, end=False):
+            await self._claim(msg, assign, span)
 
-    async def _claim(self, msg: Msg, assign: WorkAssign, claiming: Span) -> None:
+    async def _claim(self, msg: Msg, assign: WorkAssign, span: Span) -> None:
         record = assign.record
         verdict = judge(self.view(), scoring.requirements(record.spec), assigned_to=record.station_id,
                         running=record.work_id in self.runs, offer_max_load=assign.offer_max_load)
         accepted = verdict.ok and record.attempt_id is not None
         if tracing.enabled():
-            claiming.set_attributes({"lattice.accepted": accepted, "lattice.reason": verdict.reason})
+            span.add_event("claim", {"lattice.accepted": accepted, "lattice.reason": verdict.reason})
+            if not accepted:
+                span.update_name("lattice.claim")
+                span.set_attributes({"lattice.accepted": False, "lattice.reason": verdict.reason})
 
         async def reply() -> None:
             if not msg.reply:
@@ -184,15 +193,19 @@ class WorkService:
         if accepted:
             # The run answers first thing, before it waits for a slot: the answer then leaves in the same socket
             # write as the run's first messages (one write and one wake-up less per item), never later than that.
-            # Started inside the claim's span: the run's task inherits it as its parent.
-            self._start(Versioned(record, assign.revision), accept=reply)
+            self._start(Versioned(record, assign.revision), accept=reply, span=span)
         else:
             await reply()
+            span.end()
 
-    def _start(self, versioned: Versioned, accept: Callable[[], Awaitable[None]] | None = None) -> None:
+    def _start(self, versioned: Versioned, accept: Callable[[], Awaitable[None]] | None = None,
+               span: Span | None = None) -> None:
         record = versioned.record
         assert record.attempt_id is not None
-        run = Run(record.work_id, record.attempt_id, versioned, accept=accept)
+        # Work resumed after a restart has no claim: its span starts here, in the trace its record names.
+        span = span or tracing.start("lattice.run", kind="consumer", parent=tracing.incoming(None, record.traceparent),
+                                     attributes=self._attributes(record))
+        run = Run(record.work_id, record.attempt_id, versioned, accept=accept, span=span)
         self.runs[record.work_id] = run
         run.task = asyncio.create_task(self._execute(run, self.slots.reserve()), name=f"work-{record.work_id}")
 
@@ -230,15 +243,12 @@ class WorkService:
         if run.accept is not None:
             await run.accept()
         try:
-            async with reservation.run():
-                record = run.current.record if run.current else None
-                with tracing.span("lattice.run", kind="consumer",
-                                  parent=tracing.continuing(record.traceparent if record else None),
-                                  attributes=self._attributes(record) if record else None) as running:
+            with tracing.use(run.span):
+                async with reservation.run():
                     await self._run_attempt(run)
                     if tracing.enabled() and run.current is not None:
-                        running.set_attributes({"lattice.work.phase": run.current.record.phase.value,
-                                                "lattice.agent.name": run.agent})
+                        run.span.set_attributes({"lattice.work.phase": run.current.record.phase.value,
+                                                 "lattice.agent.name": run.agent})
         except Superseded as exc:
             await self._rejected(run, str(exc))
         except asyncio.CancelledError:
@@ -335,9 +345,9 @@ class WorkService:
             log.warning("work %s: could not record Running: %s", run.work_id, exc)
 
     def _attributes(self, record: WorkRecord) -> dict[str, Any]:
-        return {"lattice.org": self.org, "lattice.work.id": record.work_id, "lattice.work.attempt": record.attempt,
-                "lattice.attempt.id": record.attempt_id, "lattice.station.id": self.station_id,
-                "lattice.agent": record.spec.agent}
+        # Few: each costs a few microseconds per span; the org and the station are the resource's already.
+        return {"lattice.work.id": record.work_id, "lattice.work.attempt": record.attempt,
+                "lattice.station.id": self.station_id, "lattice.agent": record.spec.agent}
 
     def _observe(self, run: Run, record: WorkRecord, outcome: str) -> None:
         """An attempt ended: its metrics (schedule-to-start, run time and end-to-end for the final outcomes)."""

@@ -44,6 +44,8 @@ class _State:
     enabled = False
     service = ""
     provider: Any = None
+    #: One tracer for the process: getting one costs more than a span (a new scope and tracer each time).
+    tracer: Any = None
 
 
 _state = _State()
@@ -87,6 +89,7 @@ def configure(service: str, attributes: Mapping[str, str] | None = None) -> bool
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _state.provider, _state.enabled, _state.service = provider, True, service
+    _state.tracer = provider.get_tracer(SCOPE)
     log.info("tracing on: %s to %s", resource.attributes.get(SERVICE_NAME),
              ", ".join(type(e).__name__ for e in exporters))
     return True
@@ -140,9 +143,28 @@ def span(name: str, *, kind: str = "internal", parent: otel_context.Context | No
     An exception leaving the block is recorded and sets the status to error."""
     if not _state.enabled:
         return _OFF
-    return trace.get_tracer(SCOPE).start_as_current_span(
+    return _state.tracer.start_as_current_span(  # type: ignore[no-any-return]
         name, context=parent, kind=_SPAN_KINDS[kind],
         attributes={k: v for k, v in (attributes or {}).items() if v is not None})
+
+
+def start(name: str, *, kind: str = "internal", parent: otel_context.Context | None = None,
+          attributes: Mapping[str, Any] | None = None) -> Span:
+    """A span started now and ended later by :func:`use` (one that outlives the block that starts it: a run
+    claimed in a message handler and run by a task). Off: the shared no-op span."""
+    if not _state.enabled:
+        return INVALID_SPAN
+    return _state.tracer.start_span(  # type: ignore[no-any-return]
+        name, context=parent, kind=_SPAN_KINDS[kind],
+        attributes={k: v for k, v in (attributes or {}).items() if v is not None})
+
+
+def use(current: Span, *, end: bool = True) -> AbstractContextManager[Span]:
+    """Make a span from :func:`start` current for a block (what the block does is its child; a task created in
+    the block inherits it), and end it when the block ends unless ``end`` is False."""
+    if not _state.enabled or current is INVALID_SPAN:
+        return _OFF
+    return trace.use_span(current, end_on_exit=end)
 
 
 def failed(current: Span, description: str) -> None:
@@ -174,14 +196,6 @@ def incoming(carrier: Mapping[str, str] | None, traceparent: str | None = None) 
     if traceparent and TRACEPARENT_RE.match(traceparent):
         return extract({"traceparent": traceparent})
     return None
-
-
-def continuing(traceparent: str | None) -> otel_context.Context | None:
-    """The parent for a span of work: the current span if there is one (the message that started this), else the
-    work record's ``traceparent`` (work resumed after a restart, picked up by a sweep)."""
-    if not _state.enabled or trace.get_current_span().get_span_context().is_valid:
-        return None
-    return incoming(None, traceparent)
 
 
 def current_traceparent() -> str | None:
