@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +33,8 @@ class StationPodConfig:
     health_port: int | None = 8080
     jwt: bool = False
     image_pull_policy: str = "IfNotPresent"
+    #: OTEL_* variables for the station (where its traces go, how they are sampled).
+    otel_env: tuple[tuple[str, str], ...] = ()
 
 
 def labels(kind: str, name: str, org: str) -> dict[str, str]:
@@ -81,6 +83,7 @@ def stateful_set(station: Station, org: str, pod: StationPodConfig) -> dict[str,
         _env("LATTICE_LOG_LEVEL", "INFO"),
         _env("LATTICE_MODEL_KEYS_DIR", MODEL_KEYS_DIR),
     ]
+    env += [_env(name, value) for name, value in pod.otel_env]
     if spec.capabilities:
         env.append(_env("LATTICE_CAPABILITIES", ",".join(spec.capabilities)))
     if spec.labels:
@@ -333,3 +336,21 @@ def _usage_status(record: WorkRecord) -> dict[str, Any]:
     if record.parent_id:
         out["parent"] = record.parent_id
     return out
+
+
+#: The annotation whose W3C ``traceparent`` value (if any) the WorkItem's trace continues; a plain
+#: ``traceparent`` annotation is read too.
+TRACEPARENT_ANNOTATION = "lattice.station.dev/traceparent"
+
+
+def trace_carrier(annotations: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Pure: the trace context a resource's annotations carry, as W3C headers (None: none)."""
+    if not annotations:
+        return None
+    value = annotations.get(TRACEPARENT_ANNOTATION) or annotations.get("traceparent")
+    if not value:
+        return None
+    carrier = {"traceparent": value.strip()}
+    if state := annotations.get("lattice.station.dev/tracestate") or annotations.get("tracestate"):
+        carrier["tracestate"] = state.strip()
+    return carrier

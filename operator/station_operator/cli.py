@@ -34,6 +34,9 @@ def operator_run(
                                                          help="NATS URL as station pods see it.")] = None,
     station_image: Annotated[str | None, typer.Option("--station-image", envvar="LATTICE_STATION_IMAGE")] = None,
     auth: Annotated[str | None, typer.Option("--auth", envvar="LATTICE_AUTH", help="none or jwt.")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", envvar="LATTICE_METRICS_PORT", min=0,
+                                                     max=65535, show_default=False,
+                                                     help="Serve /metrics on this port.")] = None,
 ) -> None:
     """Run the Kubernetes operator (kopf): Station, Agent and WorkItem resources; one NATS account per org."""
     from .config import OperatorSettings
@@ -44,7 +47,8 @@ def operator_run(
         fail(f"--auth must be 'none' or 'jwt', got {auth!r}", code=2)
     try:
         settings = OperatorSettings.from_env(nats=dataclasses.replace(g.nats, name="lattice-operator"), auth=auth,
-                                             station_nats_url=station_nats_url, station_image=station_image)
+                                             station_nats_url=station_nats_url, station_image=station_image,
+                                             metrics_port=metrics_port or None)
     except ValueError as exc:
         fail(str(exc), code=2)
     quiet_below_info()

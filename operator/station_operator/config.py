@@ -21,6 +21,15 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
 
 
+def _port(name: str) -> int | None:
+    raw = os.environ.get(name, "")
+    if raw in ("", "0", "none"):
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{name} must be a port number (1-65535), or 0 for none, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     #: How the operator itself reaches NATS.
@@ -45,6 +54,11 @@ class OperatorSettings:
     #: Finished WorkItems are deleted this long after they finished; 0 keeps them.
     work_item_ttl_s: float = 3600.0
     witness_interval_s: float = 1.0
+    #: The operator's own /metrics (and /healthz) port; None: not served.
+    metrics_port: int | None = None
+    #: The OTEL_* variables station pods get (the operator's own, but the service name: a station names itself),
+    #: so that one chart value (telemetry.otlpEndpoint) sends every process's traces to one Collector.
+    station_otel_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, *, nats: NatsSettings | None = None, **overrides: Any) -> OperatorSettings:
@@ -70,4 +84,7 @@ class OperatorSettings:
             work_resync_s=_float("LATTICE_WORK_RESYNC", cls.work_resync_s),
             work_item_ttl_s=_float("LATTICE_WORKITEM_TTL", cls.work_item_ttl_s),
             witness_interval_s=_float("LATTICE_WITNESS_INTERVAL", cls.witness_interval_s),
+            metrics_port=_port("LATTICE_METRICS_PORT"),
+            station_otel_env=tuple(sorted((k, v) for k, v in env.items()
+                                          if k.startswith("OTEL_") and k != "OTEL_SERVICE_NAME")),
         ), **given)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import kopf
 from pydantic import BaseModel, ValidationError
 
+from station_runtime import telemetry
 from station_runtime.api.models import (
     GROUP,
     VERSION,
@@ -31,6 +32,7 @@ from station_runtime.api.models import (
 from station_runtime.contract.codec import encode
 from station_runtime.contract.specs import McpServerSpec
 from station_runtime.natsio.retry import NATS_FAILURES
+from station_runtime.telemetry import tracing
 
 from . import builders, kube
 from .conditions import condition, merge
@@ -85,11 +87,18 @@ async def operator_startup(settings: kopf.OperatorSettings, memo: Any, logger: k
     else:
         auth = NoAuth(cfg.nats)
     memo["lattice"] = Lattice(cfg, auth)
+    if cfg.metrics_port is not None:
+        from station_runtime.station.health import HealthServer
+
+        memo["metrics"] = HealthServer(cfg.metrics_port)
+        await memo["metrics"].start()
     logger.info("station-lattice operator: NATS %s (auth %s), station image %s", cfg.nats.describe(), cfg.auth,
                 cfg.station_image)
 
 
 async def operator_cleanup(memo: Any, **_: Any) -> None:
+    if "metrics" in memo:
+        await memo["metrics"].stop()
     if "lattice" in memo:
         await _lattice(memo).close()
 
@@ -177,7 +186,7 @@ async def station_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_
     pod = builders.StationPodConfig(image=cfg.station_image, nats_url=cfg.station_nats_url,
                                     heartbeat_s=cfg.station_heartbeat_s, drain_timeout_s=cfg.station_drain_timeout_s,
                                     health_port=cfg.station_health_port, jwt=creds is not None,
-                                    image_pull_policy=cfg.image_pull_policy)
+                                    image_pull_policy=cfg.image_pull_policy, otel_env=cfg.station_otel_env)
     children.append(builders.stateful_set(station, runtime.org, pod))
     for child in children:
         kopf.adopt(child, owner=body)
@@ -390,6 +399,17 @@ async def workitem_submit(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
     runtime = await _org_runtime("workitems", body, memo, work_item.spec.org)
     namespace = body["metadata"]["namespace"]
     work_id = builders.work_id_for(work_item)
+    # The trace starts here (or under the traceparent annotation of whoever applied the WorkItem): the
+    # submission below is its child, and everything after follows the work record's traceparent.
+    with tracing.span("lattice.workitem.reconcile", kind="consumer",
+                      parent=tracing.incoming(builders.trace_carrier(body["metadata"].get("annotations"))),
+                      attributes={"k8s.namespace.name": namespace, "lattice.workitem": work_item.name,
+                                  "lattice.work.id": work_id, "lattice.org": runtime.org}):
+        await _submit_work_item(work_item, runtime, namespace, work_id, logger)
+
+
+async def _submit_work_item(work_item: WorkItem, runtime: OrgRuntime, namespace: str, work_id: str,
+                            logger: kopf.Logger) -> None:
     existing = await runtime.client.get_work(work_id)
     if existing is not None and existing.phase.terminal:
         runtime.mirror.track(work_id, namespace, work_item.name, work_item)
@@ -478,6 +498,7 @@ def registry(cfg: OperatorSettings) -> kopf.OperatorRegistry:
 def run(cfg: OperatorSettings, *, namespaces: list[str], liveness_port: int) -> None:
     """Run the operator until SIGTERM: kopf standalone (one replica), every handler of :func:`registry`."""
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per liveness probe otherwise
+    telemetry.configure("lattice-operator")
     kopf.run(registry=registry(cfg), memo=kopf.Memo(settings=cfg), standalone=True, clusterwide=not namespaces,
              namespaces=namespaces, liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port
              else None)

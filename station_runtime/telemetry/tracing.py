@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 SCOPE: Final = "station_lattice"
 TRACEPARENT_RE: Final = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _OFF: Final = nullcontext(INVALID_SPAN)
+SWITCH_INTERVAL_S: Final = 0.001
 _SPAN_KINDS: Final = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT, "server": SpanKind.SERVER,
                       "producer": SpanKind.PRODUCER, "consumer": SpanKind.CONSUMER}
 
@@ -88,6 +90,10 @@ def configure(service: str, attributes: Mapping[str, str] | None = None) -> bool
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    # The exporter's thread encodes a batch while holding the GIL; an event loop woken by a message meanwhile
+    # waits for the thread to give the GIL up, by default after up to 5 ms. 1 ms bounds that stall (the
+    # tracing-on work p99 in docs/benchmarks.md), at the cost of more switches while both run.
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
     _state.provider, _state.enabled, _state.service = provider, True, service
     _state.tracer = provider.get_tracer(SCOPE)
     log.info("tracing on: %s to %s", resource.attributes.get(SERVICE_NAME),

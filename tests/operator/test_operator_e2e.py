@@ -412,3 +412,50 @@ def test_scaling_and_deleting_a_station_and_the_ttl_of_finished_work_items(
                   what="the deleted Station's stations to leave the lattice")
     finally:
         op.stop()
+
+
+def test_a_work_items_trace_starts_at_the_resource_and_reaches_the_station_pod(
+        kube_cluster: KubeCluster, crds: Any, nats_url: str, k8s_namespace: str, tmp_path: Path) -> None:
+    # The operator (and through it every station pod) sends traces to a real Collector; the WorkItem carries the
+    # traceparent of whoever applied it, so its trace continues that one.
+    from station_runtime.telemetry import tracing
+    from tests.support.controlplane import free_ports
+    from tests.support.telemetry import Collector, tree
+
+    collector = Collector(tmp_path).start()
+    [metrics_port] = free_ports(1)
+    op = Operator(kube_cluster.kubeconfig, nats_url, k8s_namespace, tmp_path / "operator.log")
+    op.env.update(collector.env(LATTICE_METRICS_PORT=str(metrics_port)))
+    op.start()
+    applied_by = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    try:
+        apply(crds, k8s_namespace, MANIFESTS)
+        apply(crds, k8s_namespace, f"apiVersion: {GROUP}/{VERSION}\nkind: WorkItem\nmetadata:\n  name: traced\n"
+                                   f"  annotations: {{lattice.station.dev/traceparent: '{applied_by}'}}\n"
+                                   "spec: {agent: echo, input: 'trace me'}\n")
+        wait_sync(lambda: (get(crds, k8s_namespace, "workitems", "traced").get("status") or {})
+                  .get("phase") == "Succeeded", timeout_s=60,
+                  what=f"WorkItem traced Succeeded (operator log: {op.output()})")
+        trace_id = tracing.trace_id(applied_by)
+        assert trace_id is not None
+
+        def whole() -> list[Any] | None:
+            spans = collector.trace(trace_id)
+            return spans if {"lattice.workitem.reconcile", "lattice.submit", "lattice.run"} <= {
+                s.name for s in spans} else None
+
+        spans = wait_sync(whole, timeout_s=30, what="the WorkItem's trace at the Collector")
+        print(f"\ntrace {trace_id}:\n{tree(spans)}")
+        [reconcile] = [s for s in spans if s.name == "lattice.workitem.reconcile"]
+        assert reconcile.service == "lattice-operator" and reconcile.parent_id == "00f067aa0ba902b7"
+        assert reconcile.attributes["lattice.workitem"] == "traced"
+        [submit] = [s for s in spans if s.name == "lattice.submit"]
+        assert submit.parent_id == reconcile.span_id
+        [run] = [s for s in spans if s.name == "lattice.run"]
+        assert run.service == "lattice-station" and run.attributes["lattice.station.id"] in ("worker-0", "worker-1")
+        # The operator serves its metrics too: the WorkItem's work is counted there.
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert f'lattice_work_submitted_total{{agent="echo",org="{k8s_namespace}"}}' in text
+    finally:
+        op.stop()
+        collector.stop()
