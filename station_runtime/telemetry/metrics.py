@@ -124,6 +124,8 @@ class Observed:
 
 WORK_ITEMS = Observed("lattice.work.items", "{item}", "Unfinished work items by phase (the queue's depth: "
                       "pending, scheduling, unschedulable, assigned, running).")
+WAITING_AGE = Observed("lattice.work.waiting.age", "s", "How long the oldest work still waiting for a station "
+                       "(pending, scheduling, unschedulable) has waited since it was created; 0: none waits.")
 # The stations as the org's controller sees them (their heartbeats): one scrape shows the whole org.
 STATION_LOAD = Observed("lattice.station.load", "{run}", "Runs each station holds (its last heartbeat).")
 STATION_CAPACITY = Observed("lattice.station.capacity", "{run}", "Runs each station can hold at once.")

@@ -65,7 +65,8 @@ class WorkController:
         w.directory.on_join.append(self._joined)
         self.witness.start()
         self._unobserve = [
-            metrics.WORK_ITEMS.add(self.index.depth), metrics.HEARTBEAT_AGE.add(self._heartbeats),
+            metrics.WORK_ITEMS.add(self.index.depth), metrics.WAITING_AGE.add(self.index.waiting_age),
+            metrics.HEARTBEAT_AGE.add(self._heartbeats),
             metrics.STATION_LOAD.add(lambda: [(r.load, {"org": self.org, "station": r.station_id})
                                               for r in self._stations()]),
             metrics.STATION_CAPACITY.add(lambda: [(r.capacity, {"org": self.org, "station": r.station_id})

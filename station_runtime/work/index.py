@@ -41,6 +41,7 @@ P = WorkPhase
 #: A look is scheduled this long after the instant a deadline passes: the witness's decisions compare with ">".
 SLACK: Final = timedelta(milliseconds=1)
 HOLDING = (P.ASSIGNED, P.RUNNING)
+WAITING = (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE)
 #: Undecodable records reported (once per revision) remembered at most: bounds the map.
 MAX_REPORTED: Final = 10_000
 
@@ -192,6 +193,14 @@ class WorkIndex:
         saw them, at start-up, are history and not counted)."""
         if key in self.live:
             metrics.WORK_FINISHED.add(1, {"org": self._state.org, "phase": phase.value.lower()})
+
+    def waiting_age(self) -> list[tuple[float, dict[str, str]]]:
+        """Seconds the oldest work still waiting for a station (pending, scheduling, unschedulable) has waited
+        since it was created; 0 when none waits. A scrape reads it (off the loop: one copy of the values)."""
+        now = utcnow()
+        oldest = min((v.record.created_at for v in list(self.live.values()) if v.record.phase in WAITING),
+                     default=None)
+        return [(0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0), {"org": self._state.org})]
 
     def depth(self) -> list[tuple[float, dict[str, str]]]:
         """The unfinished work by phase (every unfinished phase, zeros too: a query sees an empty queue as 0).

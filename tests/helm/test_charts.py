@@ -47,7 +47,7 @@ def test_platform_renders_crds_operator_nats_and_rbac(helm: Helm) -> None:
     docs = helm.template(PLATFORM_CHART, release="station-lattice")
     assert kinds(docs) == sorted(["CustomResourceDefinition"] * 4 + [
         "ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "ClusterRole", "ClusterRole",
-        "ConfigMap", "Service", "Service", "StatefulSet"])
+        "ConfigMap", "ConfigMap", "Service", "Service", "StatefulSet"])  # the second ConfigMap: the dashboard
     assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition") == [
         "agents.lattice.station.dev", "stations.lattice.station.dev", "toolservers.lattice.station.dev",
         "workitems.lattice.station.dev"]
@@ -74,7 +74,7 @@ def test_operator_deployment(helm: Helm) -> None:
     assert operator["args"] == ["--nats=nats://station-lattice-nats:4222", "--log-level=INFO", "operator",
                                 "--liveness-port=8081", "--namespace=a", "--namespace=b"]
     assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
-    assert operator["ports"] == [{"name": "healthz", "containerPort": 8081}]
+    assert operator["ports"] == [{"name": "healthz", "containerPort": 8081}, {"name": "metrics", "containerPort": 9464}]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in operator["env"]}
     assert env == {
         "LATTICE_OPERATOR_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
@@ -83,6 +83,7 @@ def test_operator_deployment(helm: Helm) -> None:
         "LATTICE_STATION_IMAGE": "ghcr.io/station-lattice/station-lattice:0.1.0",
         "LATTICE_IMAGE_PULL_POLICY": "IfNotPresent",
         "LATTICE_STATION_HEALTH_PORT": "none",
+        "LATTICE_METRICS_PORT": "9464",
         "LATTICE_RESYNC": "2",
     }
     assert operator["image"] == "ghcr.io/station-lattice/station-lattice:0.1.0"
@@ -237,7 +238,8 @@ def test_jwt_keys_from_values_only_reach_the_secret(helm: Helm) -> None:
 def test_external_nats(helm: Helm) -> None:
     docs = helm.template(PLATFORM_CHART, {"nats": {"enabled": False},
                                           "operator": {"natsUrl": "nats://nats.example:4222"}})
-    assert not [d for d in docs if d["kind"] in ("StatefulSet", "Service", "ConfigMap")]
+    assert not [d for d in docs if d["kind"] in ("StatefulSet", "Service", "ConfigMap")
+                and not d["metadata"]["name"].endswith("-dashboard")]  # no NATS objects; the dashboard stays
     operator = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert operator["args"][0] == "--nats=nats://nats.example:4222"
     env = {e["name"]: e.get("value") for e in operator["env"]}
@@ -301,7 +303,91 @@ def test_org_chart_in_an_existing_namespace_with_its_own_model_secret(helm: Helm
     (ORG_CHART, {"org": {"id": "a"}, "agents": {"x": {"spec": "echo"}}},
      "at '/agents/x/spec': got string, want object"),
     (ORG_CHART, {"org": {"id": "a"}, "modelProvider": {"create": True}}, "modelProvider.apiKey is required"),
+    (PLATFORM_CHART, {"telemetry": {"otlpEndpoint": "collector:4318"}},
+     "at '/telemetry/otlpEndpoint': 'collector:4318' does not match pattern"),
+    (PLATFORM_CHART, {"telemetry": {"podMonitor": {"enabled": "yes"}}}, "at '/telemetry/podMonitor/enabled'"),
 ], ids=lambda v: v.name if hasattr(v, "name") else None)
 def test_bad_values_fail_with_the_field_path(helm: Helm, chart: Any, values: dict[str, Any] | None,
                                              message: str) -> None:
     assert message in helm.template_error(chart, values)
+
+
+MONITORING_APIS = ("--api-versions", "monitoring.coreos.com/v1/PodMonitor",
+                   "--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
+
+
+def test_telemetry_reaches_the_operator_which_passes_it_to_stations(helm: Helm) -> None:
+    docs = helm.template(PLATFORM_CHART, {"telemetry": {"otlpEndpoint": "http://otel.observability:4318",
+                                                        "sampler": "parentbased_traceidratio", "samplerArg": "0.25"}},
+                         release="station-lattice")
+    (operator,) = find(docs, "Deployment", "station-lattice-operator")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel.observability:4318"
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == ("parentbased_traceidratio", "0.25")
+    # No endpoint, no OTEL_* at all: nothing traces, nothing pays for it.
+    (plain,) = find(helm.template(PLATFORM_CHART, release="station-lattice"), "Deployment",
+                    "station-lattice-operator")["spec"]["template"]["spec"]["containers"]
+    assert not [e for e in plain["env"] if e["name"].startswith("OTEL_")]
+
+
+def test_pod_monitors_and_alerts_only_where_the_prometheus_operator_is(helm: Helm) -> None:
+    assert not [d for d in helm.template(PLATFORM_CHART) if d["kind"] in ("PodMonitor", "PrometheusRule")]
+    docs = helm.template(PLATFORM_CHART, release="station-lattice", extra=MONITORING_APIS)
+    monitors = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodMonitor"}
+    assert monitors["station-lattice-operator"]["podMetricsEndpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    stations = monitors["station-lattice-stations"]
+    assert stations["namespaceSelector"] == {"any": True}
+    assert stations["selector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "station-lattice-operator",
+                                                   "app.kubernetes.io/component": "station"}
+    assert stations["podMetricsEndpoints"][0]["port"] == "health"
+    off = helm.template(PLATFORM_CHART, {"telemetry": {"podMonitor": {"enabled": False},
+                                                       "prometheusRule": {"enabled": False}}}, extra=MONITORING_APIS)
+    assert not [d for d in off if d["kind"] in ("PodMonitor", "PrometheusRule")]
+    forced = helm.template(PLATFORM_CHART, {"telemetry": {"prometheusRule": {"enabled": True}}})
+    assert [d["kind"] for d in forced if d["kind"] == "PrometheusRule"] == ["PrometheusRule"]
+
+
+def test_the_alert_rules_are_valid_promql(helm: Helm, tmp_path: Any) -> None:
+    # promtool (Debian's prometheus package) parses every expression: a typo fails here, not in production.
+    import shutil
+    import subprocess
+
+    from tests.support.telemetry import skip_or_fail
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        skip_or_fail("no promtool on PATH: run `make telemetry-bin` (Debian's prometheus package)")
+    docs = helm.template(PLATFORM_CHART, {"telemetry": {"prometheusRule": {"waitingAlertSeconds": 120}}},
+                         extra=MONITORING_APIS)
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert sorted(alerts) == ["LatticeModelErrors", "LatticeStationLost", "LatticeWorkEscalated", "LatticeWorkWaiting"]
+    assert "> 120" in alerts["LatticeWorkWaiting"]["expr"]
+    assert "{{ $labels.station }}" in alerts["LatticeStationLost"]["annotations"]["summary"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(rule["spec"]))
+    checked = subprocess.run([str(promtool), "check", "rules", str(rules)], capture_output=True, text=True,
+                             timeout=30, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 4 rules found" in checked.stdout
+
+
+def test_the_dashboard_is_a_labelled_config_map_of_valid_json(helm: Helm) -> None:
+    import json
+
+    docs = helm.template(PLATFORM_CHART, release="station-lattice")
+    dashboard = find(docs, "ConfigMap", "station-lattice-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(dashboard["data"]["station-lattice.json"])
+    titles = [p["title"] for p in board["panels"]]
+    for wanted in ("Stations", "Queue depth by phase", "Latency", "Retries", "Tokens per second",
+                   "Cost per hour (USD)"):
+        assert wanted in titles
+    exprs = " ".join(t["expr"] for p in board["panels"] for t in p["targets"])
+    for metric in ("lattice_work_items", "lattice_station_capacity", "lattice_work_requeued_total",
+                   "lattice_agent_tokens_total", "lattice_agent_cost_usd_total", "gen_ai_client_operation_duration"):
+        assert metric in exprs
+    off = helm.template(PLATFORM_CHART, {"telemetry": {"grafanaDashboard": {"enabled": False}}})
+    assert not [d for d in off if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]

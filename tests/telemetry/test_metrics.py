@@ -86,6 +86,8 @@ async def test_prometheus_reads_queue_depth_and_work_counters(
         answers = await eventually(counted, timeout_s=30, what="Prometheus to read the test's work", interval_s=0.25)
         print(f"\nPromQL answers: {answers}")  # the closing note's figures
         assert answers["depth"]["pending"] == 0.0 and answers["depth"]["running"] == 0.0
+        [waiting] = prometheus.query(f'lattice_work_waiting_age_seconds{{org="{org}"}}')
+        assert float(waiting["value"][1]) > 0  # the two unschedulable items wait
         stations = prometheus.query(f'lattice_station_capacity{{org="{org}"}}')
         assert [(s["metric"]["station"], s["value"][1]) for s in stations] == [("s-metrics", "8")]
         text = scrape(station_port)
