@@ -43,15 +43,15 @@ helm-bin:
 		echo "helm-bin: no Go toolchain; Helm tests use helm v3 from PATH or LATTICE_HELM, else skip"; \
 	fi
 
-# Builds (once, cached) the OpenTelemetry Collector where Go exists, and installs Debian's prometheus where apt may:
-# the receivers of the telemetry tests (without them those tests skip, saying so).
+# Builds (once, cached) the OpenTelemetry Collector where Go exists, and installs Debian's prometheus and tmux where
+# apt may: the receivers and the screen of the telemetry tests (without them those tests skip, saying so).
 telemetry-bin:
 	@if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then \
 		bash scripts/otelcol-bin.sh >/dev/null; \
 	else \
 		echo "telemetry-bin: no Go toolchain; the tracing tests will skip"; \
 	fi
-	@bash scripts/prometheus-bin.sh >/dev/null || echo "telemetry-bin: no prometheus; the metrics tests will skip"
+	@bash scripts/telemetry-debs.sh || echo "telemetry-bin: no prometheus or tmux; their tests will skip"
 
 test: install lint typecheck k8s-bin helm-bin telemetry-bin
 	$(BIN)/pytest $(PYTEST_ARGS)

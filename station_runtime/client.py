@@ -169,6 +169,10 @@ class LatticeClient:
         if self._directory is not None:
             self._directory.disconnected()
 
+    def on_reconnect(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` each time the connection comes back (a watch of one's own is rebuilt there)."""
+        self._on_reconnect.append(hook)
+
     def connection(self) -> NatsClient:
         assert self.nc is not None, "connect() first"
         return self.nc
@@ -617,12 +621,14 @@ class LatticeClient:
             self._auctioneer.finished(work_id)
 
     async def events(self, *, follow: bool = False, category: str | None = None,
-                     work_id: str | None = None) -> AsyncIterator[CloudEvent]:
-        """The org's CloudEvents, oldest first; ``follow`` keeps waiting for new ones."""
+                     work_id: str | None = None, recent: int | None = None) -> AsyncIterator[CloudEvent]:
+        """The org's CloudEvents, oldest first (``recent``: from the last that many); ``follow`` keeps waiting for
+        new ones."""
         await self.state()
         subject = subjects.events_all(self.org) if category is None else \
             f"{subjects.org_root(self.org)}.events.{category}.*"
-        async for event in read_events(self.connection(), self.org, follow=follow, subject_filter=subject):
+        async for event in read_events(self.connection(), self.org, follow=follow, subject_filter=subject,
+                                       recent=recent):
             if work_id is None or event.subject == work_id:
                 yield event
 

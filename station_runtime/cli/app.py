@@ -20,13 +20,13 @@ from .. import __version__
 from ..contract.errors import InvalidIdError
 from ..contract.ids import validate_id
 from ..natsio.connect import DEFAULT_URL, NatsSettings
-from . import controller, demo, events, get, imports, invoke, station, up, work
+from . import controller, demo, events, get, imports, invoke, station, top, up, work
 from .common import USAGE, Globals, console, fail, setup_logging
 
 log = logging.getLogger(__name__)
 
 #: Commands that run until stopped: their NATS connection never gives up reconnecting.
-LONG_RUNNING = frozenset({"station", "controller", "up", "operator"})
+LONG_RUNNING = frozenset({"station", "controller", "up", "operator", "top"})
 
 # In a terminal, rich help; in a pipe or a file, plain help (rich would squeeze it into 80 columns and cut
 # option names short).
@@ -87,7 +87,7 @@ def version() -> None:
     console.print(f"station-lattice {__version__}", markup=False)
 
 
-for module in (station, up, get, invoke, work, events, controller, demo, imports):
+for module in (station, up, get, invoke, work, events, top, controller, demo, imports):
     module.register(app)
 
 

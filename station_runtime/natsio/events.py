@@ -16,7 +16,7 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ..contract import subjects
 from ..contract.events import Category, CloudEvent, make_event
@@ -91,13 +91,19 @@ class EventPublisher:
 
 
 async def read_events(nc: NatsClient, org: str, *, follow: bool = False, subject_filter: str | None = None,
-                      idle_timeout_s: float = 2.0) -> AsyncIterator[CloudEvent]:
+                      idle_timeout_s: float = 2.0, recent: int | None = None) -> AsyncIterator[CloudEvent]:
     """Replay the org's events from the start (an ordered consumer), then stop when caught up, or keep
-    following new ones. ``subject_filter`` is a subject such as ``lattice.v1.acme.events.work.*``."""
+    following new ones. ``subject_filter`` is a subject such as ``lattice.v1.acme.events.work.*``; ``recent``:
+    start with the stream's last that many events instead of its first."""
     js = nc.jetstream()
     queue: asyncio.Queue[Msg] = asyncio.Queue()
+    start: dict[str, Any] = {"deliver_policy": DeliverPolicy.ALL}
+    if recent is not None:
+        last = (await js.stream_info(subjects.events_stream(org))).state.last_seq
+        start = {"config": ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                          opt_start_seq=max(last - recent + 1, 1))}
     sub = await js.subscribe(subject_filter or subjects.events_all(org), cb=queue.put, ordered_consumer=True,
-                             stream=subjects.events_stream(org), deliver_policy=DeliverPolicy.ALL)
+                             stream=subjects.events_stream(org), **start)
     try:
         if not follow and (await js.stream_info(subjects.events_stream(org))).state.messages == 0:
             return

@@ -358,7 +358,7 @@ def test_the_alert_rules_are_valid_promql(helm: Helm, tmp_path: Any) -> None:
 
     promtool = shutil.which("promtool")
     if promtool is None:
-        skip_or_fail("no promtool on PATH: run `make telemetry-bin` (Debian's prometheus package)")
+        skip_or_fail("no promtool on PATH: run `make telemetry-bin` (scripts/telemetry-debs.sh)")
     docs = helm.template(PLATFORM_CHART, {"telemetry": {"prometheusRule": {"waitingAlertSeconds": 120}}},
                          extra=MONITORING_APIS)
     (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]

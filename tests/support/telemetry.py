@@ -42,7 +42,7 @@ def collector_binary() -> Path:
 def prometheus_binary() -> Path:
     found = shutil.which("prometheus")
     if found is None:
-        skip_or_fail("no prometheus on PATH: run `bash scripts/prometheus-bin.sh` (or `make telemetry-bin`)")
+        skip_or_fail("no prometheus on PATH: run `make telemetry-bin` (scripts/telemetry-debs.sh)")
     return Path(str(found))
 
 
