@@ -58,3 +58,22 @@ def test_a_failing_gauge_source_does_not_take_the_scrape_with_it() -> None:
     remove_broken()
     remove_good()
     assert list(gauge._observe(None)) == []  # type: ignore[arg-type]
+
+
+def test_every_metric_is_documented() -> None:
+    # docs/observability.md lists every instrument by its Prometheus name: a new one without a row fails here.
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "station_runtime" / "telemetry" / "metrics.py").read_text()
+    docs = (root / "docs" / "observability.md").read_text()
+    found = re.findall(r'create_(counter|histogram)\(\s*"([^"]+)"(?:,\s*unit="([^"]*)")?', source)
+    gauges = re.findall(r'Observed\("([^"]+)",\s*"([^"]*)"', source)
+    assert len(found) >= 15 and len(gauges) >= 5
+    suffix = {"s": "_seconds"}
+    names = [name.replace(".", "_") + suffix.get(unit, "") + ("_total" if kind == "counter" else "")
+             for kind, name, unit in found]
+    names += [name.replace(".", "_") + suffix.get(unit, "") for name, unit in gauges]
+    missing = [n for n in names if n not in docs]
+    assert not missing, f"docs/observability.md does not list {missing}"
