@@ -339,14 +339,21 @@ class LatticeClient:
         if not targets:
             what = f"agent {agent!r}" if agent else f"capability {capability!r}"
             raise NoStationError(f"no live station in org {self.org!r} hosts {what}")
+        with tracing.span("lattice.invoke", kind="client", attributes={
+                "lattice.org": self.org, "lattice.agent": agent, "lattice.capability": capability}):
+            return await self._invoke(request, targets, timeout_s)
+
+    async def _invoke(self, request: InvokeRequest, targets: list[str], timeout_s: float) -> InvokeResult:
+        assert self.nc is not None
         payload = encode(request)
+        trace_headers = tracing.headers()
         last: str = ""
         busy = 0
         for target in targets:
             self._inflight[target] += 1
             try:
                 msg = await self.nc.request(subjects.agent_invoke(self.org, target), payload,
-                                            timeout=timeout_s + 5.0)
+                                            timeout=timeout_s + 5.0, headers=trace_headers)
             except NoRespondersError:
                 last = f"station {target} is gone"
                 continue

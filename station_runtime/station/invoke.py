@@ -21,6 +21,7 @@ from ..contract.errors import DecodeError
 from ..contract.messages import ErrorCode, InvokeError, InvokeRequest, InvokeResult, utcnow
 from ..executors import AgentFailure, Execution
 from ..natsio.retry import NATS_FAILURES
+from ..telemetry import tracing
 from ..work.scoring import Requirements
 from . import admission
 from .agents import AgentHost, HostedAgent
@@ -137,7 +138,11 @@ class InvokeService:
 
     async def _serve(self, msg: Msg, reservation: Reservation) -> None:
         try:
-            reply = await self._handle(msg, reservation)
+            with tracing.span("lattice.invoke", kind="server", parent=tracing.incoming(msg.headers),
+                              attributes={"lattice.station.id": self.station_id}) as span:
+                reply = await self._handle(msg, reservation)
+                if isinstance(reply, InvokeError):
+                    tracing.failed(span, f"{reply.code}: {reply.message}")
         except Exception as exc:  # a bug must cost one request, never the station
             log.exception("invoke failed unexpectedly")
             reply = InvokeError(station_id=self.station_id, code=ErrorCode.INTERNAL, message=str(exc))

@@ -87,6 +87,18 @@ async def test_one_trace_from_the_cli_to_the_model_call(
             return spans if complete else None
 
         spans = await eventually(whole, timeout_s=30, what="the whole trace at the Collector")
+        sent = [r.headers.get("traceparent", "") for r in sim.requests]
+        # Sync invoke carries its context too: the CLI's call, the station's serving of it, its model call.
+        invoked = await asyncio.to_thread(cli, nats_url, org, "invoke", "helper", "quick one", env=env)
+        assert invoked.returncode == 0, invoked.stderr
+
+        async def invoke_trace() -> list[Span] | None:
+            calls = [s for s in collector.spans() if s.name == "lattice.invoke" and s.service == "lattice-cli"]
+            found = collector.trace(calls[0].trace_id) if calls else []
+            return found if {"lattice.invoke", "chat helper-model"} <= {s.name for s in found} and len(
+                [s for s in found if s.name == "lattice.invoke"]) == 2 else None
+
+        invoke_spans = await eventually(invoke_trace, timeout_s=30, what="the invoke's trace")
     finally:
         controller.terminate()
         station.stop()
@@ -113,7 +125,6 @@ async def test_one_trace_from_the_cli_to_the_model_call(
     assert all(c.attributes["gen_ai.provider.name"] == "openai" for c in chats)
     assert all(c.attributes["gen_ai.usage.input_tokens"] > 0 for c in chats)
     assert sorted(c.attributes["gen_ai.response.finish_reasons"][0] for c in chats) == ["stop", "tool_calls"]
-    sent = [r.headers.get("traceparent", "") for r in sim.requests]
     assert all(f"00-{trace_id}-" in t for t in sent) and len(sent) == 3
     assert {t.split("-")[2] for t in sent} >= {c.span_id for c in chats}
 
@@ -127,6 +138,12 @@ async def test_one_trace_from_the_cli_to_the_model_call(
     child_run = one(spans, "lattice.run", **{"lattice.work.id": child_id})
     child_chat = one(spans, "chat helper-model")
     assert child_chat.parent_id == child_run.span_id
+
+    # The invoke: the CLI's client span, the station's server span under it, the model call under that.
+    client_call = one(invoke_spans, "lattice.invoke", **{"lattice.agent": "helper"})
+    [served] = [s for s in invoke_spans if s.name == "lattice.invoke" and s.service == "lattice-station"]
+    assert served.parent_id == client_call.span_id
+    assert one(invoke_spans, "chat helper-model").parent_id == served.span_id
 
 
 async def test_no_otel_variables_no_trace_headers(client: LatticeClient, nats_url: str, org: str, sim: ModelSim,
