@@ -68,12 +68,22 @@ def test_every_metric_is_documented() -> None:
     root = Path(__file__).resolve().parents[2]
     source = (root / "station_runtime" / "telemetry" / "metrics.py").read_text()
     docs = (root / "docs" / "observability.md").read_text()
-    found = re.findall(r'create_(counter|histogram)\(\s*"([^"]+)"(?:,\s*unit="([^"]*)")?', source)
+    found = re.findall(r'(Counter|create_histogram)\(\s*"([^"]+)"(?:,\s*unit="([^"]*)")?', source)
     gauges = re.findall(r'Observed\("([^"]+)",\s*"([^"]*)"', source)
     assert len(found) >= 15 and len(gauges) >= 5
     suffix = {"s": "_seconds"}
-    names = [name.replace(".", "_") + suffix.get(unit, "") + ("_total" if kind == "counter" else "")
+    names = [name.replace(".", "_") + suffix.get(unit, "") + ("_total" if kind == "Counter" else "")
              for kind, name, unit in found]
     names += [name.replace(".", "_") + suffix.get(unit, "") for name, unit in gauges]
     missing = [n for n in names if n not in docs]
     assert not missing, f"docs/observability.md does not list {missing}"
+
+
+def test_counters_are_plain_numbers_with_a_bound_on_label_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "MAX_SERIES", 3)
+    counter = metrics.Counter("lattice.test.counter")
+    for agent in ("a", "b", "a", "c", "d", "e"):
+        counter.add(1, {"agent": agent})
+    assert (counter.value(agent="a"), counter.value(agent="c"), counter.value(overflow="true")) == (2, 1, 2)
+    observed = {tuple(o.attributes.items()): o.value for o in counter._observe(None)}  # type: ignore[arg-type]
+    assert observed == {(("agent", "a"),): 2, (("agent", "b"),): 1, (("agent", "c"),): 1, (("overflow", "true"),): 2}
