@@ -253,9 +253,26 @@ class WorkConstraints(ApiModel):
     prefer_labels: dict[str, str] = Field(default_factory=dict, description="Soft preference, raises the bid.")
 
 
+#: A running attempt's progress reaches its record at most once a second: a heartbeat timeout shorter than twice
+#: that could not tell a live run from a stuck one.
+MIN_HEARTBEAT_S = 2.0
+
+
 class WorkTimeouts(ApiModel):
+    """Temporal's four timeouts. ``scheduleToStart``: from creation to the start of an attempt (waiting for a
+    station); ``startToClose``: one attempt; ``scheduleToClose``: from creation to the final outcome, across every
+    attempt and retry; ``heartbeat``: how long a running attempt may go without reporting progress."""
+
     schedule_to_start_seconds: float | None = Field(default=None, gt=0)
     start_to_close_seconds: float = Field(default=600.0, gt=0)
+    schedule_to_close_seconds: float | None = Field(
+        default=None, gt=0, description="From creation to the final outcome, across all attempts: past it the work "
+        "fails with a timeout, wherever it is (waiting, or running: the station stops the run).")
+    heartbeat_seconds: float | None = Field(
+        default=None, ge=MIN_HEARTBEAT_S, le=86_400,
+        description="A running attempt that reports no progress (an agent's turn or tool call, streamed tokens, a "
+        "percentage) for this long is requeued as stuck, even though its station is alive. Default: the "
+        "controller's stuck threshold (10 minutes).")
 
 
 class WorkflowStep(ApiModel):

@@ -42,7 +42,7 @@ from ..executors import AgentFailure, Execution, Progress
 from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES, is_transient, retry_transient
 from ..telemetry import metrics, tracing
 from ..work import phases, scoring
-from ..work.policy import Action, requeue_or_escalate
+from ..work.policy import Action, close_deadline_s, requeue_or_escalate
 from ..work.store import Versioned, WorkStore
 from .admission import StationView, judge, pick_agent
 from .agents import AgentHost, HostedAgent
@@ -286,6 +286,11 @@ class WorkService:
             return
         remaining = spec.timeouts.start_to_close_seconds - (
             (utcnow() - started.started_at).total_seconds() if started.started_at else 0.0)
+        # The work's own deadline (scheduleToClose, across attempts) may come first: then the run ends there.
+        close_left = close_deadline_s(started, utcnow())
+        closing = close_left is not None and close_left < remaining
+        if closing and close_left is not None:
+            remaining = close_left
         # A timer, not a task: it first fires once the executor has had to wait, so work that never waits
         # cancels it before it costs anything.
         marker = None if resumed else asyncio.get_running_loop().call_later(QUIET_START_S, self._mark_running, run)
@@ -298,6 +303,10 @@ class WorkService:
                     deadline_s=max(remaining, 0.001), depth=started.depth,
                     delegate=self.delegation.for_run(spec.max_retries) if self.delegation else None))
         except TimeoutError:
+            if closing:
+                said = f"not finished within scheduleToClose {spec.timeouts.schedule_to_close_seconds:g}s"
+                await self._finish(run, P.FAILED, reason=said, error=WorkError(code=ErrorCode.TIMEOUT, message=said))
+                return
             decision = requeue_or_escalate(started, f"attempt exceeded startToClose "
                                                     f"{spec.timeouts.start_to_close_seconds:g}s")
             await self._give_up(run, decision.action, decision.reason, ErrorCode.TIMEOUT)

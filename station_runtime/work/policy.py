@@ -83,6 +83,11 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
         if _age(record.updated_at, now) > policy.cancel_grace_s:
             return Decision(Action.CANCEL, "cancelled (station did not confirm)")
         return NOTHING
+    if (close := timeouts.schedule_to_close_seconds) is not None:
+        # A running attempt's station stops it at the deadline itself; the witness steps in a little later.
+        grace = policy.deadline_grace_s if phase in (P.ASSIGNED, P.RUNNING) else 0.0
+        if _age(record.created_at, now) > close + grace:
+            return Decision(Action.FAIL, f"not finished within scheduleToClose {close:g}s", ErrorCode.TIMEOUT)
     limit = timeouts.schedule_to_start_seconds
     if limit and phase in (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE) and _age(record.created_at, now) > limit:
         return Decision(Action.FAIL, f"not started within scheduleToStart {limit:g}s", ErrorCode.TIMEOUT)
@@ -113,9 +118,22 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
             return requeue_or_escalate(record, f"attempt exceeded startToClose {timeouts.start_to_close_seconds:g}s",
                                        ErrorCode.TIMEOUT)
         last = record.last_progress_at or record.started_at
-        if _age(last, now) > policy.stuck_threshold_s:
-            return requeue_or_escalate(record, f"no progress for {policy.stuck_threshold_s:g}s", ErrorCode.TIMEOUT)
+        quiet = heartbeat_limit(record, policy)
+        if _age(last, now) > quiet:
+            return requeue_or_escalate(record, f"no progress for {quiet:g}s (heartbeat timeout)", ErrorCode.TIMEOUT)
     return NOTHING
+
+
+def heartbeat_limit(record: WorkRecord, policy: WitnessPolicy) -> float:
+    """Pure: how long a running attempt of ``record`` may go without progress: its own heartbeat timeout, else
+    the controller's stuck threshold."""
+    return record.spec.timeouts.heartbeat_seconds or policy.stuck_threshold_s
+
+
+def close_deadline_s(record: WorkRecord, now: datetime) -> float | None:
+    """Pure: seconds until ``record``'s scheduleToClose deadline (negative once past), or None without one."""
+    close = record.spec.timeouts.schedule_to_close_seconds
+    return None if close is None else close - _age(record.created_at, now)
 
 
 def unschedulable_retry_at(record: WorkRecord, now: datetime, policy: WitnessPolicy) -> datetime:
@@ -138,6 +156,9 @@ def next_check(record: WorkRecord, policy: WitnessPolicy) -> datetime | None:
     if phase.terminal or record.is_workflow:
         return None  # a finished record is left alone; a workflow is driven when it or its current step changes
     times: list[datetime | None] = []
+    if (close := record.spec.timeouts.schedule_to_close_seconds) is not None:
+        grace = policy.deadline_grace_s if phase in (P.ASSIGNED, P.RUNNING) else 0.0
+        times.append(_at(record.created_at, close + grace))
     if record.cancel_requested:
         times.append(_at(record.updated_at, policy.cancel_grace_s))
     if phase in (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE):
@@ -152,6 +173,6 @@ def next_check(record: WorkRecord, policy: WitnessPolicy) -> datetime | None:
         times.append(_at(record.assigned_at, policy.accept_timeout_s))
     elif phase == P.RUNNING:
         times.append(_at(record.started_at, record.spec.timeouts.start_to_close_seconds + policy.deadline_grace_s))
-        times.append(_at(record.last_progress_at or record.started_at, policy.stuck_threshold_s))
+        times.append(_at(record.last_progress_at or record.started_at, heartbeat_limit(record, policy)))
     due = [t for t in times if t is not None]
     return min(due) if due else None

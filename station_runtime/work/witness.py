@@ -265,14 +265,15 @@ class Witness:
             metrics.WORK_ESCALATED.add(1, {"by": "witness"})
         log.info("witness: work %s %s: %s", record.work_id, event, record.reason)
         await self.store.emit("work", event, record, witness=True)
+        held = versioned.record.phase in (P.ASSIGNED, P.RUNNING) and versioned.record.station_id
+        if held and action in (Action.REQUEUE, Action.FAIL, Action.ESCALATE):
+            # Tell the station to stop, in case it is alive (cut off, or past a deadline it did not enforce): its
+            # writes are fenced anyway, but its run would go on spending.
+            with contextlib.suppress(*NATS_FAILURES):
+                await self.nc.publish(subjects.work_cancel(self.org, versioned.record.station_id or ""),
+                                      encode(WorkCancel(work_id=record.work_id, attempt_id=versioned.record.attempt_id,
+                                                        reason=f"{event} by the witness: {record.reason}")))
         if action == Action.REQUEUE:
-            if versioned.record.station_id:
-                # Tell the old station to stop, in case it is alive but cut off (its writes are fenced anyway).
-                with contextlib.suppress(*NATS_FAILURES):
-                    await self.nc.publish(subjects.work_cancel(self.org, versioned.record.station_id),
-                                          encode(WorkCancel(work_id=record.work_id,
-                                                            attempt_id=versioned.record.attempt_id,
-                                                            reason="requeued by the witness")))
             await self.auctioneer.schedule(result)
         return self._count(action, result)
 

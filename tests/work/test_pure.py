@@ -141,6 +141,18 @@ def ago(s: float) -> object:
          spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(start_to_close_seconds=10))), {"s1"}, Action.REQUEUE),
     (rec(P.PENDING, created_at=ago(20), updated_at=ago(1),
          spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(schedule_to_start_seconds=10))), set(), Action.FAIL),
+    # scheduleToClose: from creation, whatever the phase; a running attempt gets the station's grace first.
+    (rec(P.UNSCHEDULABLE, created_at=ago(11), retry_at=ago(-30),
+         spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(schedule_to_close_seconds=10))), set(), Action.FAIL),
+    (rec(P.RUNNING, station_id="s1", attempt=1, created_at=ago(10.5), started_at=ago(1),
+         spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(schedule_to_close_seconds=10))), {"s1"}, Action.NONE),
+    (rec(P.RUNNING, station_id="s1", attempt=1, created_at=ago(11.5), started_at=ago(1),
+         spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(schedule_to_close_seconds=10))), {"s1"}, Action.FAIL),
+    # heartbeat: the item's own, shorter than the controller's stuck threshold; progress resets it.
+    (rec(P.RUNNING, station_id="s1", attempt=1, started_at=ago(6), last_progress_at=ago(5),
+         spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(heartbeat_seconds=4))), {"s1"}, Action.REQUEUE),
+    (rec(P.RUNNING, station_id="s1", attempt=1, started_at=ago(6), last_progress_at=ago(3),
+         spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(heartbeat_seconds=4))), {"s1"}, Action.NONE),
     (rec(P.PENDING, cancel_requested=True), set(), Action.CANCEL),
     (rec(P.RUNNING, station_id="s1", cancel_requested=True, updated_at=ago(1)), {"s1"}, Action.NONE),
     (rec(P.RUNNING, station_id="s1", cancel_requested=True, updated_at=ago(11)), {"s1"}, Action.CANCEL),
@@ -150,6 +162,19 @@ def ago(s: float) -> object:
 ])
 def test_witness_decisions(record: WorkRecord, live: set[str], expected: Action) -> None:
     assert decide(record, live_stations=live, now=NOW, policy=POLICY).action == expected  # type: ignore[arg-type]
+
+
+def test_the_timeouts_set_when_the_witness_looks_next() -> None:
+    from station_runtime.work.policy import next_check
+
+    close = rec(P.UNSCHEDULABLE, created_at=ago(5), retry_at=ago(-60),
+                spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(schedule_to_close_seconds=10)))
+    assert next_check(close, POLICY) == ago(-5)  # type: ignore[arg-type]
+    beat = rec(P.RUNNING, station_id="s1", started_at=ago(10), last_progress_at=ago(1),
+               spec=WorkItemSpec(agent="e", timeouts=WorkTimeouts(heartbeat_seconds=4)))
+    assert next_check(beat, POLICY) == ago(-3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="greater than or equal to 2"):
+        WorkTimeouts(heartbeat_seconds=1)
 
 
 def test_unschedulable_work_is_retried_as_soon_as_a_station_joins() -> None:

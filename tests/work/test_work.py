@@ -145,6 +145,41 @@ async def test_work_never_started_fails_its_schedule_to_start_deadline(client: L
     assert final.error is not None and final.error.code == ErrorCode.TIMEOUT
 
 
+async def test_a_silent_run_is_requeued_by_its_heartbeat_timeout_and_a_chatty_one_is_not(
+        client: LatticeClient, nats_url: str, org: str) -> None:
+    # Both run 4 s on a live station; one reports progress every half second, the other never does.
+    await client.put_agent(echo_agent("silent", delaySeconds=4, steps=1))
+    await client.put_agent(echo_agent("chatty", delaySeconds=4, steps=8))
+    beat = WorkTimeouts(heartbeat_seconds=2)
+    async with running_station(nats_url, org, "s1"), controller(nats_url, org):
+        await client.wait_for_stations(1, agent="chatty", timeout_s=5)
+        silent = await client.submit(WorkItemSpec(agent="silent", timeouts=beat, max_retries=0), watch=True)
+        chatty = await client.submit(WorkItemSpec(agent="chatty", input="hi", timeouts=beat), watch=True)
+        quiet, talked = await asyncio.gather(client.wait_work(silent.work_id, timeout_s=15),
+                                             client.wait_work(chatty.work_id, timeout_s=15))
+    assert quiet.phase == P.ESCALATED and "heartbeat timeout" in quiet.reason
+    assert quiet.error is not None and quiet.error.code == ErrorCode.TIMEOUT
+    assert talked.phase == P.SUCCEEDED and talked.attempt == 1
+
+
+async def test_schedule_to_close_bounds_the_whole_work_waiting_or_running(client: LatticeClient, nats_url: str,
+                                                                          org: str) -> None:
+    await client.put_agent(echo_agent("slow", delaySeconds=30, steps=30))
+    close = WorkTimeouts(schedule_to_close_seconds=1.5)
+    async with running_station(nats_url, org, "s1"), controller(nats_url, org):
+        await client.wait_for_stations(1, agent="slow", timeout_s=5)
+        running = await client.submit(WorkItemSpec(agent="slow", timeouts=close, max_retries=3), watch=True)
+        waiting = await client.submit(WorkItemSpec(agent="nobody", timeouts=close), watch=True)
+        ran, waited = await asyncio.gather(client.wait_work(running.work_id, timeout_s=15),
+                                           client.wait_work(waiting.work_id, timeout_s=15))
+    for final in (ran, waited):
+        assert final.phase == P.FAILED and "scheduleToClose 1.5s" in final.reason
+        assert final.error is not None and final.error.code == ErrorCode.TIMEOUT
+    # The station stopped the run itself, at the deadline, without retrying it.
+    assert ran.attempt == 1 and ran.station_id == "s1" and ran.finished_at is not None
+    assert (ran.finished_at - ran.created_at).total_seconds() < 3.0
+
+
 async def test_agent_errors_fail_the_work_without_retry(client: LatticeClient, nats_url: str, org: str) -> None:
     await client.put_agent(python_agent("boom", "tests.support.agents:boom"))
     async with running_station(nats_url, org, "s1"):
