@@ -17,6 +17,7 @@ MODULE="helm.sh/helm/v3"
 
 log() { printf 'helm-bin: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/go-lib.sh"
 
 [[ "$HELM_VERSION" == v3.* ]] || die "HELM_VERSION must be a helm v3 tag (v3.x.y), got $HELM_VERSION"
 
@@ -29,9 +30,7 @@ if [[ -f "$version_dir/.complete" && -x "$bin" ]]; then
     exit 0
 fi
 
-GO="$(command -v go || true)"
-[[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
-[[ -n "$GO" ]] || die "no go on PATH (nor /usr/local/go/bin/go); install Go >= 1.26, or put helm v3 on PATH"
+find_go "install Go >= 1.26, or put helm v3 on PATH"
 
 mkdir -p "$version_dir"
 exec 9>"$version_dir/.lock"
@@ -41,11 +40,7 @@ if [[ -f "$version_dir/.complete" && -x "$bin" ]]; then
     exit 0
 fi
 
-# Module proxy only: drop the `direct` (VCS) fallback so nothing is fetched from source hosts.
-proxy="$("$GO" env GOPROXY)"
-proxy="$(tr ',|' '\n\n' <<<"$proxy" | grep -vx -e direct -e off -e '' | paste -sd, -)"
-[[ -n "$proxy" ]] || die "GOPROXY names no module proxy"
-export GOPROXY="$proxy" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+use_module_proxy_only
 
 started=$SECONDS
 gomodcache="$("$GO" env GOMODCACHE)"

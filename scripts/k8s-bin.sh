@@ -21,6 +21,7 @@ KUBE_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
 log() { printf 'k8s-bin: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/go-lib.sh"
 
 has_assets() { [[ -x "$1/etcd" && -x "$1/kube-apiserver" ]]; }
 
@@ -44,9 +45,7 @@ if [[ -f "$version_dir/.complete" ]] && has_assets "$bin_dir"; then
     exit 0
 fi
 
-GO="$(command -v go || true)"
-[[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
-[[ -n "$GO" ]] || die "no go on PATH (nor /usr/local/go/bin/go); install Go >= 1.26 or set KUBEBUILDER_ASSETS"
+find_go "install Go >= 1.26 or set KUBEBUILDER_ASSETS"
 
 mkdir -p "$version_dir"
 # One build at a time, even when two test sessions start together.
@@ -57,11 +56,7 @@ if [[ -f "$version_dir/.complete" ]] && has_assets "$bin_dir"; then
     exit 0
 fi
 
-# Module proxy only: drop the `direct` (VCS) fallback so nothing is fetched from source hosts.
-proxy="$("$GO" env GOPROXY)"
-proxy="$(tr ',|' '\n\n' <<<"$proxy" | grep -vx -e direct -e off -e '' | paste -sd, -)"
-[[ -n "$proxy" ]] || die "GOPROXY names no module proxy"
-export GOPROXY="$proxy" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+use_module_proxy_only
 
 k8s_minor="$(cut -d. -f2 <<<"$K8S_VERSION")"
 k8s_patch="$(cut -d. -f3 <<<"$K8S_VERSION")"

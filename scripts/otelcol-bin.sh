@@ -17,6 +17,7 @@ OTELCOL_STABLE="${OTELCOL_STABLE:-1.67.0}"
 
 log() { printf 'otelcol-bin: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/go-lib.sh"
 
 cache_root="${LATTICE_CACHE:-$HOME/.cache/station-lattice}"
 version_dir="$cache_root/otelcol/$OTELCOL_VERSION"
@@ -27,9 +28,7 @@ if [[ -f "$version_dir/.complete" && -x "$bin" ]]; then
     exit 0
 fi
 
-GO="$(command -v go || true)"
-[[ -z "$GO" && -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go
-[[ -n "$GO" ]] || die "no go on PATH (nor /usr/local/go/bin/go); install Go >= 1.24 to build the Collector"
+find_go "install Go >= 1.24 to build the Collector"
 
 mkdir -p "$version_dir"
 exec 9>"$version_dir/.lock"
@@ -39,11 +38,7 @@ if [[ -f "$version_dir/.complete" && -x "$bin" ]]; then
     exit 0
 fi
 
-# Module proxy only: drop the `direct` (VCS) fallback so nothing is fetched from source hosts.
-proxy="$("$GO" env GOPROXY)"
-proxy="$(tr ',|' '\n\n' <<<"$proxy" | grep -vx -e direct -e off -e '' | paste -sd, -)"
-[[ -n "$proxy" ]] || die "GOPROXY names no module proxy"
-export GOPROXY="$proxy" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+use_module_proxy_only
 
 started=$SECONDS
 work="$version_dir/work"

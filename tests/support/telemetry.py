@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,30 @@ def skip_or_fail(message: str) -> None:
     if os.environ.get("LATTICE_REQUIRE_TELEMETRY") == "1":
         pytest.fail(f"LATTICE_REQUIRE_TELEMETRY=1 but {message}", pytrace=False)
     pytest.skip(message)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log: Path, what: str, probe: Callable[[], object]) -> None:
+    """Until ``probe`` stops raising OSError (the server answers), or fail with the server's log if it exits."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
+        try:
+            probe()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{what} did not answer within 30 s")
 
 
 def collector_binary() -> Path:
@@ -112,28 +137,14 @@ class Collector:
         self.proc = subprocess.Popen([str(self.binary), "--config", f"file:{self.config}"], stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the Collector exited: {self.log.read_text(errors='replace')[-2000:]}")
-            try:
-                # The OTLP/HTTP receiver answers an empty export once it listens.
-                request = urllib.request.Request(f"{self.endpoint}/v1/traces", data=b"{}", method="POST",
-                                                 headers={"Content-Type": "application/json"})
-                urllib.request.urlopen(request, timeout=1).read()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("the Collector did not listen within 30 s")
+        # The OTLP/HTTP receiver answers an empty export once it listens.
+        request = urllib.request.Request(f"{self.endpoint}/v1/traces", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        _wait_ready(self.proc, self.log, "the Collector", lambda: urllib.request.urlopen(request, timeout=1).read())
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc)
 
     def spans(self) -> list[Span]:
         """Every span the file exporter has written so far."""
@@ -206,16 +217,9 @@ class Prometheus:
                                       f"--web.listen-address=127.0.0.1:{self.port}"], stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"Prometheus exited: {self.log.read_text(errors='replace')[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=1).read()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("Prometheus was not ready within 30 s")
+        _wait_ready(self.proc, self.log, "Prometheus",
+                    lambda: urllib.request.urlopen(f"{self.url}/-/ready", timeout=1).read())
+        return self
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """The instant vector PromQL answers with (``[{"metric": {...}, "value": [t, "v"]}, ...]``)."""
@@ -226,10 +230,4 @@ class Prometheus:
         return result
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        _stop(self.proc)

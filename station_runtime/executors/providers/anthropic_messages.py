@@ -19,7 +19,7 @@ from ...contract.specs import ModelSpec
 from ...telemetry import tracing
 from ..conversation import FinishReason, Message, ToolCall, Turn
 from .base import ModelError, TextFn, TurnRequest, read_api_key, redact, retry_after
-from .sse import count, sse_events, tool_arguments
+from .sse import broke_off, count, sse_events, tool_arguments
 
 #: The API requires a cap on output tokens.
 DEFAULT_MAX_TOKENS = 4096
@@ -109,9 +109,7 @@ class AnthropicMessages:
                 except (anthropic.APIError, ModelError):
                     raise
                 except Exception as exc:  # the stream broke off (the HTTP client's own errors)
-                    raise ModelError(f"the model API failed mid-answer: {type(exc).__name__}: "
-                                     f"{redact(str(exc), self._key)}", retryable=True,
-                                     code=ErrorCode.MODEL_UNAVAILABLE, started=True) from exc
+                    raise broke_off(exc, self._key) from exc
         except anthropic.APIError as exc:
             raise self._error(exc, started=started) from exc
 

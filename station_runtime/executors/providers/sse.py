@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ...contract.messages import ErrorCode
-from .base import ModelError
+from .base import ModelError, redact
 
 
 async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
@@ -53,3 +53,9 @@ def tool_arguments(text: str) -> dict[str, Any] | str:
     except ValueError:
         return text
     return value if isinstance(value, dict) else text
+
+
+def broke_off(exc: Exception, key: str | None) -> ModelError:
+    """A stream that broke off mid-answer (the HTTP client's own errors): retryable, and said without the key."""
+    return ModelError(f"the model API failed mid-answer: {type(exc).__name__}: {redact(str(exc), key)}",
+                      retryable=True, code=ErrorCode.MODEL_UNAVAILABLE, started=True, kind="stream")
