@@ -322,6 +322,9 @@ class WorkRecord(WireModel):
     #: Workflows: index of the step running now, and the outputs of the finished ones by step name.
     step_index: int = Field(default=0, ge=0)
     step_outputs: dict[str, Payload] = Field(default_factory=dict)
+    #: Outputs of finished steps too large to keep inline: their results-store references, by step name (a step
+    #: whose input names one is given the output itself, read from the store).
+    step_output_refs: dict[str, str] = Field(default_factory=dict)
     traceparent: str | None = None
 
     @property

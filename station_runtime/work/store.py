@@ -214,8 +214,12 @@ class WorkStore:
         """The result of finished work: inline, or read from the object store by its reference."""
         if record.result_ref is None:
             return record.result
+        return await self.load_ref(record.result_ref)
+
+    async def load_ref(self, ref: str) -> Payload:
+        """A result kept in the object store, by its reference (``obj://{bucket}/{name}``)."""
         store = await self._object_store()
-        obj = await store.get(self._object_name(record.result_ref))
+        obj = await store.get(self._object_name(ref))
         return _PAYLOAD.validate_json(obj.data or b"null")
 
     def _object_name(self, ref: str) -> str:

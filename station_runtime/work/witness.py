@@ -38,7 +38,7 @@ from .auction import DEFAULT_HEARTBEAT_S, Auctioneer
 from .directory import StationDirectory
 from .index import WorkIndex
 from .policy import Action, Decision, WitnessPolicy, decide
-from .store import Versioned, WorkStore
+from .store import Versioned, WorkStore, encode_payload
 
 log = logging.getLogger(__name__)
 P = WorkPhase
@@ -314,8 +314,16 @@ class Witness:
             if updated is not None or (self.index.get(key) is None and await self.store.get(key) is None):
                 step = rec.spec.steps[rec.step_index]
                 try:
-                    spec = workflow.step_spec(rec, step)
-                except KeyError as exc:
+                    loaded = {name: await self.store.load_ref(rec.step_output_refs[name])
+                              for name in workflow.referenced_steps(step.input) if name in rec.step_output_refs}
+                    spec = workflow.step_spec(rec, step, loaded)
+                    size = len(encode_payload(spec.input))
+                    if size > self.store.state.limits.max_value_bytes // 2:
+                        raise ValueError(f"step {step.name!r}: its input is {size} bytes once its template is "
+                                         f"filled, over the {self.store.state.limits.max_value_bytes // 2} a work "
+                                         "record carries; a step's output may be large, its input may not: pass "
+                                         "a part of it, or let the step fetch it")
+                except (KeyError, ValueError) as exc:  # a step it names has no output; an input too large
                     error = WorkError(code=ErrorCode.BAD_REQUEST, message=str(exc))
                     await self.store.mutate(rec.work_id, lambda r: None if r.phase.terminal else
                                             phases.transition(r, P.FAILED, error=error, reason="bad step input"))

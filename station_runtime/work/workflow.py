@@ -42,10 +42,18 @@ def render(template: str, workflow_input: Any, outputs: dict[str, Payload]) -> s
     return _TEMPLATE.sub(fill, template)
 
 
-def step_spec(parent: WorkRecord, step: WorkflowStep) -> WorkItemSpec:
+def referenced_steps(template: str) -> set[str]:
+    """Pure: the steps whose outputs ``template`` uses."""
+    return {m.group(2) for m in _TEMPLATE.finditer(template) if m.group(2)}
+
+
+def step_spec(parent: WorkRecord, step: WorkflowStep, loaded: dict[str, Payload] | None = None) -> WorkItemSpec:
+    """The spec of ``step``'s work; ``loaded``: the outputs kept by reference that its input uses, read from the
+    results store by the caller."""
     spec = parent.spec
+    outputs = {**parent.step_outputs, **(loaded or {})}
     return WorkItemSpec(org=spec.org, agent=step.agent, required_capabilities=step.required_capabilities,
-                        input=render(step.input, spec.input, parent.step_outputs), constraints=spec.constraints,
+                        input=render(step.input, spec.input, outputs), constraints=spec.constraints,
                         timeouts=spec.timeouts, max_retries=spec.max_retries, priority=spec.priority)
 
 
@@ -64,12 +72,16 @@ def advance(parent: WorkRecord, child: WorkRecord | None) -> WorkRecord | None:
         error = child.error or WorkError(code=ErrorCode.AGENT_ERROR, message=child.reason or child.phase.value)
         return phases.transition(parent, P.FAILED, reason=f"step {step.name!r} {child.phase.value.lower()}",
                                  error=error)
-    outputs = {**parent.step_outputs, step.name: child.result}
+    # A large output stays where its step put it: the parent keeps the reference, not the bytes.
+    if child.result_ref is not None:
+        outputs, refs = parent.step_outputs, {**parent.step_output_refs, step.name: child.result_ref}
+    else:
+        outputs, refs = {**parent.step_outputs, step.name: child.result}, parent.step_output_refs
     nxt = parent.step_index + 1
     if nxt == len(parent.spec.steps):
-        return phases.transition(parent, P.SUCCEEDED, step_outputs=outputs, step_index=nxt, result=child.result,
-                                 result_ref=child.result_ref, reason="")
-    return phases.transition(parent, P.RUNNING, step_outputs=outputs, step_index=nxt,
+        return phases.transition(parent, P.SUCCEEDED, step_outputs=outputs, step_output_refs=refs, step_index=nxt,
+                                 result=child.result, result_ref=child.result_ref, reason="")
+    return phases.transition(parent, P.RUNNING, step_outputs=outputs, step_output_refs=refs, step_index=nxt,
                              progress_percent=100.0 * nxt / len(parent.spec.steps),
                              progress_message=f"step {nxt + 1}/{len(parent.spec.steps)}",
                              reason=f"step {nxt + 1}/{len(parent.spec.steps)}", last_progress_at=parent.updated_at)

@@ -39,3 +39,12 @@ def counted(text: Any) -> str:
         runs.write(f"{text}\n")
     time.sleep(1.5)
     return str(text)
+
+
+def big(text: Any) -> str:
+    """An output over the inline limit of a work record (it goes to the results store)."""
+    return f"{text}:" + "x" * 100_000
+
+
+def measure(text: Any) -> dict[str, Any]:
+    return {"length": len(str(text)), "head": str(text)[:6]}

@@ -570,6 +570,45 @@ async def test_a_workflow_runs_its_steps_in_order_with_templated_inputs(client: 
     assert final.step_outputs == {"draft": "draft of lattices", "shout": "DRAFT OF LATTICES!"}
 
 
+async def test_a_workflow_passes_large_outputs_by_reference_and_returns_a_large_result(
+        client: LatticeClient, nats_url: str, org: str) -> None:
+    # big's output (100 KB) is over a record's inline limit: the next step still gets all of it, the workflow keeps
+    # only its reference, and a large last output is the workflow's result, read from the results store.
+    await client.put_agent(python_agent("big", "tests.support.agents:big"))
+    await client.put_agent(python_agent("measure", "tests.support.agents:measure"))
+    spec = WorkItemSpec(input="in", steps=[
+        WorkflowStep(name="make", agent="big", input="{{input}}"),
+        WorkflowStep(name="size", agent="measure", input="{{steps.make.output}}"),
+        WorkflowStep(name="again", agent="big", input="{{steps.size.output}}"),
+    ])
+    async with running_station(nats_url, org, "s1"), controller(nats_url, org):
+        await client.wait_for_stations(1, agent="measure", timeout_s=5)
+        record = await client.submit(spec)
+        final = await client.wait_work(record.work_id, timeout_s=20)
+    assert final.phase == P.SUCCEEDED, final.reason
+    assert final.step_outputs == {"size": {"length": 100_003, "head": "in:xxx"}}
+    assert sorted(final.step_output_refs) == ["again", "make"]
+    assert final.result is None and final.result_ref == final.step_output_refs["again"]
+    result = await client.result(final)
+    assert isinstance(result, str) and result.startswith('{"length": 100003') and len(result) > 100_000
+
+
+async def test_a_step_input_too_large_for_a_record_fails_the_workflow_saying_why(client: LatticeClient,
+                                                                                 nats_url: str, org: str) -> None:
+    await client.put_agent(python_agent("big", "tests.support.agents:big"))
+    await client.put_agent(python_agent("measure", "tests.support.agents:measure"))
+    spec = WorkItemSpec(input="in", steps=[
+        WorkflowStep(name="make", agent="big", input="{{input}}"),
+        WorkflowStep(name="size", agent="measure", input=" ".join(["{{steps.make.output}}"] * 8)),
+    ])
+    async with running_station(nats_url, org, "s1"), controller(nats_url, org):
+        await client.wait_for_stations(1, agent="measure", timeout_s=5)
+        final = await client.wait_work((await client.submit(spec)).work_id, timeout_s=20)
+    assert final.phase == P.FAILED and final.error is not None and final.error.code == ErrorCode.BAD_REQUEST
+    assert "step 'size': its input is 800" in final.error.message and "a step's output may be large" in \
+        final.error.message
+
+
 async def test_a_large_lattice_asks_a_few_least_loaded_stations_and_everyone_if_they_are_silent(
         client: LatticeClient, nats_url: str, org: str) -> None:
     """Auction cost must not grow with the lattice: only ``max_bidders`` stations are asked. Silent registered
