@@ -186,7 +186,8 @@ class WorkService:
             answer = WorkAccept(work_id=record.work_id, attempt_id=record.attempt_id or "",
                                 station_id=self.station_id, accepted=accepted, reason=verdict.reason)
             try:
-                await self.nc.publish(msg.reply, encode(answer), headers=tracing.headers())
+                # No trace headers: the answer's reader (the auctioneer) is inside the span that asked.
+                await self.nc.publish(msg.reply, encode(answer))
             except (nats.errors.Error, OSError) as exc:  # NATS away: the auctioneer's timeout tries the next bid
                 log.debug("could not answer the assignment of %s: %s", record.work_id, exc)
 

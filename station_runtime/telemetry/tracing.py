@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.propagate import extract, inject
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 SCOPE: Final = "station_lattice"
 TRACEPARENT_RE: Final = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _OFF: Final = nullcontext(INVALID_SPAN)
+#: W3C trace context only: the lattice carries no baggage, and the global propagator's baggage half cost every
+#: message a second inject or extract (so OTEL_PROPAGATORS is not read).
+_W3C: Final = TraceContextTextMapPropagator()
 SWITCH_INTERVAL_S: Final = 0.001
 _SPAN_KINDS: Final = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT, "server": SpanKind.SERVER,
                       "producer": SpanKind.PRODUCER, "consumer": SpanKind.CONSUMER}
@@ -188,7 +191,7 @@ def headers(base: dict[str, str] | None = None) -> dict[str, str] | None:
     if not _state.enabled:
         return base
     carrier = dict(base or {})
-    inject(carrier)
+    _W3C.inject(carrier)
     return carrier or base
 
 
@@ -198,9 +201,9 @@ def incoming(carrier: Mapping[str, str] | None, traceparent: str | None = None) 
     if not _state.enabled:
         return None
     if carrier and "traceparent" in carrier:
-        return extract(carrier)
+        return _W3C.extract(carrier)
     if traceparent and TRACEPARENT_RE.match(traceparent):
-        return extract({"traceparent": traceparent})
+        return _W3C.extract({"traceparent": traceparent})
     return None
 
 

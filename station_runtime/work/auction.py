@@ -176,7 +176,7 @@ class Auctioneer:
                             traceparent=tracing.new_traceparent())
         if phase != P.SCHEDULING:
             return await self._create(record, on_created)
-        with tracing.span("lattice.place", attributes=work_attributes(self.org, work_id, spec)) as placing:
+        with tracing.span("lattice.place") as placing:  # the work's attributes are its parent's (lattice.submit)
             return await self._place_new(record, on_created, placing)
 
     async def _place_new(self, record: WorkRecord, on_created: Callable[[Versioned], Awaitable[None]] | None,
