@@ -38,7 +38,7 @@ SCOPE: Final = "station_lattice"
 TRACEPARENT_RE: Final = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _OFF: Final = nullcontext(INVALID_SPAN)
 #: W3C trace context only: the lattice carries no baggage, and the global propagator's baggage half cost every
-#: message a second inject or extract (so OTEL_PROPAGATORS is not read).
+#: message a second inject or extract (so OTEL_PROPAGATORS is not read; docs/observability.md says so).
 _W3C: Final = TraceContextTextMapPropagator()
 SWITCH_INTERVAL_S: Final = 0.001
 _SPAN_KINDS: Final = {"internal": SpanKind.INTERNAL, "client": SpanKind.CLIENT, "server": SpanKind.SERVER,
