@@ -228,8 +228,11 @@ def work_detail(record: WorkRecord, result: Any) -> Table:
     for label, ts in (("Started", record.started_at), ("Finished", record.finished_at)):
         if ts:
             rows.append((label, ts.isoformat()))
-    if record.progress_percent is not None or record.progress_message:
-        rows.append(("Progress", f"{record.progress_percent or 0:.0f}% {record.progress_message}"))
+    # A finished run's last progress message ("turn 1") is history, not progress: only unfinished or failed work
+    # shows it (where it says what the run was doing when it stopped).
+    message = "" if record.phase.value == "Succeeded" else record.progress_message
+    if record.progress_percent is not None or message:
+        rows.append(("Progress", f"{record.progress_percent or 0:.0f}% {message}".rstrip()))
     if record.parent_id:
         rows.append(("Parent", f"{record.parent_id} (depth {record.depth})"))
     if record.children:

@@ -41,3 +41,17 @@ def test_cells_are_text_never_markup() -> None:
     stations = [_station("s1", labels={"pattern": "[a-z]+"})]
     text = _text(render.stations_table(stations, wide=True))
     assert "pattern=[a-z]+" in text
+
+
+def test_a_finished_runs_detail_shows_no_stale_progress_message_a_failed_one_does() -> None:
+    from station_runtime.contract.messages import WorkPhase, WorkRecord
+    from station_runtime.contract.specs import WorkItemSpec
+
+    now = utcnow()
+    base = WorkRecord(org="o", work_id="w1", spec=WorkItemSpec(agent="a"), phase=WorkPhase.SUCCEEDED,
+                      created_at=now, updated_at=now, progress_percent=100.0, progress_message="turn 1",
+                      traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    done = _text(render.work_detail(base, "ok"))
+    assert "100%" in done and "turn 1" not in done and "0af7651916cd43dd8448eb211c80319c" in done
+    failed = _text(render.work_detail(base.model_copy(update={"phase": WorkPhase.FAILED}), None))
+    assert "turn 1" in failed
