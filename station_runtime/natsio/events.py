@@ -90,19 +90,13 @@ class EventPublisher:
                 await self._js.publish_async_completed()
 
 
-#: Events read ahead of a reader at most.
-EVENTS_READ_BUFFER = 1024
-
-
 async def read_events(nc: NatsClient, org: str, *, follow: bool = False, subject_filter: str | None = None,
                       idle_timeout_s: float = 2.0, recent: int | None = None) -> AsyncIterator[CloudEvent]:
     """Replay the org's events from the start (an ordered consumer), then stop when caught up, or keep
     following new ones. ``subject_filter`` is a subject such as ``lattice.v1.acme.events.work.*``; ``recent``:
     start with the stream's last that many events instead of its first."""
     js = nc.jetstream()
-    # Bounded: a slow reader (a terminal, `lattice top`) makes the subscription wait instead of buffering the
-    # stream in memory; the consumer's flow control then holds the rest on the server.
-    queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=EVENTS_READ_BUFFER)
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
     start: dict[str, Any] = {"deliver_policy": DeliverPolicy.ALL}
     if recent is not None:
         last = (await js.stream_info(subjects.events_stream(org))).state.last_seq
