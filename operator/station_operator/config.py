@@ -21,6 +21,16 @@ def _float(name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from exc
 
 
+#: The operator's OTEL_* variables that station pods get: where traces go and how they are sampled. Not the
+#: exporter's headers (they often hold a vendor's token: pods would carry it in plain text in their spec), nor the
+#: operator's own service name and resource attributes (a station names itself).
+STATION_OTEL_VARIABLES = frozenset({
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_TRACES_EXPORTER", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_SDK_DISABLED", "OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"})
+
+
 def _port(name: str) -> int | None:
     raw = os.environ.get(name, "")
     if raw in ("", "0", "none"):
@@ -56,8 +66,8 @@ class OperatorSettings:
     witness_interval_s: float = 1.0
     #: The operator's own /metrics (and /healthz) port; None: not served.
     metrics_port: int | None = None
-    #: The OTEL_* variables station pods get (the operator's own, but the service name: a station names itself),
-    #: so that one chart value (telemetry.otlpEndpoint) sends every process's traces to one Collector.
+    #: The OTEL_* variables station pods get (:data:`STATION_OTEL_VARIABLES` of the operator's own), so that one
+    #: chart value (telemetry.otlpEndpoint) sends every process's traces to one Collector.
     station_otel_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -85,6 +95,5 @@ class OperatorSettings:
             work_item_ttl_s=_float("LATTICE_WORKITEM_TTL", cls.work_item_ttl_s),
             witness_interval_s=_float("LATTICE_WITNESS_INTERVAL", cls.witness_interval_s),
             metrics_port=_port("LATTICE_METRICS_PORT"),
-            station_otel_env=tuple(sorted((k, v) for k, v in env.items()
-                                          if k.startswith("OTEL_") and k != "OTEL_SERVICE_NAME")),
+            station_otel_env=tuple(sorted((k, v) for k, v in env.items() if k in STATION_OTEL_VARIABLES)),
         ), **given)

@@ -88,8 +88,8 @@ class Feed:
 
     def _seen(self, versioned: Versioned) -> None:
         assert self.index is not None
-        if not self.index.ready.is_set():
-            return  # the first snapshot is the past: not a rate
+        if not self.index.healthy:
+            return  # a snapshot (the first, or a rewatch's after NATS came back) is the past: not a rate
         record = versioned.record
         if self._phases.get(record.work_id) != record.phase:
             self.rates.add(record.phase)

@@ -163,7 +163,9 @@ class AgentLoop:
         async def one(call: ToolCall) -> ToolResult:
             await execution.progress(Progress(message=f"calling {call.name}", turn=turn, tool=call.name))
             started = time.perf_counter()
-            with tracing.span(f"execute_tool {call.name}", attributes={
+            # The name as a label only if it is one of the agent's tools: a model can call any name it likes.
+            tool = call.name if call.name in self.tools else "unknown"
+            with tracing.span(f"execute_tool {tool}", attributes={
                     "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.name,
                     "gen_ai.tool.call.id": call.id, "lattice.agent": self.agent, "lattice.agent.turn": turn}) as span:
                 result = await self.tools.run(call, ToolContext(execution, call.id, remaining_s, ctx_budget))
@@ -172,7 +174,7 @@ class AgentLoop:
                 if result.child is not None and tracing.enabled():
                     span.set_attribute("lattice.work.child", result.child)
             metrics.TOOL_DURATION.record(time.perf_counter() - started, {
-                "agent": self.agent, "tool": call.name, "outcome": "error" if result.is_error else "ok"})
+                "agent": self.agent, "tool": tool, "outcome": "error" if result.is_error else "ok"})
             said = "failed" if result.is_error else "answered"
             await execution.progress(Progress(message=f"{call.name} {said}", turn=turn, tool=call.name))
             return result

@@ -296,14 +296,19 @@ class WorkService:
         # cancels it before it costs anything.
         marker = None if resumed else asyncio.get_running_loop().call_later(QUIET_START_S, self._mark_running, run)
         agent.acquire()
+        deadline = asyncio.timeout(max(remaining, 0.001))
         try:
-            async with asyncio.timeout(max(remaining, 0.001)):
+            async with deadline:
                 outcome = await agent.executor.run(Execution(
                     input=spec.input, request_id=run.work_id, progress=lambda p: self._progress(run, p),
                     context={"work_id": run.work_id, "attempt": started.attempt}, work=spec,
                     deadline_s=max(remaining, 0.001), depth=started.depth,
                     delegate=self.delegation.for_run(spec.max_retries) if self.delegation else None))
         except TimeoutError:
+            if not deadline.expired():  # the agent's own timeout (a call it made), not ours: retried as such
+                decision = requeue_or_escalate(started, "the agent timed out (a timeout of its own, not startToClose)")
+                await self._give_up(run, decision.action, decision.reason, ErrorCode.TIMEOUT)
+                return
             if closing:
                 said = f"not finished within scheduleToClose {spec.timeouts.schedule_to_close_seconds:g}s"
                 await self._finish(run, P.FAILED, reason=said, error=WorkError(code=ErrorCode.TIMEOUT, message=said))
@@ -425,6 +430,8 @@ class WorkService:
         done = await self._write(run, finish, outcome=True)
         self.completed += 1
         self._observe(run, done.record, done.record.phase.value.lower())
+        if done.record.phase == P.ESCALATED:  # counted as written (a cancel may have turned it into Cancelled)
+            metrics.WORK_ESCALATED.add(1, {"by": "station"})
         # Waiters need no word from us: the server pushed the stored record on work.{id}.record.
         await self.store.emit("work", done.record.phase.value.lower(), done.record)
 
@@ -437,7 +444,6 @@ class WorkService:
             metrics.WORK_REQUEUED.add(1, {"by": "station"})
             await self.store.emit("work", "requeued", requeued.record)
         else:
-            metrics.WORK_ESCALATED.add(1, {"by": "station"})
             await self._finish(run, P.ESCALATED, reason=reason, error=WorkError(code=code, message=reason))
 
     async def _cancelled(self, run: Run) -> None:

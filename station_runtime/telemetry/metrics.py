@@ -29,7 +29,7 @@ _meter = metrics.get_meter(SCOPE)
 
 #: Label sets one counter keeps at most; past it, new ones are added to an ``overflow="true"`` series (labels are
 #: bounded by design: this is the guard against a bug that would put an unbounded value in one).
-MAX_SERIES: Final = 10_000
+MAX_SERIES: Final = 2_000  # the SDK's own cardinality limit per instrument: past it, its overflow series
 
 
 class Counter:

@@ -181,9 +181,7 @@ class WorkIndex:
             await self._undecodable(key, revision, entry.value, exc)
             return
         self.decoded += 1
-        if record.phase.terminal:
-            self._count_finished(key, record.phase)
-        elif key not in self.live and self.ready.is_set():
+        if not record.phase.terminal and key not in self.live and self.ready.is_set():
             # A key never seen, after the first snapshot: new work (whoever submitted it, from whatever process).
             metrics.WORK_SUBMITTED.add(1, {"org": self._state.org, "agent": record.spec.agent or ""})
         self.put(Versioned(record, revision))
@@ -224,6 +222,10 @@ class WorkIndex:
         current = self.live.get(key)
         if current is not None and current.revision >= versioned.revision:
             return
+        if record.phase.terminal:
+            # Counted by whoever sees the live record go terminal first: the watch, or the witness's own write
+            # (which makes the watch's later copy of it a record no longer live, not counted again).
+            self._count_finished(key, record.phase)
         self._forget(key)
         if record.phase.terminal:
             self.finished += 1

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
+from nats.js.errors import NotFoundError
 
 from ..contract import subjects
 from ..contract.codec import encode
@@ -323,12 +324,23 @@ class Witness:
                                          f"filled, over the {self.store.state.limits.max_value_bytes // 2} a work "
                                          "record carries; a step's output may be large, its input may not: pass "
                                          "a part of it, or let the step fetch it")
-                except (KeyError, ValueError) as exc:  # a step it names has no output; an input too large
-                    error = WorkError(code=ErrorCode.BAD_REQUEST, message=str(exc))
+                except (KeyError, ValueError, NotFoundError) as exc:
+                    # A step it names has no output, an input too large, a stored output gone (past retention),
+                    # the workflow's deadline passed.
+                    late = isinstance(exc, workflow.DeadlinePassed)
+                    error = WorkError(code=ErrorCode.TIMEOUT if late else ErrorCode.BAD_REQUEST,
+                                      message=str(exc) or type(exc).__name__)
+                    why = error.message if late else "bad step input"
                     await self.store.mutate(rec.work_id, lambda r: None if r.phase.terminal else
-                                            phases.transition(r, P.FAILED, error=error, reason="bad step input"))
+                                            phases.transition(r, P.FAILED, error=error, reason=why))
                     return 1
-                await self.auctioneer.submit(spec, work_id=key, parent_id=rec.work_id)
+                except NATS_FAILURES:  # the results store did not answer: look again shortly
+                    self.index.recheck(current, utcnow() + timedelta(seconds=1))
+                    return 0
+                # The step joins the workflow's trace (no message started this: the record carries it).
+                with tracing.span("lattice.workflow.step", parent=tracing.incoming(None, rec.traceparent),
+                                  attributes={"lattice.work.id": rec.work_id, "lattice.workflow.step": step.name}):
+                    await self.auctioneer.submit(spec, work_id=key, parent_id=rec.work_id)
         return 1 if updated is not None else 0
 
 

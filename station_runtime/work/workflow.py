@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from ..contract.messages import ErrorCode, Payload, WorkError, WorkPhase, WorkRecord
+from ..contract.messages import ErrorCode, Payload, WorkError, WorkPhase, WorkRecord, utcnow
 from ..contract.specs import WorkflowStep, WorkItemSpec
 from . import phases
 
@@ -42,6 +42,10 @@ def render(template: str, workflow_input: Any, outputs: dict[str, Payload]) -> s
     return _TEMPLATE.sub(fill, template)
 
 
+class DeadlinePassed(ValueError):
+    """The workflow's scheduleToClose passed before its next step could start."""
+
+
 def referenced_steps(template: str) -> set[str]:
     """Pure: the steps whose outputs ``template`` uses."""
     return {m.group(2) for m in _TEMPLATE.finditer(template) if m.group(2)}
@@ -52,9 +56,17 @@ def step_spec(parent: WorkRecord, step: WorkflowStep, loaded: dict[str, Payload]
     results store by the caller."""
     spec = parent.spec
     outputs = {**parent.step_outputs, **(loaded or {})}
+    timeouts = spec.timeouts
+    if timeouts.schedule_to_close_seconds is not None:
+        # The workflow's deadline is one deadline: a step gets what is left of it, not a fresh one of its own.
+        left = timeouts.schedule_to_close_seconds - (utcnow() - parent.created_at).total_seconds()
+        if left <= 0:
+            raise DeadlinePassed(f"not finished within scheduleToClose {timeouts.schedule_to_close_seconds:g}s "
+                             f"(before step {step.name!r})")
+        timeouts = timeouts.model_copy(update={"schedule_to_close_seconds": left})
     return WorkItemSpec(org=spec.org, agent=step.agent, required_capabilities=step.required_capabilities,
                         input=render(step.input, spec.input, outputs), constraints=spec.constraints,
-                        timeouts=spec.timeouts, max_retries=spec.max_retries, priority=spec.priority)
+                        timeouts=timeouts, max_retries=spec.max_retries, priority=spec.priority)
 
 
 def advance(parent: WorkRecord, child: WorkRecord | None) -> WorkRecord | None:

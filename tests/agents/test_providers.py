@@ -3,6 +3,7 @@ what is sent, streaming, usage, retries, errors that say what to do and never ca
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,32 @@ def test_api_version_needs_openai_and_an_endpoint() -> None:
         ModelSpec(provider="openai", name="gpt-4o", api_version="2024-10-21")
     with pytest.raises(ValueError, match="apiVersion"):
         ModelSpec(provider="anthropic", name="claude", base_url="http://x", api_version="2024-10-21")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_stream_closed_before_its_end_is_a_broken_stream_not_an_answer(provider: str) -> None:
+    # A proxy or a restart can close a stream cleanly mid-answer: no finish_reason / stop_reason came.
+    from station_runtime.executors.providers.anthropic_messages import AnthropicMessages
+    from station_runtime.executors.providers.base import ModelError
+    from station_runtime.executors.providers.openai_chat import OpenAIChat
+
+    if provider == "openai":
+        reader: object = OpenAIChat(ModelSpec(provider="openai", name="m", base_url="http://127.0.0.1:9"))
+        lines = ['data: {"model": "m", "choices": [{"delta": {"content": "half an ans"}}]}', ""]
+    else:
+        reader = AnthropicMessages(ModelSpec(provider="anthropic", name="m", base_url="http://127.0.0.1:9"))
+        lines = ['data: {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 3}}}',
+                 'data: {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}',
+                 'data: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "half"}}']
+
+    async def stream() -> AsyncIterator[str]:
+        for line in lines:
+            yield line
+
+    async def ignore(_: str) -> None:
+        return None
+
+    with pytest.raises(ModelError, match="stream ended before the answer did") as exc:
+        await reader._read(stream(), ignore)  # type: ignore[attr-defined]
+    assert exc.value.retryable and exc.value.error_type == "stream"
+    await reader.aclose()  # type: ignore[attr-defined]

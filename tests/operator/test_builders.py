@@ -180,3 +180,26 @@ def test_discovered_tools_reach_the_agents_and_the_tool_servers_status() -> None
     assert (ready["reason"], ready["message"]) == ("Unreachable", "coder: tool server unavailable: 401")
     alone = builders.tool_server_status(server, "acme", [], [hosting], NOW)
     assert next(c for c in alone["conditions"] if c["type"] == "Ready")["reason"] == "Unused"
+
+
+def test_station_pods_get_where_traces_go_but_not_the_exporters_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from station_operator import builders
+    from station_operator.config import OperatorSettings
+
+    from station_runtime.api.models import ObjectMeta, Station
+    from station_runtime.contract.specs import StationSpec
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=vendor-secret")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "lattice-operator")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.pod.name=operator-0")
+    cfg = OperatorSettings.from_env()
+    assert dict(cfg.station_otel_env) == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+                                          "OTEL_TRACES_SAMPLER": "parentbased_traceidratio"}
+    station = Station(metadata=ObjectMeta(name="w"), spec=StationSpec())
+    pod = builders.StationPodConfig(image="i", nats_url="nats://n:4222", otel_env=cfg.station_otel_env)
+    env = {e["name"]: e.get("value") for e in
+           builders.stateful_set(station, "o", pod)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:4318" and "OTEL_EXPORTER_OTLP_HEADERS" not in env
+    assert "vendor-secret" not in str(env)

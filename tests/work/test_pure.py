@@ -249,3 +249,16 @@ def test_a_station_is_probed_only_when_overdue_and_still_live(beats_late: float,
     record = StationRecord(org="o", station_id="s", capacity=1, heartbeat_interval_s=2.0, started_at=beat,
                            last_heartbeat=beat, answers_ping=answers_ping)
     assert overdue(record, now) is expected
+
+
+def test_a_workflow_step_gets_what_is_left_of_the_workflows_deadline() -> None:
+    from station_runtime.work.workflow import DeadlinePassed, step_spec
+
+    spec = WorkItemSpec(input="x", timeouts=WorkTimeouts(schedule_to_close_seconds=10), steps=[
+        WorkflowStep(name="a", agent="e", input="{{input}}")])
+    now = utcnow()  # not NOW: step_spec reads the clock itself
+    parent = rec(P.RUNNING, spec=spec, created_at=now - timedelta(seconds=4))
+    left = step_spec(parent, spec.steps[0]).timeouts.schedule_to_close_seconds
+    assert left is not None and 5.5 < left <= 6.0
+    with pytest.raises(DeadlinePassed, match="not finished within scheduleToClose 10s"):
+        step_spec(rec(P.RUNNING, spec=spec, created_at=now - timedelta(seconds=11)), spec.steps[0])

@@ -29,6 +29,7 @@ from station_runtime.errors import ConflictError
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.station.invoke import Slots
 from station_runtime.station.work import WorkService
+from station_runtime.telemetry import metrics
 from station_runtime.work import phases
 from station_runtime.work.auction import AuctionConfig
 from station_runtime.work.scoring import tiebreak
@@ -172,6 +173,8 @@ async def test_schedule_to_close_bounds_the_whole_work_waiting_or_running(client
         waiting = await client.submit(WorkItemSpec(agent="nobody", timeouts=close), watch=True)
         ran, waited = await asyncio.gather(client.wait_work(running.work_id, timeout_s=15),
                                            client.wait_work(waiting.work_id, timeout_s=15))
+    # The witness failed the waiting one with its own write: the controller still counted both as finished.
+    assert metrics.WORK_FINISHED.value(org=org, phase="failed") == 2
     for final in (ran, waited):
         assert final.phase == P.FAILED and "scheduleToClose 1.5s" in final.reason
         assert final.error is not None and final.error.code == ErrorCode.TIMEOUT

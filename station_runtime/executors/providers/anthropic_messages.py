@@ -156,6 +156,9 @@ class AnthropicMessages:
                                  code=ErrorCode.MODEL_UNAVAILABLE if error_type in _RETRYABLE_TYPES
                                  else ErrorCode.AGENT_ERROR, started=True,
                                  kind=error_type if error_type in _KNOWN_TYPES else "stream")
+        if stop is None:  # no message_delta with its stop reason: the stream was cut, not finished
+            raise ModelError("the model API's stream ended before the answer did (no stop_reason)",
+                             retryable=True, code=ErrorCode.MODEL_UNAVAILABLE, started=True, kind="stream")
         text = "".join(b["text"] for _, b in sorted(blocks.items()) if b["type"] == "text")
         calls = [ToolCall(b["id"] or f"toolu_{i}", b["name"], tool_arguments(b["input"]))
                  for i, b in sorted(blocks.items()) if b["type"] == "tool_use"]

@@ -163,6 +163,9 @@ class OpenAIChat:
                     call["arguments"] += function.get("arguments") or ""
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
+        if finish is None:  # closed cleanly mid-answer (a proxy, a restart): not an answer, a broken stream
+            raise ModelError("the model API's stream ended before the answer did (no finish_reason)",
+                             retryable=True, code=ErrorCode.MODEL_UNAVAILABLE, started=True, kind="stream")
         tool_calls = [ToolCall(c["id"] or f"call_{i}", c["name"], tool_arguments(c["arguments"]))
                       for i, c in sorted(calls.items())]
         reason: FinishReason = "tool_calls" if tool_calls else _FINISH.get(finish or "stop", "stop")

@@ -114,6 +114,9 @@ class ToolBox:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
     def definitions(self) -> list[ToolDefinition]:
         return [e.tool.definition for e in self._entries.values()]
 
