@@ -64,7 +64,8 @@ class Feed:
         self._tasks: list[asyncio.Task[None]] = []
         self.index: WorkIndex | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, follow: bool = True) -> None:
+        """Open the watches; ``follow``: keep the events and agents current (a one-frame view reads them once)."""
         client = self.client
         state = await client.state()
         self.directory = await client.directory()
@@ -74,6 +75,11 @@ class Feed:
         await index.start()
         client.on_reconnect(index.rewatch)
         self.agents = await client.agents()
+        if not follow:
+            with contextlib.suppress(*NATS_FAILURES):
+                async for event in client.events(recent=SHOWN_EVENTS):
+                    self.events.append(event)
+            return
         self._tasks = [asyncio.create_task(self._follow_events(), name="top-events"),
                        asyncio.create_task(self._poll_agents(), name="top-agents")]
 
@@ -161,7 +167,7 @@ def keys_from_terminal(on_key: Any) -> Iterator[None]:
 async def _top(g: Globals, interval: float, once: bool) -> None:
     async with LatticeClient(g.nats, g.org) as client:
         feed = Feed(client, g.org, g.nats.describe())
-        await feed.start()
+        await feed.start(follow=not once)
         try:
             if once:
                 console.print(render(feed.refresh(), Options(), utcnow()))

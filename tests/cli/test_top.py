@@ -187,6 +187,16 @@ async def test_top_once_prints_one_frame(client: LatticeClient, nats_url: str, o
     await client.put_agent(echo_agent("echo"))
     async with running_station(nats_url, org, "s-once"):
         await client.wait_for_stations(1, agent="echo")
+        done = await client.wait_work((await client.submit(WorkItemSpec(agent="echo", input="x"),
+                                                           work_id="once-1", watch=True)).work_id, timeout_s=10)
+        assert done.phase == WorkPhase.SUCCEEDED
+        await eventually(lambda: _has_event(client, "once-1", "work.succeeded"), timeout_s=10,
+                         what="the work's succeeded event")
         result = await lattice("--nats", nats_url, "--org", org, "top", "--once")
     assert result.code == 0, result.stderr
     assert "s-once" in result.stdout and f"org {org}" in result.stdout
+    assert "work.succeeded" in result.stdout and "once-1" in result.stdout  # the recent events, read once
+
+
+async def _has_event(client: LatticeClient, work_id: str, kind: str) -> bool:
+    return kind in [e.short_type async for e in client.events(work_id=work_id)]
