@@ -5,6 +5,8 @@ children, and the children's usage is rolled up into the parent's."""
 from __future__ import annotations
 
 import json
+import signal
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,8 @@ from station_runtime.modelsim import ModelSim, Step, ToolCallStep
 from station_runtime.work.controller import WorkController
 from tests.support.agents_llm import llm_agent, script
 from tests.support.cli import lattice
-from tests.support.lattice import running_station
+from tests.support.lattice import StationProcess, running_station
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -89,3 +92,51 @@ async def test_delegation_past_the_depth_limit_is_refused_to_the_model(
         await client.wait_for_stations(2, agent="recurse", timeout_s=20)
         reply = await client.invoke("go", agent="recurse", timeout_s=30)
     assert "delegation depth limit reached (1 levels)" in str(reply.output)
+
+
+@pytest.mark.fault
+async def test_a_parent_killed_between_its_two_children_leaves_exactly_two(
+        client: LatticeClient, nats_url: str, org: str, sim: ModelSim, tmp_path: Path) -> None:
+    # The planner submits child A, then (slowly: the model streams its second turn) child B. Its station is
+    # SIGKILLed after A exists and before B: the witness requeues the run, another station runs it again, and
+    # the child ids (parent id + the model's call id) make A's second submission the same work, not a second A.
+    parent_id = "plan-killed"
+    first = ToolCallStep("lattice_submit", {"agent": "researcher", "input": "A"}, id="call_a")
+    second = ToolCallStep("lattice_submit", {"agent": "researcher", "input": "B"}, id="call_b")
+    wait = ToolCallStep("lattice_await", {"work_ids": [child_id(parent_id, "call_a"), child_id(parent_id, "call_b")]},
+                        id="call_w")
+    script(sim, "slow-planner", Step(tool_calls=(first,)),
+           Step(text=" ".join(["thinking"] * 12), tool_calls=(second,)), Step(tool_calls=(wait,)), "both done",
+           tokens_per_s=4)
+    script(sim, "researcher-model", "found it")
+    await client.put_agent(llm_agent(sim, "openai", "slow-planner", "planner", labels={"role": "plan"},
+                                     tools=[{"lattice": ["submit", "await"], "delegateTo": ["researcher"]}]))
+    await client.put_agent(llm_agent(sim, "openai", "researcher-model", "researcher", labels={"role": "research"}))
+    env = {"TEST_MODEL_KEY": "sk-test-0123456789abcdef"}
+    doomed = StationProcess(nats_url, org, "s-plan-1", tmp_path, "--agent-selector", "role=plan", env=env).start()
+    spare: StationProcess | None = None
+    try:
+        async with WorkController(await client.org_work(), interval_s=0.2), \
+                running_station(nats_url, org, "s-research", agent_selector=parse_selector("role=research")):
+            await client.wait_for_stations(1, agent="planner", timeout_s=30)
+            await client.submit(WorkItemSpec(agent="planner", input="plan it", max_retries=2), work_id=parent_id)
+            await eventually(lambda: client.get_work(child_id(parent_id, "call_a")), timeout_s=30,
+                             what="child A submitted")
+            assert await client.get_work(child_id(parent_id, "call_b")) is None  # the kill comes between the two
+            doomed.signal(signal.SIGKILL)
+            await doomed.wait(10)
+            spare = StationProcess(nats_url, org, "s-plan-2", tmp_path, "--agent-selector", "role=plan",
+                                   env=env).start()
+            parent = await client.wait_work(parent_id, timeout_s=90)
+        assert parent.phase == WorkPhase.SUCCEEDED, parent.reason
+        assert parent.attempt == 2 and parent.station_id == "s-plan-2"
+        children = [r for r in await client.list_work() if r.parent_id == parent_id]
+        assert sorted(c.work_id for c in children) == sorted([child_id(parent_id, "call_a"),
+                                                             child_id(parent_id, "call_b")])
+        submitted = [e async for e in client.events(category="work")
+                     if e.short_type == "work.submitted" and e.data.get("parent") == parent_id]
+        assert len(submitted) == 2  # child A was created once, by the first attempt
+    finally:
+        doomed.stop()
+        if spare is not None:
+            spare.stop()
