@@ -8,6 +8,7 @@ reported loudly instead of silently overwritten each beat.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -96,11 +97,27 @@ class Presence:
         await self._nc.publish(subjects.presence(self._settings.org, "goodbye"),
                                encode(Goodbye(station_id=self._settings.station_id, reason=reason)))
         if self._revision is not None:
+            key = self._settings.station_id
             try:
-                await self._kv.delete(self._settings.station_id, last=self._revision)
-            except (KeyWrongLastSequenceError, KeyNotFoundError):
-                pass  # expired already, or taken over by another process with our id
+                await self._kv.delete(key, last=self._revision)
+            except KeyNotFoundError:
+                pass  # expired already
+            except KeyWrongLastSequenceError:
+                # A beat of ours landed after we last heard (its write was cancelled in flight), or another
+                # process took our id over: delete the record only if it is still ours.
+                with contextlib.suppress(KeyNotFoundError, KeyWrongLastSequenceError):
+                    entry = await self._kv.get(key)
+                    if entry.value and self._is_mine(entry.value):
+                        await self._kv.delete(key, last=entry.revision or 0)
         self._revision = None
+
+    @staticmethod
+    def _is_mine(value: bytes) -> bool:
+        try:
+            record = decode(value, StationRecord)
+        except DecodeError:
+            return False
+        return (record.pid, record.hostname) == (os.getpid(), socket.gethostname())
 
     async def _write(self, record: StationRecord) -> None:
         key, data = record.station_id, encode(record)

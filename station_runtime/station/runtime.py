@@ -176,6 +176,10 @@ class Station:
                 log.warning("abandoned %d run(s) after the %.0fs drain timeout", len(pending), s.drain_timeout_s)
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
+            # Wait for it to stop: a beat's write cancelled in flight may still land, and the goodbye below must
+            # come after it (else the record it deletes is already a revision older than the one stored).
+            with contextlib.suppress(asyncio.CancelledError, *NATS_FAILURES):
+                await self._heartbeat_task
         # Without NATS there is nobody to say goodbye to: the registry forgets us by itself.
         online = self.nc is not None and self.nc.is_connected
         if self.presence is not None and self._started and online:
