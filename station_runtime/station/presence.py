@@ -107,17 +107,10 @@ class Presence:
                 # process took our id over: delete the record only if it is still ours.
                 with contextlib.suppress(KeyNotFoundError, KeyWrongLastSequenceError):
                     entry = await self._kv.get(key)
-                    if entry.value and self._is_mine(entry.value):
+                    stored = _stored(entry.value or b"")
+                    if stored is not None and _written_by_me(stored):
                         await self._kv.delete(key, last=entry.revision or 0)
         self._revision = None
-
-    @staticmethod
-    def _is_mine(value: bytes) -> bool:
-        try:
-            record = decode(value, StationRecord)
-        except DecodeError:
-            return False
-        return (record.pid, record.hostname) == (os.getpid(), socket.gethostname())
 
     async def _write(self, record: StationRecord) -> None:
         key, data = record.station_id, encode(record)
@@ -140,15 +133,26 @@ class Presence:
         self._revision = await self._kv.update(key, data, last=entry.revision or 0)
 
     def _warn_if_duplicate(self, value: bytes) -> None:
-        try:
-            other = decode(value, StationRecord)
-        except DecodeError:
+        other = _stored(value)
+        if other is None:
             return
-        me = (os.getpid(), socket.gethostname())
-        if (other.pid, other.hostname) != me and other.started_at > self.started_at:
+        if not _written_by_me(other) and other.started_at > self.started_at:
             self.duplicate_warnings += 1
             log.error("another process (pid %s on %s) uses station id %r; station ids must be unique",
                       other.pid, other.hostname, other.station_id)
+
+
+def _stored(value: bytes) -> StationRecord | None:
+    """A registry record as stored, or None if it cannot be read."""
+    try:
+        return decode(value, StationRecord)
+    except DecodeError:
+        return None
+
+
+def _written_by_me(record: StationRecord) -> bool:
+    """Whether this process wrote ``record`` (same pid on the same host), not another one using our id."""
+    return (record.pid, record.hostname) == (os.getpid(), socket.gethostname())
 
 
 def agent_errors(errors: dict[str, str]) -> dict[str, str]:
