@@ -23,6 +23,7 @@ from ..client import LatticeClient
 from ..contract.events import CloudEvent
 from ..contract.messages import AgentDefinition, WorkPhase, utcnow
 from ..natsio.retry import NATS_FAILURES
+from ..tasks import stop_task
 from ..work.index import WorkIndex
 from ..work.store import Versioned
 from .common import Globals, console, run
@@ -85,10 +86,7 @@ class Feed:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, *NATS_FAILURES):
-                await task
+            await stop_task(task)
         if self.index is not None:
             await self.index.stop()
 

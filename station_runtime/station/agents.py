@@ -12,7 +12,6 @@ idempotently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from ..contract.selectors import LabelSelector, selector_matches
 from ..executors import AgentFailure, Executor, load_executor
 from ..natsio.listing import KvItem
 from ..natsio.state import OrgState
+from ..tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,7 @@ class AgentHost:
             self._task = asyncio.create_task(self._run(), name="agent-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         for _, task in list(self._loads.values()):
             task.cancel()
         for agent in list(self.agents.values()):

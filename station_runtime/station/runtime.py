@@ -26,6 +26,7 @@ from ..natsio.connect import connect
 from ..natsio.events import EventPublisher
 from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES
 from ..natsio.state import OrgState, StateLimits
+from ..tasks import stop_task
 from ..work.store import WorkStore
 from .agents import AgentHost
 from .delegation import Delegation
@@ -143,8 +144,13 @@ class Station:
     async def _heartbeat_loop(self) -> None:
         assert self.presence is not None
         failing = False
-        while True:
+        # The loop also ends by itself once the station stops: Python 3.11's wait_for (inside nats-py's request)
+        # swallows a cancel that lands as the reply arrives, and a loop that only ends when cancelled would then
+        # beat on and hang the stop that waits for it.
+        while not self._stopped.is_set():
             await asyncio.sleep(self.presence.heartbeat_interval_s)
+            if self._stopped.is_set():
+                return
             try:
                 await self.presence.heartbeat()
             except BEST_EFFORT_FAILURES as exc:  # NATS down: keep beating, the reconnect catches up
@@ -175,11 +181,9 @@ class Station:
             if pending:
                 log.warning("abandoned %d run(s) after the %.0fs drain timeout", len(pending), s.drain_timeout_s)
         if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
             # Wait for it to stop: a beat's write cancelled in flight may still land, and the goodbye below must
             # come after it (else the record it deletes is already a revision older than the one stored).
-            with contextlib.suppress(asyncio.CancelledError, *NATS_FAILURES):
-                await self._heartbeat_task
+            await stop_task(self._heartbeat_task, STOP_NATS_TIMEOUT_S)
         # Without NATS there is nobody to say goodbye to: the registry forgets us by itself.
         online = self.nc is not None and self.nc.is_connected
         if self.presence is not None and self._started and online:

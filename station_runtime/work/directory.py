@@ -9,7 +9,6 @@ updates, and must not conclude that every station died (wasmCloud's lesson). Whi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -20,6 +19,7 @@ from ..contract.messages import StationRecord, utcnow
 from ..natsio.listing import KvItem
 from ..natsio.state import OrgState
 from ..routing import is_live
+from ..tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,7 @@ class StationDirectory:
         self.resumed = True
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     def live(self, now: datetime | None = None) -> list[StationRecord]:
         now = now or utcnow()

@@ -16,7 +16,6 @@ and re-delivers every current value; the index reconciles that snapshot with wha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -31,6 +30,7 @@ from ..contract.errors import DecodeError
 from ..contract.messages import WorkPhase, WorkRecord, utcnow
 from ..natsio.listing import KvItem
 from ..natsio.state import OrgState
+from ..tasks import stop_task
 from ..telemetry import metrics
 from .policy import WitnessPolicy, next_check
 from .store import Versioned
@@ -102,10 +102,7 @@ class WorkIndex:
         self._task = asyncio.create_task(self._run(), name="work-index")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         await self._state.follow("work", self._on_entry, what="work index", on_snapshot=self._on_snapshot,

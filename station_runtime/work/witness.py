@@ -33,6 +33,7 @@ from ..contract.messages import ErrorCode, WorkCancel, WorkError, WorkPhase, Wor
 from ..errors import LatticeError
 from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES
 from ..routing import MISSED_BEATS_LOST, overdue
+from ..tasks import stop_task
 from ..telemetry import metrics, tracing
 from . import phases, workflow
 from .auction import DEFAULT_HEARTBEAT_S, Auctioneer
@@ -83,10 +84,7 @@ class Witness:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _loop(self) -> None:
         # Python 3.11's wait_for can swallow a cancellation that lands as the awaited thing completes (and a tick

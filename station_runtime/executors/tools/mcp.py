@@ -29,6 +29,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from ...contract.specs import McpServerSpec, ValueSource
+from ...tasks import stop_task
 from ...telemetry import tracing
 from ..conversation import ToolDefinition
 from .base import ToolContext, ToolResult, as_text, truncate
@@ -269,9 +270,7 @@ class McpServer:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await asyncio.shield(owner)
         except TimeoutError:
-            owner.cancel()
-            with contextlib.suppress(BaseException):
-                await owner
+            await stop_task(owner, CLOSE_TIMEOUT_S)
         except BaseException:
             pass
 
