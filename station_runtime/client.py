@@ -36,6 +36,7 @@ from .contract.messages import (
     InvokeError,
     InvokeRequest,
     InvokeResult,
+    JournalEntry,
     Payload,
     StationRecord,
     WorkCancel,
@@ -56,6 +57,7 @@ from .work import phases
 from .work.auction import AuctionConfig, Auctioneer
 from .work.controller import OrgWork
 from .work.directory import StationDirectory
+from .work.journal import JournalStore
 from .work.policy import WitnessPolicy
 from .work.store import Versioned, WorkStore
 
@@ -503,6 +505,11 @@ class LatticeClient:
 
     async def result(self, record: WorkRecord) -> Payload:
         return await (await self.work_store()).load_result(record)
+
+    async def journal(self, work_id: str) -> list[JournalEntry]:
+        """The journal of an agent run (every attempt's turns and tool calls, in order; empty: none kept)."""
+        entries, _, _ = await JournalStore(await self.state()).read(work_id)
+        return entries
 
     async def cancel_work(self, work_id: str, reason: str = "cancelled by user") -> WorkRecord:
         """Cancel queued work at once; ask the station running it to stop (the witness forces it if the

@@ -25,7 +25,7 @@ from ..contract.messages import InvokeResult, WorkPhase, WorkProgress, WorkRecor
 from ..contract.specs import WorkItemSpec
 from ..errors import LatticeError
 from ..examples import DEMO_DIR
-from ..executors.tools.lattice import child_id
+from ..executors.tools.lattice import child_of
 from ..local.controller import LocalLattice
 from ..modelsim import ModelSim, Script, Step, ToolCallStep
 from ..work.policy import WitnessPolicy
@@ -106,7 +106,7 @@ PLANNER_TEXT = "the witness requeues work whose station died so that nothing is 
 def planner_script() -> Script:
     """What the stand-in model does as the planner: look a term up (MCP), count words (a Python tool) and hand
     a summary and a word count to two other agents through the lattice, at once; then await both and report."""
-    children = [child_id(PLANNER_ID, "s1"), child_id(PLANNER_ID, "s2")]
+    children = [child_of(PLANNER_ID, 3), child_of(PLANNER_ID, 4)]
     first = Step(tool_calls=(
         ToolCallStep("define", {"term": "witness"}, id="g1"),
         ToolCallStep("count_words", {"text": PLANNER_TEXT}, id="w1"),

@@ -227,6 +227,9 @@ class ErrorCode(enum.StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"
     #: The run reached maxTurns or maxToolCalls without a final answer.
     LIMIT_EXCEEDED = "limit_exceeded"
+    #: A tool call started on a station that died before it recorded the result, and the tool's policy says a
+    #: person must decide (it may have had its side effect): the work is escalated, never run twice silently.
+    UNKNOWN_OUTCOME = "unknown_outcome"
     #: The model API stayed rate-limited, overloaded or unreachable through every retry: later may work.
     MODEL_UNAVAILABLE = "model_unavailable"
 
@@ -408,3 +411,71 @@ class AuctionBid(WireModel):
     capacity: int = Field(default=0, ge=0)
     declined: bool = False
     reason: str = ""
+
+
+# --- the journal of an agent run ---------------------------------------------------------------------------
+
+#: What a journal entry may hold inline; a larger one is kept in the results object store, the stream holds a
+#: stub naming it (``ref``).
+JOURNAL_INLINE_BYTES = 64 * 1024
+
+
+class JournalKind(enum.StrEnum):
+    #: An attempt took the run over from an earlier one (after a crash, a requeue, a hand-back): fences it off.
+    ATTEMPT = "attempt"
+    #: A model call and its answer.
+    TURN = "turn"
+    #: A tool call about to start (written before it runs: a call with no result after it may have happened).
+    CALL = "call"
+    #: A tool call's result.
+    RESULT = "result"
+
+
+class JournalToolCall(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: str = Field(max_length=256)
+    name: str = Field(max_length=256)
+    arguments: dict[str, Any] | str
+
+
+class JournalEntry(WireModel):
+    """One entry of a run's journal (stream ``lattice-{org}-journal``, subject per work id), appended by the
+    station before the loop acts on what it records. Entries are numbered from 1 without gaps; the run is
+    rebuilt from them by :func:`station_runtime.executors.journal.replay`."""
+
+    SCHEMA = "lattice.journal.entry"
+
+    work_id: WorkId
+    n: int = Field(ge=1)
+    kind: JournalKind
+    attempt: int = Field(default=0, ge=0)
+    attempt_id: str = Field(default="", max_length=64)
+    station_id: str = Field(default="", max_length=128)
+    at: datetime = Field(default_factory=utcnow)
+    #: The turn this entry belongs to (1-based).
+    turn: int = Field(default=0, ge=0)
+    #: ``turn``: the request, by reference: the first ``messages`` messages of the conversation as the journal
+    #: rebuilds it (the input, then every answer and result before this turn), never a copy.
+    messages: int = Field(default=0, ge=0)
+    text: str = ""
+    tool_calls: list[JournalToolCall] = Field(default_factory=list, max_length=1024)
+    finish_reason: str = Field(default="", max_length=32)
+    usage: Usage | None = None
+    model: str = Field(default="", max_length=256)
+    #: ``call`` / ``result``: the model's id for the call, its position among the run's calls (1-based), the
+    #: tool and its arguments, and the idempotency key the tool was given (stable across attempts).
+    call_id: str = Field(default="", max_length=256)
+    call_index: int = Field(default=0, ge=0)
+    name: str = Field(default="", max_length=256)
+    arguments: dict[str, Any] | str | None = None
+    key: str = Field(default="", max_length=512)
+    is_error: bool = False
+    duration_ms: float | None = Field(default=None, ge=0)
+    #: A lattice tool's child work and what it spent.
+    child: str | None = Field(default=None, max_length=256)
+    delegated: Usage | None = None
+    #: ``attempt``: how many entries the attempt found and continued from.
+    resumed_at: int = Field(default=0, ge=0)
+    #: A stub: the whole entry is in the results object store under this reference.
+    ref: str | None = Field(default=None, max_length=512)

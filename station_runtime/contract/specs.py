@@ -177,6 +177,11 @@ class ToolRef(ApiModel):
                                          description="lattice: only these agents (default: any agent of the org).")
     name: str | None = Field(default=None, max_length=64, pattern=r"^[a-zA-Z0-9_-]{1,64}$",
                              description="function: the tool's name (default: the function's).")
+    unknown_outcome: Literal["retry", "escalate"] | None = Field(
+        default=None, description="A call that started on a station that died before it recorded the result: "
+        "retry (run it again with the same idempotency key: the tool honours the key) or escalate (a person "
+        "decides; the run stops, nothing runs twice). Default: escalate; lattice tools always retry (the child's "
+        "id is the key).")
 
     @model_validator(mode="after")
     def _one(self) -> ToolRef:
@@ -236,6 +241,8 @@ class AgentSpec(ApiModel):
         "(openai) and checked on the answer (both).")
     max_delegation_depth: int = Field(default=4, ge=0, le=32,
                                       description="How deep work delegated through lattice tools may nest.")
+    journal: bool = Field(default=True, description="Journal every model turn and tool call of async work, so "
+                          "that a new attempt resumes the run where it stopped instead of starting again.")
     station_selector: LabelSelector | None = Field(
         default=None, description="Which stations may host this agent; all when unset."
     )

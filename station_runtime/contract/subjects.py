@@ -12,10 +12,13 @@
                                                           the server (Nats-Sequence header: its revision):
                                                           the outcome notification, never ahead of the store
     lattice.v1.{org}.events.{station|agent|work}.{type}   CloudEvents 1.0, persisted in the org's stream
+    lattice.v1.{org}.journal.{work}                       a run's journal, one message per entry, in the org's
+                                                          journal stream (appends chained by compare-and-set)
 
 and the JetStream names behind the org's state: KV buckets ``lattice-{org}-{stations|agents|work}`` (streams
 ``KV_…``, subjects ``$KV.{bucket}.{key}``), the results object store ``lattice-{org}-work-results`` (stream
-``OBJ_…``, subjects ``$O.{bucket}.…``), the events stream ``lattice-{org}-events``, and the ``$JS.API`` subjects a
+``OBJ_…``, subjects ``$O.{bucket}.…``), the events stream ``lattice-{org}-events``, the journal stream
+``lattice-{org}-journal``, and the ``$JS.API`` subjects a
 station's permissions name (:mod:`station_runtime.natsauth.claims` derives them from the builders here).
 
 Builders validate every id they splice in, so no caller can build a subject with a stray wildcard; the ``*_all``
@@ -167,6 +170,15 @@ def events_all(org: str) -> str:
     return f"{org_root(org)}.events.>"
 
 
+def journal(org: str, work: str) -> str:
+    """The journal of one run (every attempt of work ``work``): appended by the station running it."""
+    return f"{org_root(org)}.journal.{validate_id(work, 'work id')}"
+
+
+def journal_all(org: str) -> str:
+    return f"{org_root(org)}.journal.*"
+
+
 def matches(pattern: str, subject: str) -> bool:
     """Pure: does ``subject`` match the NATS ``pattern`` (``*`` one token, a final ``>`` one or more)?"""
     want, have = pattern.split("."), subject.split(".")
@@ -217,6 +229,10 @@ def events_stream(org: str) -> str:
     return f"lattice-{validate_id(org, 'org id')}-events"
 
 
+def journal_stream(org: str) -> str:
+    return f"lattice-{validate_id(org, 'org id')}-journal"
+
+
 def kv_stream(bucket_name: str) -> str:
     return f"KV_{bucket_name}"
 
@@ -261,6 +277,11 @@ def js_consumer_info(stream: str, consumer: str = "*") -> str:
 def js_flow_control(stream: str) -> str:
     """Flow-control replies of a push consumer on ``stream`` (a watch that moves a lot of data answers them)."""
     return f"$JS.FC.{stream}.>"
+
+
+def js_stream_purge(stream: str) -> str:
+    """Purging a stream (with ``{"filter": subject}``: only that subject's messages)."""
+    return f"{JS_API}.STREAM.PURGE.{stream}"
 
 
 def js_stream_msg_get(stream: str) -> str:

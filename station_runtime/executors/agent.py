@@ -50,12 +50,13 @@ class AgentExecutor:
         self.prompting = Prompting(spec.system_prompt, spec.prompt_template, spec.input_schema)
         self.tools = ToolBox(default_timeout_s=spec.tool_timeout_seconds)
         self.servers: list[tuple[McpServer, ToolRef]] = []
-        local: list[Tool] = []
+        local: list[tuple[Tool, ToolRef]] = []
         for ref in spec.tools:
             if ref.function is not None:
-                local.append(FunctionTool(ref.function, ref.name))
+                local.append((FunctionTool(ref.function, ref.name), ref))
             elif ref.lattice is not None:
-                local.extend(lattice_tools(ref.lattice, ref.delegate_to, spec.max_delegation_depth))
+                local.extend((tool, ref) for tool in lattice_tools(ref.lattice, ref.delegate_to,
+                                                                    spec.max_delegation_depth))
             else:
                 from .tools.mcp import McpServer  # the MCP SDK, on first use
 
@@ -67,7 +68,8 @@ class AgentExecutor:
                 self.servers.append((McpServer(name, server_spec, default_timeout_s=spec.tool_timeout_seconds),
                                      ref))
         try:
-            self.tools.extend(local)
+            for tool, ref in local:
+                self.tools.add(tool, ref.unknown_outcome)
         except ValueError as exc:
             raise AgentFailure(str(exc), ErrorCode.BAD_REQUEST) from exc
 
@@ -86,7 +88,8 @@ class AgentExecutor:
                 if missing:
                     raise AgentFailure(f"tool server {server.name!r} has no tool {', '.join(map(repr, missing))} "
                                        f"(it has: {', '.join(offered) or 'none'})", ErrorCode.BAD_REQUEST)
-                self.tools.extend(t for n, t in offered.items() if not ref.allow or n in ref.allow)
+                self.tools.extend((t for n, t in offered.items() if not ref.allow or n in ref.allow),
+                                  ref.unknown_outcome)
         except ValueError as exc:
             await self.aclose()
             raise AgentFailure(str(exc), ErrorCode.BAD_REQUEST) from exc

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..contract.messages import AgentDefinition, ErrorCode, Payload, Usage
+from ..contract.messages import AgentDefinition, ErrorCode, JournalEntry, JournalKind, Payload, Usage
 from ..contract.specs import Budget, WorkItemSpec
 from ..errors import LatticeError
 
@@ -27,6 +27,19 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], Awaitable[None]]
+
+
+class RunJournal(Protocol):
+    """The journal of the run an execution belongs to."""
+
+    @property
+    def entries(self) -> Sequence[JournalEntry]:
+        """What the attempt found when it started (empty: a fresh run)."""
+        ...
+
+    async def append(self, kind: JournalKind, **fields: Any) -> JournalEntry:
+        """Append durably (the entry is stored when this returns), numbered after the last one."""
+        ...
 
 
 async def _no_progress(_: Progress) -> None:
@@ -51,6 +64,8 @@ class Execution:
     depth: int = 0
     #: Delegation through the lattice (lattice tools); None where the runtime offers none (tests, invoke).
     delegate: Delegate | None = None
+    #: The run's journal (async work of an agent that keeps one); None: the run starts afresh each attempt.
+    journal: RunJournal | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@ Bounded by the run's limits (:mod:`.limits`): ``maxTurns`` model calls, ``maxToo
 get an error result and the next turn offers no tools, so the model must answer), and the token and cost
 budgets, checked before every model call. Tool calls the model makes together run concurrently, each bounded by
 the tool box. Every turn and tool call is reported as progress, with the tokens as they stream.
+
+With a journal (async work), every answer of the model and every tool call is appended before the loop acts on
+it, and a new attempt of the run starts where the journal ends (:mod:`.journal`): answered turns are not sent to
+the model again, answered calls do not run again, and a call that started but never answered runs again (with
+the same idempotency key) only if its tool says it may; otherwise the run stops for a person to decide.
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ from typing import Any
 import jsonschema
 
 from ..backoff import compute_backoff
-from ..contract.messages import ErrorCode, Payload, Usage
+from ..contract.messages import ErrorCode, JournalKind, JournalToolCall, Payload, Usage
 from ..contract.specs import Price
 from ..telemetry import metrics, tracing
 from .base import AgentFailure, Execution, Outcome, Progress
 from .conversation import Message, ToolCall, Turn
+from .journal import LastTurn, replay
 from .limits import RunLimits, cost_usd, output_cap, over_budget, remaining_budget, tool_calls_allowed
 from .providers.base import ModelError, Provider, TurnRequest
-from .tools.base import ToolBox, ToolContext, ToolResult
+from .tools.base import ToolBox, ToolContext, ToolResult, idempotency_key
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,8 @@ class RunState:
     messages: list[Message]
     usage: Usage = field(default_factory=Usage)
     tool_calls: int = 0
+    #: Tool calls the model has made (counted or not): the next call's index is one more.
+    calls_seen: int = 0
     children: list[str] = field(default_factory=list)
 
     def failure(self, message: str, code: ErrorCode) -> AgentFailure:
@@ -66,15 +74,36 @@ class AgentLoop:
     model: str = ""
 
     async def run(self, execution: Execution) -> Outcome:
-        state = RunState(messages=[Message("user", text=input_text(execution.input))])
+        first = Message("user", text=input_text(execution.input))
+        state, first_turn, last = RunState(messages=[first]), 1, None
+        journal = execution.journal
         started = time.monotonic()
         deadline = None if execution.deadline_s is None else started + execution.deadline_s
-        for turn in range(1, self.limits.max_turns + 1):
+        if journal is not None and journal.entries:
+            done = replay(journal.entries, first)
+            state = RunState(messages=done.messages, usage=done.usage, tool_calls=done.tool_calls,
+                             calls_seen=done.calls_seen, children=done.children)
+            await execution.progress(Progress(message=f"resumed after turn {done.turns} from the journal",
+                                              turn=done.turns, usage=state.usage))
+            if done.answer is not None:  # answered already: only the outcome was not recorded
+                return Outcome(output=self._answer(done.answer.text, state), usage=state.usage,
+                               children=tuple(state.children))
+            first_turn, last = done.turns + 1, done.last
+        if last is not None:  # the calls of the last turn did not all answer: finish them first
+            remaining = None if deadline is None else deadline - time.monotonic()
+            await self._run_tools(last.calls, state, last.entry.turn, execution, remaining, last)
+        for turn in range(first_turn, self.limits.max_turns + 1):
             if (stop := over_budget(self.limits, state.usage)) is not None:
                 raise state.failure(stop.reason, stop.code)
             offer = state.tool_calls < self.limits.max_tool_calls and len(self.tools) > 0
             await execution.progress(Progress(message=f"turn {turn}", turn=turn, usage=state.usage))
-            result = await self._call(state, turn, offer, execution)
+            asked = len(state.messages)
+            result, spent = await self._call(state, turn, offer, execution)
+            if journal is not None:
+                await journal.append(JournalKind.TURN, turn=turn, messages=asked, text=result.text,
+                                     tool_calls=[JournalToolCall(id=c.id, name=c.name, arguments=c.arguments)
+                                                 for c in result.tool_calls],
+                                     finish_reason=result.finish_reason, usage=spent, model=result.model)
             state.messages.append(Message("assistant", text=result.text, tool_calls=tuple(result.tool_calls)))
             if not result.tool_calls:
                 return Outcome(output=self._answer(result.text, state), usage=state.usage,
@@ -84,7 +113,8 @@ class AgentLoop:
         raise state.failure(f"no final answer within maxTurns {self.limits.max_turns} "
                             f"({state.tool_calls} tool calls made)", ErrorCode.LIMIT_EXCEEDED)
 
-    async def _call(self, state: RunState, turn: int, offer_tools: bool, execution: Execution) -> Turn:
+    async def _call(self, state: RunState, turn: int, offer_tools: bool,
+                    execution: Execution) -> tuple[Turn, Usage]:
         request = TurnRequest(system=self.system, messages=tuple(state.messages),
                               tools=self.tools.definitions() if offer_tools else (),
                               max_tokens=output_cap(self.limits, state.usage, self.model_max_tokens),
@@ -113,7 +143,7 @@ class AgentLoop:
         spent = result.usage.model_copy(update={"model_calls": 1, "cost_usd": cost_usd(self.price, result.usage)})
         state.usage += spent
         self._count(spent, result.model)
-        return result
+        return result, spent
 
     async def _turn(self, request: TurnRequest, on_text: Any, turn: int) -> Turn:
         """One model call, as the GenAI semantic conventions describe it: a ``chat {model}`` client span (the
@@ -154,13 +184,34 @@ class AgentLoop:
             metrics.COST.add(spent.cost_usd, labels)
 
     async def _run_tools(self, calls: list[ToolCall], state: RunState, turn: int, execution: Execution,
-                         remaining_s: float | None) -> None:
+                         remaining_s: float | None, last: LastTurn | None = None) -> None:
+        """Run the calls of one answer; ``last``: what the journal says of them (a resumed run)."""
+        seen = state.calls_seen
+        state.calls_seen += len(calls)
         allowed = tool_calls_allowed(self.limits, state.tool_calls, len(calls))
         state.tool_calls += allowed
         state.usage += Usage(tool_calls=allowed)
         ctx_budget = remaining_budget(self.limits, state.usage)
+        journal = execution.journal
+        answered = last.results if last is not None else {}
+        keys = [idempotency_key(execution.request_id, seen + i) for i in range(1, len(calls) + 1)]
+        if last is not None:
+            for call, key in zip(calls[:allowed], keys, strict=False):
+                if call.id in last.started and call.id not in answered and self.tools.unknown_outcome(
+                        call.name) != "retry":
+                    raise state.failure(
+                        f"tool call {call.name} (idempotency key {key}) started on a station that stopped before "
+                        "it answered, and it may have had its effect: check what it did, then submit the work "
+                        "again (or declare unknownOutcome: retry on the tool if it honours its idempotency key)",
+                        ErrorCode.UNKNOWN_OUTCOME)
 
-        async def one(call: ToolCall) -> ToolResult:
+        async def one(call: ToolCall, key: str) -> ToolResult:
+            if (known := answered.get(call.id)) is not None:
+                return known
+            index = int(key.rpartition("/")[2])
+            if journal is not None:
+                await journal.append(JournalKind.CALL, turn=turn, call_id=call.id, call_index=index,
+                                     name=call.name, arguments=call.arguments, key=key)
             await execution.progress(Progress(message=f"calling {call.name}", turn=turn, tool=call.name))
             started = time.perf_counter()
             # The name as a label only if it is one of the agent's tools: a model can call any name it likes.
@@ -168,20 +219,31 @@ class AgentLoop:
             with tracing.span(f"execute_tool {tool}", attributes={
                     "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.name,
                     "gen_ai.tool.call.id": call.id, "lattice.agent": self.agent, "lattice.agent.turn": turn}) as span:
-                result = await self.tools.run(call, ToolContext(execution, call.id, remaining_s, ctx_budget))
+                result = await self.tools.run(call, ToolContext(execution, call.id, remaining_s, ctx_budget,
+                                                                key))
                 if result.is_error:
                     tracing.failed(span, result.text)
                 if result.child is not None and tracing.enabled():
                     span.set_attribute("lattice.work.child", result.child)
             metrics.TOOL_DURATION.record(time.perf_counter() - started, {
                 "agent": self.agent, "tool": tool, "outcome": "error" if result.is_error else "ok"})
+            if journal is not None:
+                await journal.append(JournalKind.RESULT, turn=turn, call_id=call.id, call_index=index,
+                                     name=call.name, text=result.text, is_error=result.is_error,
+                                     duration_ms=round((time.perf_counter() - started) * 1000, 3),
+                                     child=result.child, delegated=result.delegated)
             said = "failed" if result.is_error else "answered"
             await execution.progress(Progress(message=f"{call.name} {said}", turn=turn, tool=call.name))
             return result
 
-        results = list(await asyncio.gather(*(one(c) for c in calls[:allowed])))
-        results += [ToolResult(f"error: the tool call limit ({self.limits.max_tool_calls}) is reached: answer with "
-                               "what you have", True)] * (len(calls) - allowed)
+        results = list(await asyncio.gather(*(one(c, k) for c, k in zip(calls[:allowed], keys, strict=False))))
+        refused = ToolResult(f"error: the tool call limit ({self.limits.max_tool_calls}) is reached: answer with "
+                             "what you have", True)
+        for call in calls[allowed:]:
+            if journal is not None and call.id not in answered:
+                await journal.append(JournalKind.RESULT, turn=turn, call_id=call.id, name=call.name,
+                                     text=refused.text, is_error=True)
+            results.append(refused)
         for call, result in zip(calls, results, strict=True):
             if result.delegated is not None:
                 state.usage += result.delegated

@@ -152,6 +152,7 @@ def station_permissions(org: str, station_id: str) -> Permissions:
     stations_stream, agents_stream, work_stream = (subjects.kv_stream(b) for b in (stations, agents, work))
     results = subjects.results_bucket(org)
     results_stream = subjects.object_stream(results)
+    journal_stream = subjects.journal_stream(org)
     pub = (
         # Presence broadcasts: announce (start), heartbeat (every beat), goodbye (stop).
         subjects.presence(org, "announce"),
@@ -168,6 +169,9 @@ def station_permissions(org: str, station_id: str) -> Permissions:
         subjects.kv_all(work),
         # Large results: chunks and metadata of the results object store.
         subjects.object_all(results),
+        # Appends to the journals of the runs it runs (compare-and-set on the run's last entry, and the journal
+        # fenced by attempt: a later attempt's marker makes every append of an earlier one fail).
+        subjects.journal_all(org),
         # -- JetStream API, per stream, only what the station calls --
         # Presence bucket: bind + status (reads the TTL); direct get of its own key after a CAS conflict.
         subjects.js_stream_info(stations_stream),
@@ -188,6 +192,12 @@ def station_permissions(org: str, station_id: str) -> Permissions:
         # (with one, a station could purge the whole store in one request).
         subjects.js_stream_info(results_stream),
         subjects.js_stream_msg_get(results_stream),
+        # ... and reads the chunks of a large journal entry by batch direct get (no consumer, nothing left behind).
+        subjects.js_direct_get(results_stream),
+        # Journal stream: a resumed run reads its entries (batch direct get by subject, which also answers
+        # "which entry is last" after an append whose acknowledgement was lost). No purge: the controller deletes
+        # a journal with its record.
+        subjects.js_direct_get(journal_stream),
     )
     sub = (
         # Requests addressed to it: agent.invoke, work.assign, work.cancel, its auctions, ping.

@@ -90,6 +90,22 @@ async def list_bucket(inbox: Inbox, bucket: str, *, timeout_s: float = 5.0) -> L
         seq = last + 1
 
 
+async def read_subject(inbox: Inbox, stream: str, subject: str, *, limit: int,
+                       timeout_s: float = 5.0) -> list[Msg]:
+    """Every message of ``stream`` on ``subject`` (a filter), in order, at most ``limit`` (the caller's bound on
+    what it holds; more raise :class:`ListingError`)."""
+    messages: list[Msg] = []
+    seq = 1
+    while True:
+        page, remaining, last = await _page(inbox, stream, subject, seq, timeout_s)
+        messages.extend(page)
+        if len(messages) > limit:
+            raise ListingError(f"{stream} holds more than {limit} messages on {subject}")
+        if not remaining or last < seq:
+            return messages
+        seq = last + 1
+
+
 async def _page(inbox: Inbox, stream: str, subject_filter: str, seq: int,
                 timeout_s: float) -> tuple[list[Msg], int, int]:
     """One page from ``seq``: its messages, how many remain after it, and the last sequence it held."""

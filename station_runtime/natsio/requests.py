@@ -26,8 +26,9 @@ from .inbox import Inbox, status
 
 #: JetStream's error codes for "the subject's last sequence is not the one expected" (a failed compare-and-set).
 WRONG_LAST_SEQUENCE = (10071, 10164)
-#: JetStream's error code for a stream (a bucket) that refuses a write because it is at its bound.
-STORE_FULL = 10077
+#: JetStream's error codes for a stream (a bucket) that refuses a write because it is at its bound: its bytes or
+#: messages (10077), or a subject's messages with discard-new-per-subject (10077 as well on 2.11; kept a tuple).
+STORE_FULL = (10077,)
 
 
 class Requests:
@@ -67,22 +68,32 @@ async def kv_write(requests: Requests, bucket: str, key: str, value: bytes, *, l
     """Write ``key`` if its latest revision is ``last`` (0: if it has none); the new revision. With ``ttl_s`` the
     server deletes this version that long after (nats-server 2.11+ message TTL). Raises
     ``KeyWrongLastSequenceError`` when the compare-and-set fails, like ``KeyValue.update``."""
-    headers: dict[str, str] = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
+    headers: dict[str, str] = {}
     if ttl_s is not None:
         headers[Header.TTL] = f"{max(int(ttl_s), 1)}s"
+    return await js_append(requests, subjects.kv_key(bucket, key), value, last=last, store=bucket,
+                           timeout_s=timeout_s, headers=headers)
+
+
+async def js_append(requests: Requests, subject: str, value: bytes, *, last: int, store: str,
+                    timeout_s: float = 5.0, headers: dict[str, str] | None = None) -> int:
+    """Publish ``value`` to a stream's ``subject`` if the subject's last sequence is ``last`` (0: it has none);
+    the message's stream sequence. Raises ``KeyWrongLastSequenceError`` when the compare-and-set fails and
+    :class:`StoreFullError` (naming ``store``) when the stream is at its bound."""
+    headers = {**(headers or {}), Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
     # Stored with the value (and republished with it): a write of a work record carries the writer's span.
     headers = tracing.headers(headers) or headers
     try:
-        msg = await requests.request(subjects.kv_key(bucket, key), value, timeout_s=timeout_s, headers=headers)
+        msg = await requests.request(subject, value, timeout_s=timeout_s, headers=headers)
     except nats.errors.NoRespondersError:
         raise nats.js.errors.NoStreamResponseError from None
     ack: dict[str, Any] = json.loads(msg.data)
     if (error := ack.get("error")) is not None:
         if error.get("err_code") in WRONG_LAST_SEQUENCE:
             raise nats.js.errors.KeyWrongLastSequenceError(description=error.get("description"))
-        if error.get("err_code") == STORE_FULL:
+        if error.get("err_code") in STORE_FULL:
             # Not transient (it is not retried for minutes) and not nats-py's 503 (which reads as "no server").
-            raise StoreFullError(f"the org's store {bucket} is full ({error.get('description')}): finished work "
+            raise StoreFullError(f"the org's store {store} is full ({error.get('description')}): finished work "
                                  "is deleted after its retention; raise the bound (StateLimits, the org's JetStream "
                                  "limits), shorten the retention, or cancel old work")
         raise nats.js.errors.APIError.from_error(error)

@@ -1,5 +1,5 @@
-"""The org's JetStream state: KV buckets ``stations``, ``agents``, ``work``, the ``events`` stream and the results
-object store, each with a bound (:class:`StateLimits`).
+"""The org's JetStream state: KV buckets ``stations``, ``agents``, ``work``, the ``events`` and ``journal``
+streams and the results object store, each with a bound (:class:`StateLimits`).
 
 Buckets are created on first use by whoever gets there first (a station, ``lattice up``, the operator); creating
 an existing bucket with the same config is a no-op, so concurrent starters do not race. Every bucket keeps one
@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
     RePublish,
@@ -84,11 +85,20 @@ class StateLimits:
     stations_max_bytes: int = 8 * MIB
     #: Results larger than a record holds (up to 32 MiB each); each lives for the retention and an hour more.
     results_max_bytes: int = 1024 * MIB
+    #: Journals of agent runs, all together (a full journal refuses appends: the run fails with the reason).
+    journal_max_bytes: int = 512 * MIB
+    #: Entries of one run's journal (a turn is one, a tool call two): the server refuses more.
+    journal_max_entries_per_run: int = 10_000
+    #: Bytes of one run's journal, large entries in the object store included (the station keeps count).
+    journal_max_run_bytes: int = 64 * MIB
+    #: A journal outlives its run by the work's retention (the controller deletes it with the record); this is
+    #: the stream's own bound on any entry, for journals whose record went while no controller ran.
+    journal_max_age_s: float = 30 * 24 * 3600.0
 
     def total_bytes(self) -> int:
         """What one org may take on disk at most: an embedded server's ``max_file_store`` must hold it."""
         return (self.work_max_bytes + self.agents_max_bytes + self.stations_max_bytes + self.results_max_bytes
-                + self.events_max_bytes + self.toolservers_max_bytes)
+                + self.events_max_bytes + self.toolservers_max_bytes + self.journal_max_bytes)
 
 
 class OrgState:
@@ -164,8 +174,16 @@ class OrgState:
                              metadata={RETENTION_KEY: str(limits.work_retention_s)})
         retention = await _retention(js, subjects.bucket(org, "work"))
         if create:
-            await _stream(js, subjects.events_stream(org), [subjects.events_all(org)],
-                          limits.events_max_age_s, limits.events_max_bytes)
+            await _stream(js, StreamConfig(name=subjects.events_stream(org), subjects=[subjects.events_all(org)],
+                                           max_age=limits.events_max_age_s, max_bytes=limits.events_max_bytes,
+                                           storage=StorageType.FILE))
+            # The journal: read by direct get (a run's entries by subject), each run's entries bounded by the
+            # server (discard new per subject: an append past the bound is refused, never an old entry dropped).
+            await _stream(js, StreamConfig(
+                name=subjects.journal_stream(org), subjects=[subjects.journal_all(org)], storage=StorageType.FILE,
+                max_age=limits.journal_max_age_s, max_bytes=limits.journal_max_bytes, discard=DiscardPolicy.NEW,
+                max_msgs_per_subject=limits.journal_max_entries_per_run, discard_new_per_subject=True,
+                max_msg_size=limits.max_value_bytes, allow_direct=True))
         status = await stations.status()
         ttl = status.ttl or limits.presence_ttl_s
         return cls(nc, js, org, stations, agents, work, presence_ttl_s=ttl, limits=limits,
@@ -234,15 +252,15 @@ async def _upgrade(js: JetStreamContext, name: str, kv: KeyValue, republish: ReP
         return kv
 
 
-async def _stream(js: JetStreamContext, name: str, subjects_: list[str], max_age_s: float, max_bytes: int) -> None:
+async def _stream(js: JetStreamContext, config: StreamConfig) -> None:
+    assert config.name is not None
     try:
-        await js.stream_info(name)
+        await js.stream_info(config.name)
         return
     except NotFoundError:
         pass
-    with contextlib.suppress(BadRequestError):
-        await js.add_stream(StreamConfig(name=name, subjects=subjects_, max_age=max_age_s, max_bytes=max_bytes,
-                                         storage=StorageType.FILE))
+    with contextlib.suppress(BadRequestError):  # created by someone else meanwhile
+        await js.add_stream(config)
 
 
 EntryHandler = Callable[[KvItem, bool], Awaitable[None]]

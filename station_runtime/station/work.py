@@ -37,11 +37,13 @@ from ..contract.messages import (
     WorkRecord,
     utcnow,
 )
+from ..contract.specs import LLM_PROVIDERS
 from ..errors import LatticeError, ResultTooLarge
 from ..executors import AgentFailure, Execution, Progress
 from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES, is_transient, retry_transient
 from ..telemetry import metrics, tracing
 from ..work import phases, scoring
+from ..work.journal import JournalConflict, JournalStore, RunJournalWriter
 from ..work.policy import Action, close_deadline_s, requeue_or_escalate
 from ..work.store import Versioned, WorkStore
 from .admission import StationView, judge, pick_agent
@@ -116,6 +118,7 @@ class WorkService:
         self.org = settings.org
         self.station_id = settings.station_id
         self.store = store
+        self.journals = JournalStore(store.state)
         self.agents = agents
         self.slots = slots
         self.is_draining = is_draining
@@ -299,11 +302,13 @@ class WorkService:
         deadline = asyncio.timeout(max(remaining, 0.001))
         try:
             async with deadline:
+                journal = await self._journal(agent, started, resumed)
                 outcome = await agent.executor.run(Execution(
                     input=spec.input, request_id=run.work_id, progress=lambda p: self._progress(run, p),
                     context={"work_id": run.work_id, "attempt": started.attempt}, work=spec,
                     deadline_s=max(remaining, 0.001), depth=started.depth,
-                    delegate=self.delegation.for_run(spec.max_retries) if self.delegation else None))
+                    delegate=self.delegation.for_run(spec.max_retries) if self.delegation else None,
+                    journal=journal))
         except TimeoutError:
             if not deadline.expired():  # the agent's own timeout (a call it made), not ours: retried as such
                 decision = requeue_or_escalate(started, "the agent timed out (a timeout of its own, not startToClose)")
@@ -320,9 +325,14 @@ class WorkService:
         except asyncio.CancelledError:
             await self._cancelled(run)
             return
+        except JournalConflict as exc:
+            raise Superseded(str(exc)) from exc
         except AgentFailure as exc:
             run.usage, run.children = exc.usage, exc.children
-            if exc.code.retryable:
+            if exc.code == ErrorCode.UNKNOWN_OUTCOME:  # a person must look: escalated, never run again by itself
+                await self._finish(run, P.ESCALATED, reason=str(exc), error=WorkError(code=exc.code,
+                                                                                      message=str(exc)))
+            elif exc.code.retryable:
                 decision = requeue_or_escalate(started, str(exc))
                 await self._give_up(run, decision.action, decision.reason, exc.code)
             else:
@@ -342,6 +352,19 @@ class WorkService:
             await self._finish(run, P.FAILED, error=WorkError(code=ErrorCode.AGENT_ERROR, message=str(exc)))
             return
         await self._finish(run, P.SUCCEEDED, result=result, result_ref=ref, progress_percent=100.0)
+
+    async def _journal(self, agent: HostedAgent, record: WorkRecord, resumed: bool) -> RunJournalWriter | None:
+        """The run's journal, for agents that keep one (an LLM loop with ``journal`` on). A later attempt or a
+        resumed one reads what the journal has and takes it over; a first attempt starts it without a read."""
+        spec = agent.definition.spec
+        if not spec.journal or spec.model.provider not in LLM_PROVIDERS:
+            return None
+        resume = resumed or record.attempt > 1
+        try:
+            return await self.journals.open(record, self.station_id, resume=resume)
+        except NATS_FAILURES as exc:
+            raise AgentFailure(f"the run's journal could not be read: {exc or type(exc).__name__}",
+                               ErrorCode.INTERNAL) from exc
 
     def _mark_running(self, run: Run) -> None:
         if not run.running_recorded:

@@ -65,6 +65,9 @@ class WorkIndex:
         self._state = state
         self.policy = policy
         self.on_undecodable = on_undecodable
+        #: Told of every record the store deleted (its retention ended, or someone deleted it): the witness
+        #: deletes what lives beside it (the run's journal).
+        self.on_deleted: Callable[[str], Awaitable[None]] | None = None
         #: Unfinished records, by work id.
         self.live: dict[str, Versioned] = {}
         #: Work ids each station holds (Assigned or Running there).
@@ -163,6 +166,8 @@ class WorkIndex:
         revision = entry.revision
         if entry.operation in ("DEL", "PURGE") or not entry.value:
             self._forget(key)
+            if self.on_deleted is not None and not initial:
+                await self.on_deleted(key)
             return
         try:
             peek = _Peek.model_validate_json(entry.value)

@@ -39,6 +39,7 @@ from . import phases, workflow
 from .auction import DEFAULT_HEARTBEAT_S, Auctioneer
 from .directory import StationDirectory
 from .index import WorkIndex
+from .journal import JournalStore
 from .policy import Action, Decision, WitnessPolicy, decide
 from .store import Versioned, WorkStore, encode_payload
 
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 P = WorkPhase
 #: How long a probe of an overdue station waits for its answer (a timeout proves nothing either way).
 PROBE_TIMEOUT_S = 0.5
+#: What a journal purge may meet (NATS away, the stream refusing, an answer that is not JSON) and shrug off.
+PURGE_FAILURES: tuple[type[BaseException], ...] = (*BEST_EFFORT_FAILURES, ValueError)
 
 
 class Witness:
@@ -73,9 +76,20 @@ class Witness:
         #: Stations announced lost, with the heartbeat they were lost with (bounded by the stations known).
         self._announced: dict[str, datetime | None] = {}
         index.on_undecodable = self.quarantine
+        index.on_deleted = self.forget
+        self.journals = JournalStore(store.state)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="witness")
+
+    async def forget(self, work_id: str) -> None:
+        """A record is gone: its run's journal goes with it (best effort: the journal stream's age bound removes
+        what a failed purge leaves). Idempotent: several controllers may purge the same journal."""
+        try:
+            async with asyncio.timeout(5.0):
+                await self.journals.purge(work_id)
+        except PURGE_FAILURES as exc:
+            log.info("work %s: its journal was not deleted with its record: %s", work_id, exc)
 
     def wake(self) -> None:
         """Look now (a station joined, a submitter asked)."""

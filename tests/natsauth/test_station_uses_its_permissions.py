@@ -17,8 +17,8 @@ from nats.aio.client import Client as NatsClient
 from station_runtime.api.models import WorkItemSpec
 from station_runtime.client import LatticeClient
 from station_runtime.contract import subjects
-from station_runtime.contract.messages import WorkPhase, WorkRecord
-from station_runtime.executors.tools.lattice import child_id
+from station_runtime.contract.messages import JournalKind, WorkPhase, WorkRecord
+from station_runtime.executors.tools.lattice import child_of
 from station_runtime.modelsim import ModelSim, Step, ToolCallStep
 from station_runtime.natsauth import OrgAccount, Tenancy, prepare_org_state, station_permissions
 from station_runtime.natsio.connect import NatsSettings
@@ -84,6 +84,11 @@ async def _phase(client: LatticeClient, work_id: str, phase: WorkPhase) -> WorkR
     return record if record is not None and record.phase == phase else None
 
 
+async def _calling(client: LatticeClient, work_id: str) -> bool:
+    entries = await client.journal(work_id)
+    return any(e.kind == JournalKind.CALL for e in entries)
+
+
 async def test_a_station_uses_exactly_its_permissions(server: EmbeddedNats, tenancy: Tenancy,
                                                       tmp_path: Path) -> None:
     account: OrgAccount = await tenancy.ensure_org(ORG)
@@ -103,12 +108,18 @@ async def test_a_station_uses_exactly_its_permissions(server: EmbeddedNats, tena
             await client.put_agent(echo_agent("echo", prefix="done: "))
             await client.put_agent(echo_agent("slow", delaySeconds=1.2, steps=6))
             submit = ToolCallStep("lattice_submit", {"agent": "echo", "input": "child"}, id="c1")
-            wait = ToolCallStep("lattice_await", {"work_ids": [child_id("deleg-1", "c1")]}, id="c2")
+            wait = ToolCallStep("lattice_await", {"work_ids": [child_of("deleg-1", 1)]}, id="c2")
             invoke = ToolCallStep("lattice_invoke", {"agent": "echo", "input": "quick"}, id="c3")
             script(sim, "delegating", Step(tool_calls=(submit,)), Step(tool_calls=(wait,)),
                    Step(tool_calls=(invoke,)), "{tool_results}")
             await client.put_agent(llm_agent(sim, "openai", "delegating", "delegator",
                                              tools=[{"lattice": ["submit", "await", "invoke"]}]))
+            # A journaled run whose first answer is large (kept in the object store) and whose tool call is
+            # still running when its attempt is taken from it: the next attempt reads the journal back.
+            nap = ToolCallStep("sleepy", {"seconds": 1.5}, id="n1")
+            script(sim, "napping", Step(text="z" * 70_000, tool_calls=(nap,)), "rested")
+            await client.put_agent(llm_agent(sim, "openai", "napping", "napper", tools=[
+                {"function": "tests.support.agent_tools:sleepy", "unknownOutcome": "retry"}]))
             station = Station(StationSettings(org=ORG, station_id=STATION, nats=station_nats,
                                               heartbeat_interval_s=0.5, drain_timeout_s=5.0))
             await station.start()
@@ -135,6 +146,17 @@ async def test_a_station_uses_exactly_its_permissions(server: EmbeddedNats, tena
                     r, WorkPhase.PENDING, reason="taken back by the test", retry_at=None))
                 final = await client.wait_work(again.work_id, timeout_s=30)
                 assert final.phase == WorkPhase.SUCCEEDED and final.result_ref and final.attempt == 2
+                # The same for a journaled agent run: the next attempt replays the journal (its large entry from
+                # the object store) and runs the unanswered call again.
+                nap_item = await client.submit(WorkItemSpec(agent="napper", input="rest", max_retries=3), watch=True)
+                await eventually(lambda: _phase(client, nap_item.work_id, WorkPhase.RUNNING), timeout_s=10,
+                                 what="the napper to run")
+                await eventually(lambda: _calling(client, nap_item.work_id), timeout_s=10,
+                                 what="the napper's tool call to start")
+                await store.mutate(nap_item.work_id, lambda r: None if r.phase.terminal else phases.transition(
+                    r, WorkPhase.PENDING, reason="taken back by the test", retry_at=None))
+                napped = await client.wait_work(nap_item.work_id, timeout_s=30)
+                assert napped.phase == WorkPhase.SUCCEEDED and napped.result == "rested" and napped.attempt == 2
                 # An agent of the station delegates: it writes its children's records (the controller places
                 # them) and awaits them, for lattice_submit + lattice_await and for lattice_invoke.
                 parent = await client.submit(WorkItemSpec(agent="delegator", input="go"), work_id="deleg-1",
@@ -142,8 +164,8 @@ async def test_a_station_uses_exactly_its_permissions(server: EmbeddedNats, tena
                 done = await client.wait_work(parent.work_id, timeout_s=30)
                 assert done.phase == WorkPhase.SUCCEEDED, done.error
                 assert "done: quick" in str(done.result)
-                assert done.children == [child_id("deleg-1", "c1"), child_id("deleg-1", "c3")]
-                child = await client.get_work(child_id("deleg-1", "c1"))
+                assert done.children == [child_of("deleg-1", 1), child_of("deleg-1", 3)]
+                child = await client.get_work(child_of("deleg-1", 1))
                 assert child is not None and child.result == "done: child" and child.parent_id == "deleg-1"
             finally:
                 await station.stop("test over")

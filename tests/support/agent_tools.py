@@ -33,3 +33,19 @@ async def sleepy(seconds: float) -> str:
 def huge(size: int) -> str:
     """A long answer."""
     return "y" * size
+
+
+#: Where :func:`effect` records its side effects (one line per call), for tests that count them across processes.
+EFFECTS_ENV = "LATTICE_TEST_EFFECTS"
+
+
+async def effect(n: int, seconds: float = 0.0, idempotency_key: str = "") -> str:
+    """Do side effect number n (after a nap of ``seconds``): a line in the effects file."""
+    import os
+    from pathlib import Path
+
+    if seconds:
+        await asyncio.sleep(seconds)
+    with Path(os.environ[EFFECTS_ENV]).open("a") as out:
+        out.write(f"{n} {idempotency_key}\n")
+    return f"effect {n} done"

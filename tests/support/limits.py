@@ -7,4 +7,5 @@ from station_runtime.natsio.state import StateLimits
 
 MIB = 1024 * 1024
 TEST_LIMITS = StateLimits(presence_ttl_s=1.5, work_max_bytes=64 * MIB, agents_max_bytes=4 * MIB,
-                          stations_max_bytes=4 * MIB, results_max_bytes=64 * MIB, events_max_bytes=16 * MIB)
+                          stations_max_bytes=4 * MIB, results_max_bytes=64 * MIB, events_max_bytes=16 * MIB,
+                          journal_max_bytes=16 * MIB)

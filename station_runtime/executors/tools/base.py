@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import jsonschema
 from jsonschema.exceptions import SchemaError
@@ -40,6 +40,12 @@ class ToolResult:
     child: str | None = None
 
 
+def idempotency_key(work_id: str, call_index: int) -> str:
+    """A tool call's key: the same for the same call in every attempt of the run (the index is its position
+    among the calls the model made, 1-based, which a replayed run makes again in the same order)."""
+    return f"{work_id}/{call_index}"
+
+
 @dataclass
 class ToolContext:
     """What a tool call may know of its run: the execution, the model's id for the call, and what the run has
@@ -49,6 +55,9 @@ class ToolContext:
     call_id: str
     remaining_s: float | None = None
     remaining_budget: Budget | None = None
+    #: The same for this call in every attempt of the run (``{work id}/{call index}``): a tool with side effects
+    #: uses it to do them once.
+    idempotency_key: str = ""
 
 
 class Tool(Protocol):
@@ -77,10 +86,16 @@ def as_text(value: Any) -> str:
         return str(value)
 
 
+#: What happens to a call that started but never answered (its station died): run again with the same key, or
+#: stop for a person to decide.
+UnknownOutcome = Literal["retry", "escalate"]
+
+
 @dataclass
 class _Entry:
     tool: Tool
     validator: Any = None
+    unknown_outcome: UnknownOutcome = "escalate"
 
 
 @dataclass
@@ -90,7 +105,8 @@ class ToolBox:
     default_timeout_s: float = 60.0
     _entries: dict[str, _Entry] = field(default_factory=dict)
 
-    def add(self, tool: Tool) -> None:
+    def add(self, tool: Tool, unknown_outcome: UnknownOutcome | None = None) -> None:
+        """Add ``tool``; ``unknown_outcome``: its policy (default: the tool's own, else escalate)."""
         name = tool.definition.name
         if not name or len(name) > 64 or not set(name) <= NAME_CHARS:
             raise ValueError(f"tool name {name!r} ({tool.source}) is not 1-64 letters, digits, '_' or '-'")
@@ -105,11 +121,18 @@ class ToolBox:
         except SchemaError as exc:  # the server's schema is broken: its calls go unchecked rather than unusable
             log.warning("tool %s (%s): its input schema is not valid JSON Schema, calls go unchecked: %s",
                         name, tool.source, exc.message)
-        self._entries[name] = _Entry(tool, validator)
+        policy = unknown_outcome or getattr(tool, "unknown_outcome", None) or "escalate"
+        self._entries[name] = _Entry(tool, validator, policy)
 
-    def extend(self, tools: Iterable[Tool]) -> None:
+    def extend(self, tools: Iterable[Tool], unknown_outcome: UnknownOutcome | None = None) -> None:
         for tool in tools:
-            self.add(tool)
+            self.add(tool, unknown_outcome)
+
+    def unknown_outcome(self, name: str) -> UnknownOutcome:
+        """The policy of tool ``name`` for a call that started and never answered (a name it does not have:
+        retry, since such a call only ever returned an error)."""
+        entry = self._entries.get(name)
+        return "retry" if entry is None else entry.unknown_outcome
 
     def __len__(self) -> int:
         return len(self._entries)

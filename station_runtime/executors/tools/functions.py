@@ -1,6 +1,7 @@
 """Python function tools: ``module:function``, its JSON schema from its type hints (through pydantic) and its
 description from its docstring. Async functions are awaited; sync ones run in a thread so that a slow one cannot
-stall the station."""
+stall the station. A function with a parameter named ``idempotency_key`` gets the call's key there (the same in
+every attempt of the run; the model neither sees nor sets it), to do its side effect once."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from ..conversation import ToolDefinition
 from ..python import resolve
 from .base import ToolContext, ToolResult, as_text
 
+#: The parameter through which a function tool receives its call's idempotency key.
+KEY_PARAMETER = "idempotency_key"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -30,7 +34,7 @@ def _arguments_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
         raise AgentFailure(f"tool {name}: cannot read its type hints: {exc}", ErrorCode.BAD_REQUEST) from exc
     fields: dict[str, Any] = {}
     for param in inspect.signature(fn).parameters.values():
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.name == KEY_PARAMETER:
             continue
         annotation = hints.get(param.name, Any)
         default = ... if param.default is param.empty else param.default
@@ -49,6 +53,7 @@ class FunctionTool:
 
     def __init__(self, target: str, name: str | None = None) -> None:
         self.fn = resolve(target)
+        self.wants_key = KEY_PARAMETER in inspect.signature(self.fn).parameters
         tool_name = name or getattr(self.fn, "__name__", "") or target.rpartition(":")[2]
         self.arguments = _arguments_model(self.fn, tool_name)
         schema = self.arguments.model_json_schema()
@@ -63,6 +68,8 @@ class FunctionTool:
             said = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors()[:5])
             return ToolResult(f"error: the arguments do not match {self.definition.name}: {said}", True)
         kwargs = {name: getattr(parsed, name) for name in type(parsed).model_fields}
+        if self.wants_key:
+            kwargs[KEY_PARAMETER] = ctx.idempotency_key
         if inspect.iscoroutinefunction(self.fn):
             value = await self.fn(**kwargs)
         else:

@@ -4,8 +4,9 @@
 several children in one turn; ``lattice_await`` waits for children and returns their results; ``lattice_invoke``
 runs an agent synchronously and returns its answer. A child records its parent, inherits what is left of the
 parent's deadline and budget, and is one level deeper: past the agent's ``maxDelegationDepth`` a call is refused
-with an error the model sees. A child's id is derived from the parent and the model's call id, so submitting the
-same call again (a resumed run) finds the same child instead of starting a second one.
+with an error the model sees. A child's id is derived from the parent and the call's idempotency key (its
+position in the run), so submitting the same call again (a resumed run) finds the same child instead of starting
+a second one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ...contract.ids import MAX_ID_LENGTH
 from ...contract.messages import Payload, Usage
 from ...contract.specs import Budget, LatticeToolName
 from ..conversation import ToolDefinition
-from .base import ToolContext, ToolResult, as_text
+from .base import ToolContext, ToolResult, as_text, idempotency_key
 
 #: The most children one lattice_await waits for.
 MAX_AWAIT = 64
@@ -71,10 +72,16 @@ class Delegate(Protocol):
         ...
 
 
-def child_id(parent_id: str, call_id: str) -> str:
-    """Deterministic per (parent, model call), at most the work id length."""
-    digest = hashlib.blake2b(f"{parent_id}/{call_id}".encode(), digest_size=6).hexdigest()
+def child_id(parent_id: str, key: str) -> str:
+    """Deterministic per (parent, tool call: its idempotency key), at most the work id length."""
+    digest = hashlib.blake2b(f"{parent_id}/{key}".encode(), digest_size=6).hexdigest()
     return f"{parent_id[:MAX_ID_LENGTH - 14]}-d{digest}"
+
+
+def child_of(parent_id: str, call_index: int) -> str:
+    """The id of the child that the run's ``call_index``-th tool call (1-based, counting every call the model
+    made) submits: what a script or a test can know before the run."""
+    return child_id(parent_id, idempotency_key(parent_id, call_index))
 
 
 _TARGET = {
@@ -111,6 +118,9 @@ class LatticeTool:
     source = "lattice"
     #: Bounded by what is left of the run's deadline instead (a child may take long).
     timeout_s: float | None = 24 * 3600.0
+    #: A call that may have started is safe to make again: the child's id is the call's key, so submitting it
+    #: again finds the child instead of starting a second one.
+    unknown_outcome = "retry"
 
     def __init__(self, which: LatticeToolName, delegate_to: list[str], max_depth: int) -> None:
         self.which = which
@@ -135,7 +145,8 @@ class LatticeTool:
             return ToolResult(f"error: delegation depth limit reached ({self.max_depth} levels): do this part "
                               "yourself or answer with what you have", True)
         parent = ctx.execution.request_id or "run"
-        request = ChildRequest(work_id=child_id(parent, ctx.call_id), parent_id=parent, agent=agent,
+        child = child_id(parent, ctx.idempotency_key or ctx.call_id)
+        request = ChildRequest(work_id=child, parent_id=parent, agent=agent,
                                capability=capability, input=arguments.get("input", ""), depth=depth,
                                deadline_s=ctx.remaining_s, budget=ctx.remaining_budget)
         if self.which == "invoke":

@@ -42,6 +42,9 @@ MAX_TOOLS = 512
 MAX_PAGES = 32
 #: How long a closing connection may take before its task is cancelled.
 CLOSE_TIMEOUT_S = 5.0
+#: Where a tool call's idempotency key travels in the request's ``_meta`` (a prefixed key, as MCP asks of
+#: implementation-defined metadata).
+IDEMPOTENCY_META = "lattice.station.dev/idempotency-key"
 #: What a description the model reads may hold.
 MAX_DESCRIPTION = 2048
 
@@ -109,7 +112,8 @@ class McpTool:
         self.definition = ToolDefinition(name=tool.name, description=description, parameters=dict(schema))
 
     async def call(self, arguments: dict[str, Any], ctx: ToolContext) -> ToolResult:
-        return await self.server.call(self.definition.name, arguments, self.timeout_s or self.server.default_timeout_s)
+        return await self.server.call(self.definition.name, arguments, self.timeout_s or self.server.default_timeout_s,
+                                      ctx.idempotency_key)
 
 
 class McpServer:
@@ -135,7 +139,7 @@ class McpServer:
         async with self._lock:
             await self._connect()
 
-    async def call(self, name: str, arguments: dict[str, Any], timeout_s: float) -> ToolResult:
+    async def call(self, name: str, arguments: dict[str, Any], timeout_s: float, key: str = "") -> ToolResult:
         if not self.connected:
             async with self._lock:
                 if not self.connected:
@@ -149,8 +153,9 @@ class McpServer:
         assert session is not None
         try:
             # The tool call's span travels in the request's _meta (W3C trace context, as MCP's tracing proposal
-            # carries it): the session is shared by every call, so per-call HTTP headers cannot carry it.
-            meta = tracing.headers()
+            # carries it): the session is shared by every call, so per-call HTTP headers cannot carry it. So does
+            # the call's idempotency key, the same in every attempt of the run.
+            meta = tracing.headers({IDEMPOTENCY_META: key} if key else None)
             result = await session.call_tool(name, arguments, read_timeout_seconds=timeout_s,
                                              meta=cast(Any, meta) if meta else None)
         except MCPError as exc:
