@@ -17,6 +17,7 @@ from ..contract.events import CloudEvent
 from ..contract.messages import (
     AgentDefinition,
     InvokeResult,
+    JournalEntry,
     StationRecord,
     StationStatus,
     Usage,
@@ -253,6 +254,43 @@ def work_detail(record: WorkRecord, result: Any) -> Table:
         rows.append(("Result", result if isinstance(result, str) else json.dumps(result, indent=2)))
     for label, value in rows:
         table.add_row(*cells([label, value]))
+    return table
+
+
+#: What a journal line shows of a text (a model's answer, a tool's result, arguments).
+JOURNAL_PREVIEW = 72
+
+
+def _preview(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    text = " ".join(text.split())
+    return text if len(text) <= JOURNAL_PREVIEW else text[:JOURNAL_PREVIEW - 1] + "…"
+
+
+def journal_line(entry: JournalEntry) -> str:
+    """What one entry says, in a line."""
+    kind = entry.kind.value
+    if kind == "attempt":
+        return f"attempt {entry.attempt} took the run over after entry {entry.resumed_at}"
+    if kind == "turn":
+        said = f"{len(entry.tool_calls)} tool call(s): " + ", ".join(c.name for c in entry.tool_calls) \
+            if entry.tool_calls else f"answered: {_preview(entry.text)}"
+        tokens = f" [{entry.usage.input_tokens} in / {entry.usage.output_tokens} out]" if entry.usage else ""
+        return f"model ({entry.messages} messages sent) {said}{tokens}"
+    if kind == "call":
+        return f"{entry.name}({_preview(entry.arguments or {})}) key {entry.key}"
+    took = f" in {entry.duration_ms:.1f} ms" if entry.duration_ms is not None else ""
+    return f"{entry.name} {'failed' if entry.is_error else 'answered'}{took}: {_preview(entry.text)}"
+
+
+def journal_table(entries: Sequence[JournalEntry]) -> Table:
+    table = Table(box=None, title="Journal", title_justify="left", title_style="bold")
+    for column in ("#", "ATTEMPT", "STATION", "TIME", "TURN", "ENTRY"):
+        table.add_column(column)
+    for entry in entries:
+        table.add_row(str(entry.n), str(entry.attempt), entry.station_id or "-",
+                      entry.at.strftime("%H:%M:%S.%f")[:-3], str(entry.turn or "-"),
+                      Text(f"{entry.kind.value:<7} {journal_line(entry)}"))
     return table
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from pydantic import ValidationError
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from ..client import LatticeClient
 from ..contract.messages import WorkPhase, WorkProgress, WorkRecord
@@ -143,8 +145,10 @@ async def _follow(client: LatticeClient, work_id: str, *, live: bool) -> WorkRec
         return await client.wait_work(work_id, on_progress=on_progress)
 
 
-def work_get(ctx: typer.Context, work_id: str, output: OutputOpt = Output.TABLE) -> None:
-    """Show one work item: phase, station, attempts, timings, result or error."""
+def work_get(ctx: typer.Context, work_id: str, output: OutputOpt = Output.TABLE,
+             journal: Annotated[bool, typer.Option("--journal", help="Also show the run's journal: every model "
+                                                   "turn and tool call, by attempt and station.")] = False) -> None:
+    """Show one work item: phase, station, attempts, timings, result or error (and its journal)."""
     g: Globals = ctx.obj
     check_ids((work_id, "work id"))
 
@@ -154,7 +158,18 @@ def work_get(ctx: typer.Context, work_id: str, output: OutputOpt = Output.TABLE)
             if record is None:
                 fail(f"no work {work_id!r} in org {g.org!r}")
             result = await client.result(record)
+            entries = await client.journal(work_id) if journal else []
+        if journal and output in (Output.JSON, Output.YAML):
+            # One document: the record, and its journal beside it.
+            doc = {"record": render.as_data(record), "journal": render.as_data(entries)}
+            print(json.dumps(doc, indent=2) if output == Output.JSON else yaml.safe_dump(doc, sort_keys=False),
+                  end="\n" if output == Output.JSON else "")
+            return
         print_item(record, output, lambda: render.work_detail(record, result))
+        if journal:
+            console.print(render.journal_table(entries) if entries else
+                          Text("No journal: the run kept none (not an LLM agent, journal off) or it was deleted "
+                               "with its record."))
 
     run(main())
 

@@ -226,11 +226,13 @@ class RunJournalWriter:
                 self._last = await self._store.append(self.work_id, data, last=self._last, n=entry.n,
                                                       attempt_id=self.attempt_id)
             except StoreFullError as exc:
-                raise AgentFailure(str(exc), ErrorCode.LIMIT_EXCEEDED) from exc
-            except nats.js.errors.APIError as exc:  # e.g. the run's entry bound, refused by the server
-                raise AgentFailure(f"the journal of {self.work_id} refused entry {entry.n}: {exc.description} "
-                                   f"(at most {limits.journal_max_entries_per_run} entries per run)",
-                                   ErrorCode.LIMIT_EXCEEDED) from exc
+                if "per subject" not in str(exc):  # the whole journal stream is full
+                    raise AgentFailure(str(exc), ErrorCode.LIMIT_EXCEEDED) from exc
+                # This run's bound, refused by the server (discard new per subject).
+                raise AgentFailure(f"the journal of {self.work_id} is full (at most "
+                                   f"{limits.journal_max_entries_per_run} entries per run, "
+                                   "StateLimits.journal_max_entries_per_run): lower the agent's maxTurns or "
+                                   "maxToolCalls, or raise the bound", ErrorCode.LIMIT_EXCEEDED) from exc
             self._n = entry.n
             self._bytes += size
             return entry

@@ -4,6 +4,7 @@ tool appends to; model requests are counted by the model server, by the turn the
 
 from __future__ import annotations
 
+import json
 import signal
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ from station_runtime.work import phases
 from station_runtime.work.controller import WorkController
 from tests.support.agent_tools import EFFECTS_ENV
 from tests.support.agents_llm import llm_agent, script
+from tests.support.cli import lattice
 from tests.support.lattice import StationProcess, running_station
 from tests.support.waiting import eventually
 
@@ -90,6 +92,14 @@ async def test_a_station_killed_between_tool_calls_two_and_three_resumes_elsewhe
         assert [(e.kind, e.attempt) for e in journal[:takeover[0].n]] == [
             (JournalKind.TURN, 1), (JournalKind.CALL, 1), (JournalKind.RESULT, 1),
             (JournalKind.TURN, 1), (JournalKind.CALL, 1), (JournalKind.RESULT, 1), (JournalKind.ATTEMPT, 2)]
+        shown = await lattice("--nats", nats_url, "--org", org, "work", "get", work_id, "--journal")
+        assert shown.code == 0, shown.stderr
+        print(shown.stdout)  # the closing note of the durable-runs issue shows one
+        assert "attempt 2 took the run over after entry 6" in shown.stdout
+        assert f"effect({{\"n\":3}}) key {work_id}/3" in shown.stdout and "s-spare" in shown.stdout
+        as_json = await lattice("--nats", nats_url, "--org", org, "work", "get", work_id, "--journal", "-o", "json")
+        doc = json.loads(as_json.stdout)
+        assert doc["record"]["work_id"] == work_id and len(doc["journal"]) == len(journal)
     finally:
         doomed.stop()
         if spare is not None:

@@ -23,7 +23,7 @@ from tests.support.agents_llm import calls, definition, llm_agent, script
 pytestmark = pytest.mark.timeout(60)
 
 SERVER = str(Path(mcp_tools_server.__file__).resolve())
-ALL_TOOLS = ["add", "counter", "die", "echo", "fail", "huge", "noop", "slow"]
+ALL_TOOLS = ["add", "counter", "die", "echo", "fail", "huge", "keyed", "noop", "slow"]
 
 
 def stdio(**kwargs: Any) -> dict[str, Any]:
@@ -66,6 +66,16 @@ async def test_a_stdio_servers_tools_are_discovered_and_called(sim: ModelSim, pr
         texts = [b["content"] for m in body["messages"] if isinstance(m["content"], list)
                  for b in m["content"] if b.get("type") == "tool_result"]
         assert sorted(t if isinstance(t, str) else "".join(c["text"] for c in t) for t in texts) == ["5", "hi"]
+
+
+async def test_a_call_carries_its_idempotency_key_in_meta(sim: ModelSim) -> None:
+    name = script(sim, "mcp-keyed", calls(("keyed", {}), ("keyed", {})), "{tool_results}")
+    ex = await load_executor(definition(llm_agent(sim, "openai", name, tools=[{"mcp": stdio()}])))
+    try:
+        outcome = await ex.run(Execution(input="go", request_id="work-7"))
+    finally:
+        await ex.aclose()
+    assert outcome.output == "work-7/1\nwork-7/2"  # one key per call: the run's id and the call's position
 
 
 async def test_the_allow_list_is_all_the_model_sees(sim: ModelSim) -> None:

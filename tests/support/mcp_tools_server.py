@@ -30,10 +30,11 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Generator, Sequence
+from typing import Any
 
 import anyio
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,6 +44,8 @@ SERVER_VERSION = "1.0.0"
 HOST = "127.0.0.1"
 PATH = "/mcp"
 URL_LINE_PREFIX = "MCP_URL "
+#: Where a lattice tool call's idempotency key travels in ``_meta`` (as station_runtime.executors.tools.mcp sends it).
+IDEMPOTENCY_META = "lattice.station.dev/idempotency-key"
 
 _count = 0
 
@@ -119,6 +122,14 @@ def build_server() -> MCPServer:
         """Exit the server's process at once, mid-call (over stdio: the server going away)."""
         _ledger("die")
         os._exit(3)
+
+    @server.tool()
+    def keyed(ctx: Context) -> str:  # type: ignore[type-arg]
+        """Say the idempotency key the call carried in its _meta ("none" without one)."""
+        meta: Any = ctx.request_context.meta
+        found = meta.get(IDEMPOTENCY_META) if isinstance(meta, dict) else (
+            getattr(meta, "model_extra", None) or {}).get(IDEMPOTENCY_META)
+        return str(found or "none")
 
     @server.tool(annotations=pure)
     def noop() -> str:
