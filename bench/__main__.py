@@ -82,6 +82,12 @@ SCENARIOS: tuple[Scenario, ...] = (
              keys=("lattice_work_p50_us_traced",)),
     Scenario("metrics_scrape", "bench.telemetry:run_scrape", modes=("full", "quick"),
              keys=("metrics_scrape_ms_50_stations",)),
+    # Durable agent runs (journal on, fsync on) against Temporal workflows (dev server, SQLite): latency,
+    # throughput with 4 workers and 50 in flight, and what the journal costs per turn.
+    Scenario("durable_runs", "bench.durable:run", modes=("full", "quick"),
+             keys=("durable_run_p50_us", "durable_run_p99_us", "durable_run_throughput_per_s",
+                   "temporal_run_p50_us", "temporal_run_p99_us", "temporal_run_throughput_per_s",
+                   "journal_cost_per_turn_us")),
 )
 
 #: Every key of latest.json's ``results``, in the issue's order; present (maybe null) in every run.
@@ -92,7 +98,9 @@ RESULT_KEYS: tuple[str, ...] = (
     "soak_rss_mb_per_10k_items", "contention_attempts_spent_5000_items", "idle_controller_cpu_pct_0_records",
     "idle_controller_cpu_pct_20k_records", "agent_turn_overhead_us", "agent_tool_call_overhead_us",
     "agent_streams_500_rss_mb", "agent_streams_500_progress_lag_p99_ms", "agent_streams_500_lost",
-    "lattice_work_p50_us_traced", "metrics_scrape_ms_50_stations",
+    "lattice_work_p50_us_traced", "metrics_scrape_ms_50_stations", "durable_run_p50_us", "durable_run_p99_us",
+    "durable_run_throughput_per_s", "temporal_run_p50_us", "temporal_run_p99_us", "temporal_run_throughput_per_s",
+    "journal_cost_per_turn_us",
 )
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the benchmarks compare against, only if missing: redis-server (Debian) and the `bench` extra
-# (Celery, taskiq, redis-py, matplotlib, pyinstrument) into the venv. Idempotent; `python -m bench run` calls it.
+# (Celery, taskiq, Temporal's SDK and CLI, redis-py, matplotlib, pyinstrument) into the venv. Idempotent; `python -m bench run` calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -19,7 +19,8 @@ if ! command -v redis-server >/dev/null 2>&1; then
     if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
 fi
 
-if ! "$PY" -c "import celery, taskiq, taskiq_nats, taskiq_redis, redis, matplotlib, pyinstrument" 2>/dev/null; then
+if ! "$PY" -c "import celery, taskiq, taskiq_nats, taskiq_redis, redis, matplotlib, pyinstrument, temporalio" 2>/dev/null \
+        || [ ! -x "$(dirname "$PY")/temporal" ]; then
     echo "bench/setup.sh: installing the bench extra into the venv"
     "$PY" -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 fi

@@ -53,7 +53,7 @@ from .natsio.retry import NATS_FAILURES, retry_transient
 from .natsio.state import OrgState, StateLimits
 from .routing import candidates
 from .telemetry import tracing
-from .work import phases
+from .work import phases, waiting
 from .work.auction import AuctionConfig, Auctioneer
 from .work.controller import OrgWork
 from .work.directory import StationDirectory
@@ -69,6 +69,9 @@ BUSY_RETRY_AFTER_S = 0.5
 #: submit() keeps each item's update subscription this long (at most this many) for a wait_work() to take over.
 WATCH_TTL_S = 60.0
 MAX_WATCHES = 10_000
+#: A decision for a delegating run looks for the waiting child this many levels down, among this many children.
+MAX_DECISION_DEPTH = 4
+MAX_CHILDREN_SEARCHED = 256
 
 
 @dataclass
@@ -510,6 +513,50 @@ class LatticeClient:
         """The journal of an agent run (every attempt's turns and tool calls, in order; empty: none kept)."""
         entries, _, _ = await JournalStore(await self.state()).read(work_id)
         return entries
+
+    async def decide(self, work_id: str, *, approved: bool, reply: str | None = None, reason: str = "",
+                     by: str = "") -> WorkRecord:
+        """A person's decision on what a run waits for: approve or reject the call it waits to make, or
+        (``reply``) answer its question. The work goes back to be placed, and resumes where it stopped. Work
+        that does not wait itself but delegated to one child that does gets the decision passed to that child
+        (a decision reaches the children of a delegating run); with several waiting, it says which they are."""
+        store = await self.work_store()
+        target = await self._waiting_one(work_id)
+
+        def apply(r: WorkRecord) -> WorkRecord:
+            return waiting.decide(r, approved=approved, reply=reply, reason=reason, by=by)
+
+        result = await store.mutate(target, apply)
+        if result is None:
+            raise LatticeError(f"no work {target!r} in org {self.org!r}")
+        record = result.record
+        decided = record.decisions.get(next(reversed(record.decisions)), None) if record.decisions else None
+        await store.emit("work", "input_received" if reply is not None else "approval_decided", record,
+                         approved=approved, by=by, why=reason, decision=decided.model_dump(mode="json")
+                         if decided else None)
+        return record
+
+    async def _waiting_one(self, work_id: str, depth: int = 0) -> str:
+        """``work_id`` if it waits for a person, else the one descendant that does (4 levels deep at most)."""
+        current = await self.get_work(work_id)
+        if current is None:
+            raise LatticeError(f"no work {work_id!r} in org {self.org!r}")
+        if current.phase.awaiting or depth >= MAX_DECISION_DEPTH or current.phase.terminal:
+            return work_id
+        # A running parent records its children when it finishes; its journal has them as they are made.
+        children = list(dict.fromkeys([*current.children, *(e.child for e in await self.journal(work_id)
+                                                            if e.child)]))
+        found: list[str] = []
+        for child in children[:MAX_CHILDREN_SEARCHED]:
+            with contextlib.suppress(LatticeError):
+                one = await self._waiting_one(child, depth + 1)
+                record = await self.get_work(one)
+                if record is not None and record.phase.awaiting:
+                    found.append(one)
+        if len(found) > 1:
+            raise LatticeError(f"work {work_id} has {len(found)} children waiting for a person: "
+                               f"{', '.join(found)}; decide for one of them by its id")
+        return found[0] if found else work_id
 
     async def cancel_work(self, work_id: str, reason: str = "cancelled by user") -> WorkRecord:
         """Cancel queued work at once; ask the station running it to stop (the witness forces it if the

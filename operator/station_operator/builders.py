@@ -317,8 +317,40 @@ def work_item_status(work_item: WorkItem, org: str, record: WorkRecord) -> dict[
         "errorCode": record.error.code.value if record.error else None, "reason": record.reason[:1024],
         "submittedAt": _ts(record.created_at), "startedAt": _ts(record.started_at),
         "finishedAt": _ts(record.finished_at), "observedGeneration": gen, "conditions": conditions,
-        **_usage_status(record),
+        "waitingFor": waiting_text(record), **_usage_status(record),
     }
+
+
+#: Annotations on a WorkItem that decide for a run waiting for a person: the value is the reason (approve,
+#: reject) or the answer (reply). Removed by the operator once applied.
+APPROVE_ANNOTATION = "lattice.station.dev/approve"
+REJECT_ANNOTATION = "lattice.station.dev/reject"
+REPLY_ANNOTATION = "lattice.station.dev/reply"
+DECISION_ANNOTATIONS = (APPROVE_ANNOTATION, REJECT_ANNOTATION, REPLY_ANNOTATION)
+
+
+def waiting_text(record: WorkRecord) -> str | None:
+    """Pure: what a waiting run waits for and which annotation decides it (None when it waits for nothing)."""
+    waiting = record.waiting
+    if waiting is None or not record.phase.awaiting:
+        return None
+    how = (f"annotate {APPROVE_ANNOTATION} or {REJECT_ANNOTATION}" if waiting.kind == "approval"
+           else f"annotate {REPLY_ANNOTATION}")
+    return f"{waiting.summary()[:400]} ({how})"
+
+
+def decision_from(annotations: Mapping[str, str] | None) -> tuple[bool, str | None, str] | None:
+    """Pure: ``(approved, reply, reason)`` from a WorkItem's decision annotation, or None without one. With
+    several, the rejection wins over the approval (the safe side) and the reply is taken as it is."""
+    if not annotations:
+        return None
+    if (reason := annotations.get(REJECT_ANNOTATION)) is not None:
+        return False, None, reason[:4096]
+    if (reply := annotations.get(REPLY_ANNOTATION)) is not None:
+        return True, reply[:100_000], ""
+    if (reason := annotations.get(APPROVE_ANNOTATION)) is not None:
+        return True, None, reason[:4096]
+    return None
 
 
 #: A WorkItem's status names at most this many of the children its run delegated.

@@ -31,6 +31,7 @@ from station_runtime.api.models import (
 )
 from station_runtime.contract.codec import encode
 from station_runtime.contract.specs import McpServerSpec
+from station_runtime.errors import LatticeError
 from station_runtime.natsio.retry import NATS_FAILURES
 from station_runtime.telemetry import tracing
 
@@ -425,6 +426,34 @@ async def _submit_work_item(work_item: WorkItem, runtime: OrgRuntime, namespace:
     runtime.mirror.offer(record)
 
 
+async def workitem_decide(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
+    """A decision annotation on a WorkItem whose run waits for a person: applied (the run resumes), then
+    removed. On work that does not wait (yet), the annotation stays, and the resync applies it once it does."""
+    decision = builders.decision_from(body["metadata"].get("annotations"))
+    if decision is None:
+        return
+    found = await _quietly(WorkItem, body, memo)
+    if found is None:
+        return
+    work_item, runtime = found
+    await _decide(work_item, runtime, body["metadata"]["namespace"], decision, logger)
+
+
+async def _decide(work_item: WorkItem, runtime: OrgRuntime, namespace: str,
+                  decision: tuple[bool, str | None, str], logger: kopf.Logger) -> None:
+    approved, reply, reason = decision
+    work_id = builders.work_id_for(work_item)
+    try:
+        record = await runtime.client.decide(work_id, approved=approved, reply=reply, reason=reason,
+                                             by=f"WorkItem {namespace}/{work_item.name}")
+    except LatticeError as exc:  # not waiting (yet, or any more): the annotation waits for the resync
+        logger.debug("workitem %s: decision not applied: %s", work_item.name, exc)
+        return
+    logger.info("workitem %s: %s (%s)", work_item.name, record.reason, record.work_id)
+    await kube.remove_annotations("workitems", namespace, work_item.name, builders.DECISION_ANNOTATIONS)
+    runtime.mirror.offer(record)
+
+
 async def workitem_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: Any) -> None:
     """Level-based safety net for the event-driven mirror, and the TTL of finished WorkItems."""
     found = await _quietly(WorkItem, body, memo)
@@ -438,6 +467,9 @@ async def workitem_resync(body: kopf.Body, memo: Any, logger: kopf.Logger, **_: 
         return
     runtime.mirror.track(work_id, namespace, work_item.name, work_item)
     runtime.mirror.offer(record)
+    if (decision := builders.decision_from(body["metadata"].get("annotations"))) is not None and \
+            record.phase.awaiting:
+        await _decide(work_item, runtime, namespace, decision, logger)
     ttl = _lattice(memo).settings.work_item_ttl_s
     if ttl > 0 and record.phase.terminal and record.finished_at is not None:
         age = (datetime.now(UTC) - record.finished_at).total_seconds()
@@ -492,6 +524,8 @@ def registry(cfg: OperatorSettings) -> kopf.OperatorRegistry:
     kopf.timer(GROUP, VERSION, "workitems", interval=cfg.work_resync_s, initial_delay=cfg.work_resync_s,
                registry=reg)(workitem_resync)
     kopf.on.delete(GROUP, VERSION, "workitems", registry=reg)(workitem_delete)
+    # A person's decision for a run that waits (approve, reject, reply), given as an annotation.
+    kopf.on.update(GROUP, VERSION, "workitems", field="metadata.annotations", registry=reg)(workitem_decide)
     return reg
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from kubernetes import client, config
@@ -146,6 +147,20 @@ async def patch_status(plural: str, namespace: str, name: str, status: dict[str,
             raise
 
     return await asyncio.to_thread(write)
+
+
+async def remove_annotations(plural: str, namespace: str, name: str, keys: Sequence[str]) -> None:
+    """Remove annotations from a custom resource (a merge patch setting them to null); gone: nothing to do."""
+    def write() -> None:
+        body = {"metadata": {"annotations": dict.fromkeys(keys)}}
+        try:
+            client.CustomObjectsApi(api()).patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name,
+                                                                          body)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    await asyncio.to_thread(write)
 
 
 async def read_status(plural: str, namespace: str, name: str) -> tuple[dict[str, Any], str] | None:

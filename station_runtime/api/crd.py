@@ -136,6 +136,7 @@ _COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Station", "type": "string", "jsonPath": ".status.station"},
         {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
+        {"name": "Waiting", "type": "string", "jsonPath": ".status.waitingFor"},
         {"name": "Cost", "type": "number", "jsonPath": ".status.costUsd", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},

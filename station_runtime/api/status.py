@@ -95,6 +95,8 @@ class WorkItemStatus(StatusModel):
     error: str | None = None
     error_code: str | None = None
     reason: str = ""
+    #: AwaitingApproval / AwaitingInput: what the run waits for, and how to decide (an annotation).
+    waiting_for: str | None = None
     #: Agent runs: tokens, cost, model and tool calls; work it delegated; the work that delegated it.
     input_tokens: int | None = None
     output_tokens: int | None = None

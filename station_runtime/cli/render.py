@@ -16,6 +16,7 @@ from rich.text import Text
 from ..contract.events import CloudEvent
 from ..contract.messages import (
     AgentDefinition,
+    HumanDecision,
     InvokeResult,
     JournalEntry,
     StationRecord,
@@ -150,6 +151,7 @@ def results_table(rows: Sequence[tuple[int, str, InvokeResult | str, float]]) ->
 PHASE_STYLE = {
     "Pending": "dim", "Scheduling": "cyan", "Unschedulable": "yellow", "Assigned": "cyan", "Running": "blue",
     "Succeeded": "green", "Failed": "red", "Cancelled": "magenta", "Escalated": "bold red",
+    "AwaitingApproval": "bold yellow", "AwaitingInput": "bold yellow",
 }
 
 
@@ -216,6 +218,11 @@ def usage_text(usage: Usage) -> str:
     return "; ".join(parts)
 
 
+def _decision(d: HumanDecision) -> str:
+    said = "answered" if d.reply is not None else ("approved" if d.approved else "rejected")
+    return said + (f" by {d.by}" if d.by else "") + (f" ({d.reason})" if d.reason else "")
+
+
 def work_detail(record: WorkRecord, result: Any) -> Table:
     table = Table(box=None, show_header=False)
     table.add_column(style="bold")
@@ -244,6 +251,14 @@ def work_detail(record: WorkRecord, result: Any) -> Table:
         rows.append(("Usage", usage_text(record.usage)))
     if (trace := tracing.trace_id(record.traceparent)) is not None:
         rows.append(("Trace", trace))
+    if record.waiting is not None:
+        w = record.waiting
+        how = ("lattice work approve|reject " if w.kind == "approval" else "lattice work reply ") + record.work_id
+        deadline = f"; deadline {w.deadline_at.isoformat()}" if w.deadline_at else ""
+        rows.append(("Waiting", Text(f"{w.summary()} (key {w.key}, since {w.requested_at.isoformat()}{deadline}): "
+                                     f"{how}", style="yellow")))
+    if record.decisions:
+        rows.append(("Decided", "; ".join(f"{k}: {_decision(d)}" for k, d in list(record.decisions.items())[-5:])))
     if record.reason:
         rows.append(("Reason", record.reason))
     if record.error:
@@ -273,14 +288,19 @@ def journal_line(entry: JournalEntry) -> str:
     if kind == "attempt":
         return f"attempt {entry.attempt} took the run over after entry {entry.resumed_at}"
     if kind == "turn":
-        said = f"{len(entry.tool_calls)} tool call(s): " + ", ".join(c.name for c in entry.tool_calls) \
-            if entry.tool_calls else f"answered: {_preview(entry.text)}"
+        said = f"{len(entry.tool_calls)} tool call(s): " + ", ".join(
+            f"{c.name}({_preview(c.arguments)})" for c in entry.tool_calls) if entry.tool_calls \
+            else f"answered: {_preview(entry.text)}"
+        if entry.tool_calls:
+            said += f"; {len(entry.started)} started" if len(entry.started) != len(entry.tool_calls) else \
+                "; started"
         tokens = f" [{entry.usage.input_tokens} in / {entry.usage.output_tokens} out]" if entry.usage else ""
         return f"model ({entry.messages} messages sent) {said}{tokens}"
     if kind == "call":
         return f"{entry.name}({_preview(entry.arguments or {})}) key {entry.key}"
     took = f" in {entry.duration_ms:.1f} ms" if entry.duration_ms is not None else ""
-    return f"{entry.name} {'failed' if entry.is_error else 'answered'}{took}: {_preview(entry.text)}"
+    key = f" (key {entry.key})" if entry.key else ""
+    return f"{entry.name}{key} {'failed' if entry.is_error else 'answered'}{took}: {_preview(entry.text)}"
 
 
 def journal_table(entries: Sequence[JournalEntry]) -> Table:

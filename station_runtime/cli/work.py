@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,7 @@ from ..client import LatticeClient
 from ..contract.messages import WorkPhase, WorkProgress, WorkRecord
 from ..contract.selectors import parse_labels
 from ..contract.specs import WorkConstraints, WorkItemSpec, WorkTimeouts
+from ..errors import LatticeError
 from . import render
 from .common import (
     USAGE,
@@ -42,11 +45,14 @@ MAX_TIMEOUT_S = 30 * 86_400.0
 
 def register(app: typer.Typer) -> None:
     app.command()(submit)
-    work_app = typer.Typer(help="Inspect and cancel async work.", no_args_is_help=True)
+    work_app = typer.Typer(help="Inspect, cancel and decide for async work.", no_args_is_help=True)
     work_app.command("get")(work_get)
     work_app.command("list")(work_list)
     work_app.command("watch")(work_watch)
     work_app.command("cancel")(work_cancel)
+    work_app.command("approve")(work_approve)
+    work_app.command("reject")(work_reject)
+    work_app.command("reply")(work_reply)
     app.add_typer(work_app, name="work")
 
 
@@ -229,3 +235,43 @@ def work_cancel(ctx: typer.Context, work_id: str) -> None:
                 console.print(f"work/{work_id} {final.phase.value.lower()}", markup=False)
 
     run(main())
+
+
+ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why (the run and the audit log see it).")]
+
+
+def _decide(g: Globals, work_id: str, *, approved: bool, reply: str | None, reason: str) -> None:
+    check_ids((work_id, "work id"))
+    if len(reason) > 4096 or (reply is not None and len(reply) > 100_000):
+        fail("the reason is at most 4096 characters and a reply at most 100,000", code=USAGE)
+
+    async def main() -> None:
+        async with LatticeClient(g.nats, g.org) as client:
+            try:
+                record = await client.decide(work_id, approved=approved, reply=reply, reason=reason,
+                                             by=os.environ.get("USER", ""))
+            except LatticeError as exc:
+                fail(str(exc))
+        said = "answered" if reply is not None else ("approved" if approved else "rejected")
+        target = "" if record.work_id == work_id else f" (its child {record.work_id})"
+        console.print(f"work/{work_id}{target} {said}: it resumes on the next free station", markup=False)
+
+    run(main())
+
+
+def work_approve(ctx: typer.Context, work_id: str, reason: ReasonOpt = "") -> None:
+    """Approve the tool call a run waits to make (AwaitingApproval): it runs, and the run goes on."""
+    _decide(ctx.obj, work_id, approved=True, reply=None, reason=reason)
+
+
+def work_reject(ctx: typer.Context, work_id: str, reason: ReasonOpt = "") -> None:
+    """Reject the tool call a run waits to make: it does not run; the model is told why and goes on."""
+    _decide(ctx.obj, work_id, approved=False, reply=None, reason=reason)
+
+
+def work_reply(ctx: typer.Context, work_id: str,
+               text: Annotated[str, typer.Argument(help="The answer to the run's question ('-': stdin).")]) -> None:
+    """Answer the question a run asked (AwaitingInput, the ask_user tool): the run goes on with the answer."""
+    if text == "-":
+        text = sys.stdin.read()
+    _decide(ctx.obj, work_id, approved=True, reply=text, reason="")

@@ -20,6 +20,8 @@ EVENT_TYPES: Final[dict[Category, tuple[str, ...]]] = {
     "work": (
         "submitted", "scheduled", "unschedulable", "assigned", "started", "progress", "succeeded",
         "failed", "requeued", "escalated", "cancel_requested", "cancelled", "rejected",
+        # A run waiting for a person: a call to approve, a question to answer; what was decided, or the deadline.
+        "approval_requested", "input_requested", "approval_decided", "input_received", "wait_timed_out",
     ),
 }
 

@@ -267,10 +267,19 @@ class WorkPhase(enum.StrEnum):
     FAILED = "Failed"
     CANCELLED = "Cancelled"
     ESCALATED = "Escalated"
+    #: Suspended before a tool call that needs a person's approval: no station holds it, nothing runs.
+    AWAITING_APPROVAL = "AwaitingApproval"
+    #: Suspended on a question the agent asked (``ask_user``): waits for a reply, holding no station.
+    AWAITING_INPUT = "AwaitingInput"
 
     @property
     def terminal(self) -> bool:
         return self in (WorkPhase.SUCCEEDED, WorkPhase.FAILED, WorkPhase.CANCELLED, WorkPhase.ESCALATED)
+
+    @property
+    def awaiting(self) -> bool:
+        """Waiting for a person (an approval, a reply)."""
+        return self in (WorkPhase.AWAITING_APPROVAL, WorkPhase.AWAITING_INPUT)
 
 
 class WorkError(BaseModel):
@@ -278,6 +287,46 @@ class WorkError(BaseModel):
 
     code: ErrorCode
     message: str
+
+
+#: What a waiting record shows of the call's arguments (the journal has them whole).
+MAX_WAITING_ARGUMENTS = 4096
+#: Decisions a record keeps (one per call that waited for a person); more are refused.
+MAX_DECISIONS = 1000
+
+
+class Waiting(BaseModel):
+    """What a suspended run waits for: the approval of one tool call, or the answer to a question."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: str = Field(pattern="^(approval|input)$")
+    #: The call's idempotency key (``{work id}/{n}``): the decision is recorded under it.
+    key: str = Field(max_length=512)
+    tool: str = Field(default="", max_length=256)
+    #: The call's arguments as JSON, cut at MAX_WAITING_ARGUMENTS characters.
+    arguments: str = Field(default="", max_length=MAX_WAITING_ARGUMENTS + 64)
+    question: str = Field(default="", max_length=MAX_WAITING_ARGUMENTS + 64)
+    requested_at: datetime = Field(default_factory=utcnow)
+    #: No decision by then: the call is rejected (an approval) or answered "no answer" (a question).
+    deadline_at: datetime | None = None
+
+    def summary(self) -> str:
+        if self.kind == "approval":
+            return f"approval of {self.tool}({self.arguments[:200]})"
+        return f"an answer to: {self.question[:200]}"
+
+
+class HumanDecision(BaseModel):
+    """A person's answer to a waiting run: approved or not (an approval), the reply (a question)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    approved: bool
+    reply: str | None = Field(default=None, max_length=100_000)
+    reason: str = Field(default="", max_length=4096)
+    by: str = Field(default="", max_length=256)
+    at: datetime = Field(default_factory=utcnow)
 
 
 class WorkRecord(WireModel):
@@ -329,6 +378,12 @@ class WorkRecord(WireModel):
     #: whose input names one is given the output itself, read from the store).
     step_output_refs: dict[str, str] = Field(default_factory=dict)
     traceparent: str | None = None
+    #: AwaitingApproval / AwaitingInput: what the run waits for.
+    waiting: Waiting | None = None
+    #: What people decided for the calls that waited, by the call's idempotency key (a resumed run reads them).
+    decisions: dict[str, HumanDecision] = Field(default_factory=dict, max_length=MAX_DECISIONS)
+    #: Attempts that ended by suspending (waiting for a person): they spend no retry.
+    suspensions: int = Field(default=0, ge=0)
 
     @property
     def is_workflow(self) -> bool:
@@ -336,7 +391,7 @@ class WorkRecord(WireModel):
 
     @property
     def retries(self) -> int:
-        return max(self.attempt - 1, 0)
+        return max(self.attempt - 1 - self.suspensions, 0)
 
 
 class WorkAssign(WireModel):
@@ -460,6 +515,9 @@ class JournalEntry(WireModel):
     messages: int = Field(default=0, ge=0)
     text: str = ""
     tool_calls: list[JournalToolCall] = Field(default_factory=list, max_length=1024)
+    #: The calls of this answer that start right after the entry is stored (by id): each needs no ``call``
+    #: entry of its own, and one with no result in the journal may have had its effect.
+    started: list[str] = Field(default_factory=list, max_length=1024)
     finish_reason: str = Field(default="", max_length=32)
     usage: Usage | None = None
     model: str = Field(default="", max_length=256)

@@ -163,7 +163,8 @@ LatticeToolName = Literal["submit", "await", "invoke"]
 
 class ToolRef(ApiModel):
     """One entry of an agent's ``tools``: exactly one of ``server`` (a ToolServer of the org), ``mcp`` (an MCP
-    server declared inline), ``function`` (a Python function tool) or ``lattice`` (delegation through the lattice).
+    server declared inline), ``function`` (a Python function tool), ``lattice`` (delegation through the lattice)
+    or ``askUser`` (a question to a person).
     """
 
     server: AgentName | None = Field(default=None, description="A ToolServer of the org, by name.")
@@ -177,6 +178,10 @@ class ToolRef(ApiModel):
                                          description="lattice: only these agents (default: any agent of the org).")
     name: str | None = Field(default=None, max_length=64, pattern=r"^[a-zA-Z0-9_-]{1,64}$",
                              description="function: the tool's name (default: the function's).")
+    ask_user: bool | None = Field(default=None, description="The ask_user tool: the agent asks a person a "
+                                  "question and the run waits (AwaitingInput) for `lattice work reply`.")
+    require_approval: bool = Field(default=False, description="Every call of these tools waits (AwaitingApproval) "
+                                   "for a person's `lattice work approve` or `reject` before it runs.")
     unknown_outcome: Literal["retry", "escalate"] | None = Field(
         default=None, description="A call that started on a station that died before it recorded the result: "
         "retry (run it again with the same idempotency key: the tool honours the key) or escalate (a person "
@@ -185,9 +190,9 @@ class ToolRef(ApiModel):
 
     @model_validator(mode="after")
     def _one(self) -> ToolRef:
-        given = [n for n in ("server", "mcp", "function", "lattice") if getattr(self, n) is not None]
+        given = [n for n in ("server", "mcp", "function", "lattice", "ask_user") if getattr(self, n) is not None]
         if len(given) != 1:
-            raise ValueError("a tool entry sets exactly one of server, mcp, function, lattice")
+            raise ValueError("a tool entry sets exactly one of server, mcp, function, lattice, askUser")
         if self.function is not None and ":" not in self.function:
             raise ValueError(f"function {self.function!r} must be 'module:function'")
         if self.allow and not (self.server or self.mcp):
@@ -241,6 +246,11 @@ class AgentSpec(ApiModel):
         "(openai) and checked on the answer (both).")
     max_delegation_depth: int = Field(default=4, ge=0, le=32,
                                       description="How deep work delegated through lattice tools may nest.")
+    require_approval: bool = Field(default=False, description="Every tool call of this agent waits for a person's "
+                                   "approval (as requireApproval on each of its tools).")
+    approval_timeout_seconds: float | None = Field(
+        default=None, gt=0, le=365 * 24 * 3600, description="A run waiting for a person longer than this goes on "
+        "without: the call is rejected (an approval) or answered 'no answer' (a question). Default: no deadline.")
     journal: bool = Field(default=True, description="Journal every model turn and tool call of async work, so "
                           "that a new attempt resumes the run where it stopped instead of starting again.")
     station_selector: LabelSelector | None = Field(

@@ -11,11 +11,11 @@ import asyncio
 
 from ..contract.messages import AgentDefinition, ErrorCode
 from ..contract.specs import LLM_PROVIDERS, McpServerSpec
-from .base import AgentFailure, Execution, Executor, Outcome, Progress
+from .base import AgentFailure, Execution, Executor, Outcome, Progress, Suspended
 from .echo import EchoExecutor
 from .python import PythonExecutor
 
-__all__ = ["AgentFailure", "Execution", "Executor", "Outcome", "Progress", "build_executor",
+__all__ = ["AgentFailure", "Execution", "Executor", "Outcome", "Progress", "Suspended", "build_executor",
            "load_executor"]
 
 #: Loading an agent (connecting its tool servers, listing their tools) takes at most this long beyond the servers'

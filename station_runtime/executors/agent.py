@@ -22,6 +22,7 @@ from .prompting import Prompting
 from .providers.base import Provider
 from .tools.base import Tool, ToolBox
 from .tools.functions import FunctionTool
+from .tools.human import AskUser
 from .tools.lattice import lattice_tools
 
 if TYPE_CHECKING:
@@ -57,6 +58,10 @@ class AgentExecutor:
             elif ref.lattice is not None:
                 local.extend((tool, ref) for tool in lattice_tools(ref.lattice, ref.delegate_to,
                                                                     spec.max_delegation_depth))
+            elif ref.ask_user:
+                local.append((AskUser(), ref))
+            elif ref.ask_user is not None:  # askUser: false
+                continue
             else:
                 from .tools.mcp import McpServer  # the MCP SDK, on first use
 
@@ -69,7 +74,9 @@ class AgentExecutor:
                                      ref))
         try:
             for tool, ref in local:
-                self.tools.add(tool, ref.unknown_outcome)
+                # The question itself needs no approval: answering it is the person's decision.
+                approval = (ref.require_approval or spec.require_approval) and not ref.ask_user
+                self.tools.add(tool, ref.unknown_outcome, approval)
         except ValueError as exc:
             raise AgentFailure(str(exc), ErrorCode.BAD_REQUEST) from exc
 
@@ -89,7 +96,7 @@ class AgentExecutor:
                     raise AgentFailure(f"tool server {server.name!r} has no tool {', '.join(map(repr, missing))} "
                                        f"(it has: {', '.join(offered) or 'none'})", ErrorCode.BAD_REQUEST)
                 self.tools.extend((t for n, t in offered.items() if not ref.allow or n in ref.allow),
-                                  ref.unknown_outcome)
+                                  ref.unknown_outcome, ref.require_approval or self.definition.spec.require_approval)
         except ValueError as exc:
             await self.aclose()
             raise AgentFailure(str(exc), ErrorCode.BAD_REQUEST) from exc
@@ -106,7 +113,8 @@ class AgentExecutor:
         loop = AgentLoop(provider=self.provider, tools=self.tools, system=system,
                          limits=run_limits(spec, execution.work, execution.inherited_budget), price=spec.model.price,
                          model_max_tokens=spec.model.max_tokens, output_schema=spec.output_schema,
-                         agent=self.definition.name, provider_name=spec.model.provider, model=spec.model.name or "")
+                         agent=self.definition.name, provider_name=spec.model.provider, model=spec.model.name or "",
+                         approval_timeout_s=spec.approval_timeout_seconds)
         return await loop.run(execution)
 
     async def aclose(self) -> None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..contract.messages import AgentDefinition, ErrorCode, JournalEntry, JournalKind, Payload, Usage
+from ..contract.messages import (
+    AgentDefinition,
+    ErrorCode,
+    HumanDecision,
+    JournalEntry,
+    JournalKind,
+    Payload,
+    Usage,
+    Waiting,
+)
 from ..contract.specs import Budget, WorkItemSpec
 from ..errors import LatticeError
 
@@ -66,6 +75,8 @@ class Execution:
     delegate: Delegate | None = None
     #: The run's journal (async work of an agent that keeps one); None: the run starts afresh each attempt.
     journal: RunJournal | None = None
+    #: What people decided for the run's calls that waited for them, by the call's idempotency key.
+    decisions: Mapping[str, HumanDecision] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
     #: Work delegated through lattice tools during the run.
     children: tuple[str, ...] = ()
+    #: ``usage`` is the whole run's, every attempt's (a journalled run): it replaces what the record has.
+    whole_run: bool = False
 
 
 class AgentFailure(LatticeError):
@@ -81,11 +94,23 @@ class AgentFailure(LatticeError):
     ``usage`` is what the run spent before it failed (a budget stop records it)."""
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.AGENT_ERROR, *, usage: Usage | None = None,
-                 children: tuple[str, ...] = ()) -> None:
+                 children: tuple[str, ...] = (), whole_run: bool = False) -> None:
         self.code = code
         self.usage = usage
         self.children = children
+        self.whole_run = whole_run
         super().__init__(message)
+
+
+class Suspended(AgentFailure):
+    """The run stops to wait for a person (``waiting``): the station records it and frees the slot; a decision
+    sends the work back to be placed, and the next attempt resumes from the journal with the decision."""
+
+    def __init__(self, waiting: Waiting, *, usage: Usage | None = None, children: tuple[str, ...] = (),
+                 whole_run: bool = False) -> None:
+        self.waiting = waiting
+        super().__init__(f"waiting for {waiting.summary()}", ErrorCode.AGENT_ERROR, usage=usage, children=children,
+                         whole_run=whole_run)
 
 
 class Executor(Protocol):

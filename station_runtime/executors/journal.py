@@ -44,6 +44,8 @@ class LastTurn:
     seen_before: int
     results: dict[str, ToolResult] = field(default_factory=dict)
     started: set[str] = field(default_factory=set)
+    #: Calls refused by maxToolCalls (their results carry no call index): not counted against it.
+    over_limit: set[str] = field(default_factory=set)
 
     @property
     def complete(self) -> bool:
@@ -87,13 +89,15 @@ def replay(entries: Sequence[JournalEntry], first: Message) -> Replay:
             state.usage += entry.usage or Usage()
             state.messages.append(Message("assistant", text=entry.text, tool_calls=tuple(calls)))
             if calls:
-                state.last = LastTurn(entry, calls, state.tool_calls, state.calls_seen)
+                state.last = LastTurn(entry, calls, state.tool_calls, state.calls_seen, started=set(entry.started))
             else:
                 state.answer = entry
         elif state.last is not None and entry.kind == JournalKind.CALL:
             state.last.started.add(entry.call_id)
         elif state.last is not None and entry.kind == JournalKind.RESULT:
             state.last.results.setdefault(entry.call_id, result_of(entry))
+            if entry.call_index == 0:
+                state.last.over_limit.add(entry.call_id)
     if state.last is not None and state.last.complete:
         _close(state)
     return state
@@ -108,7 +112,9 @@ def _close(state: Replay) -> None:
         raise JournalBroken(f"the journal of {last.entry.work_id} has turn {last.entry.turn + 1} after turn "
                             f"{last.entry.turn} whose calls did not all answer")
     state.last = None
-    started = sum(1 for c in last.calls if c.id in last.started)
+    # Counted against maxToolCalls as the loop counts them: every call the limit allowed (run, or rejected by a
+    # person), not the ones it refused.
+    started = sum(1 for c in last.calls if c.id not in last.over_limit)
     state.tool_calls += started
     state.calls_seen += len(last.calls)
     state.usage += Usage(tool_calls=started)

@@ -18,15 +18,26 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import jsonschema
 
 from ..backoff import compute_backoff
-from ..contract.messages import ErrorCode, JournalKind, JournalToolCall, Payload, Usage
+from ..contract.messages import (
+    MAX_WAITING_ARGUMENTS,
+    ErrorCode,
+    HumanDecision,
+    JournalKind,
+    JournalToolCall,
+    Payload,
+    Usage,
+    Waiting,
+    utcnow,
+)
 from ..contract.specs import Price
 from ..telemetry import metrics, tracing
-from .base import AgentFailure, Execution, Outcome, Progress
+from .base import AgentFailure, Execution, Outcome, Progress, Suspended
 from .conversation import Message, ToolCall, Turn
 from .journal import LastTurn, replay
 from .limits import RunLimits, cost_usd, output_cap, over_budget, remaining_budget, tool_calls_allowed
@@ -49,9 +60,12 @@ class RunState:
     #: Tool calls the model has made (counted or not): the next call's index is one more.
     calls_seen: int = 0
     children: list[str] = field(default_factory=list)
+    #: Whether ``usage`` is the whole run's (every attempt's, from the journal) rather than this attempt's.
+    whole_run: bool = False
 
     def failure(self, message: str, code: ErrorCode) -> AgentFailure:
-        return AgentFailure(message, code, usage=self.usage, children=tuple(self.children))
+        return AgentFailure(message, code, usage=self.usage, children=tuple(self.children),
+                            whole_run=self.whole_run)
 
 
 def input_text(value: Payload) -> str:
@@ -72,22 +86,26 @@ class AgentLoop:
     agent: str = ""
     provider_name: str = ""
     model: str = ""
+    #: How long a call may wait for a person (approval, a reply); None: as long as it takes.
+    approval_timeout_s: float | None = None
 
     async def run(self, execution: Execution) -> Outcome:
         first = Message("user", text=input_text(execution.input))
-        state, first_turn, last = RunState(messages=[first]), 1, None
         journal = execution.journal
+        # With a journal, what the run reports is what every attempt spent (the journal has each turn's usage):
+        # an attempt killed before it recorded anything is counted too, and nothing twice.
+        state, first_turn, last = RunState(messages=[first], whole_run=journal is not None), 1, None
         started = time.monotonic()
         deadline = None if execution.deadline_s is None else started + execution.deadline_s
         if journal is not None and journal.entries:
             done = replay(journal.entries, first)
-            state = RunState(messages=done.messages, usage=done.usage, tool_calls=done.tool_calls,
+            state = RunState(whole_run=True, messages=done.messages, usage=done.usage, tool_calls=done.tool_calls,
                              calls_seen=done.calls_seen, children=done.children)
             await execution.progress(Progress(message=f"resumed after turn {done.turns} from the journal",
                                               turn=done.turns, usage=state.usage))
             if done.answer is not None:  # answered already: only the outcome was not recorded
                 return Outcome(output=self._answer(done.answer.text, state), usage=state.usage,
-                               children=tuple(state.children))
+                               children=tuple(state.children), whole_run=state.whole_run)
             first_turn, last = done.turns + 1, done.last
         if last is not None:  # the calls of the last turn did not all answer: finish them first
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -99,17 +117,19 @@ class AgentLoop:
             await execution.progress(Progress(message=f"turn {turn}", turn=turn, usage=state.usage))
             asked = len(state.messages)
             result, spent = await self._call(state, turn, offer, execution)
-            if journal is not None:
-                await journal.append(JournalKind.TURN, turn=turn, messages=asked, text=result.text,
-                                     tool_calls=[JournalToolCall(id=c.id, name=c.name, arguments=c.arguments)
-                                                 for c in result.tool_calls],
-                                     finish_reason=result.finish_reason, usage=spent, model=result.model)
+            entry = {"turn": turn, "messages": asked, "text": result.text, "finish_reason": result.finish_reason,
+                     "usage": spent, "model": result.model,
+                     "tool_calls": [JournalToolCall(id=c.id, name=c.name, arguments=c.arguments)
+                                    for c in result.tool_calls]}
             state.messages.append(Message("assistant", text=result.text, tool_calls=tuple(result.tool_calls)))
             if not result.tool_calls:
+                if journal is not None:
+                    await journal.append(JournalKind.TURN, **entry)
                 return Outcome(output=self._answer(result.text, state), usage=state.usage,
-                               children=tuple(state.children))
+                               children=tuple(state.children), whole_run=state.whole_run)
             remaining = None if deadline is None else deadline - time.monotonic()
-            await self._run_tools(result.tool_calls, state, turn, execution, remaining)
+            # The turn's entry goes in with the calls it starts (one append, not one per call).
+            await self._run_tools(result.tool_calls, state, turn, execution, remaining, turn_entry=entry)
         raise state.failure(f"no final answer within maxTurns {self.limits.max_turns} "
                             f"({state.tool_calls} tool calls made)", ErrorCode.LIMIT_EXCEEDED)
 
@@ -184,14 +204,12 @@ class AgentLoop:
             metrics.COST.add(spent.cost_usd, labels)
 
     async def _run_tools(self, calls: list[ToolCall], state: RunState, turn: int, execution: Execution,
-                         remaining_s: float | None, last: LastTurn | None = None) -> None:
-        """Run the calls of one answer; ``last``: what the journal says of them (a resumed run)."""
+                         remaining_s: float | None, last: LastTurn | None = None,
+                         turn_entry: dict[str, Any] | None = None) -> None:
+        """Run the calls of one answer; ``last``: what the journal says of them (a resumed run);
+        ``turn_entry``: the answer's journal entry, appended here with the calls it starts (a new turn)."""
         seen = state.calls_seen
-        state.calls_seen += len(calls)
         allowed = tool_calls_allowed(self.limits, state.tool_calls, len(calls))
-        state.tool_calls += allowed
-        state.usage += Usage(tool_calls=allowed)
-        ctx_budget = remaining_budget(self.limits, state.usage)
         journal = execution.journal
         answered = last.results if last is not None else {}
         keys = [idempotency_key(execution.request_id, seen + i) for i in range(1, len(calls) + 1)]
@@ -204,12 +222,37 @@ class AgentLoop:
                         "it answered, and it may have had its effect: check what it did, then submit the work "
                         "again (or declare unknownOutcome: retry on the tool if it honours its idempotency key)",
                         ErrorCode.UNKNOWN_OUTCOME)
+        # Before the run counts these calls: a suspended run counts them when it resumes.
+        waiting = self._wait_for_people(calls[:allowed], keys, state, execution, answered,
+                                        last.started if last is not None else set())
+        # Calls that start now, noted in the turn's entry (so that each needs no entry of its own before it
+        # starts): all the allowed ones, but those a person rejected (they never run) and none if the run waits.
+        starting = set() if waiting is not None else {
+            c.id for c, k in zip(calls[:allowed], keys, strict=False)
+            if not self._rejected(c, k, execution) and c.id not in answered}
+        if journal is not None and turn_entry is not None:
+            await journal.append(JournalKind.TURN, **turn_entry, started=sorted(starting))
+        if waiting is not None:
+            raise Suspended(waiting, usage=state.usage, children=tuple(state.children), whole_run=state.whole_run)
+        state.calls_seen += len(calls)
+        state.tool_calls += allowed
+        state.usage += Usage(tool_calls=allowed)
+        ctx_budget = remaining_budget(self.limits, state.usage)
 
         async def one(call: ToolCall, key: str) -> ToolResult:
             if (known := answered.get(call.id)) is not None:
                 return known
             index = int(key.rpartition("/")[2])
-            if journal is not None:
+            if (decision := self._rejected(call, key, execution)) is not None:
+                # Rejected: the call never runs; the model reads why and goes on.
+                refused = ToolResult(f"error: {call.name} was not approved ({decision.reason or 'rejected'}"
+                                     f"{', by ' + decision.by if decision.by else ''}): do not try it again; "
+                                     "answer with what you have or another way", True)
+                if journal is not None:
+                    await journal.append(JournalKind.RESULT, turn=turn, call_id=call.id, call_index=index,
+                                         name=call.name, key=key, text=refused.text, is_error=True)
+                return refused
+            if journal is not None and call.id not in starting:  # a resumed turn's call: noted on its own
                 await journal.append(JournalKind.CALL, turn=turn, call_id=call.id, call_index=index,
                                      name=call.name, arguments=call.arguments, key=key)
             await execution.progress(Progress(message=f"calling {call.name}", turn=turn, tool=call.name))
@@ -229,7 +272,7 @@ class AgentLoop:
                 "agent": self.agent, "tool": tool, "outcome": "error" if result.is_error else "ok"})
             if journal is not None:
                 await journal.append(JournalKind.RESULT, turn=turn, call_id=call.id, call_index=index,
-                                     name=call.name, text=result.text, is_error=result.is_error,
+                                     name=call.name, key=key, text=result.text, is_error=result.is_error,
                                      duration_ms=round((time.perf_counter() - started) * 1000, 3),
                                      child=result.child, delegated=result.delegated)
             said = "failed" if result.is_error else "answered"
@@ -251,6 +294,39 @@ class AgentLoop:
                 state.children.append(result.child)
             state.messages.append(Message("tool", text=result.text, tool_call_id=call.id, tool_name=call.name,
                                           is_error=result.is_error))
+
+    def _rejected(self, call: ToolCall, key: str, execution: Execution) -> HumanDecision | None:
+        decision = execution.decisions.get(key)
+        if decision is not None and not decision.approved and self.tools.needs_approval(call.name):
+            return decision
+        return None
+
+    def _wait_for_people(self, calls: list[ToolCall], keys: list[str], state: RunState, execution: Execution,
+                         answered: dict[str, ToolResult], started: set[str]) -> Waiting | None:
+        """What the run must wait for before any of these calls runs, if one needs a person's decision that is
+        not yet recorded: the approval of a call, the answer to an ``ask_user`` question. Only async work can
+        wait (it has a journal to resume from); a synchronous invoke cannot, and such a call fails instead."""
+        for call, key in zip(calls, keys, strict=False):
+            if call.id in answered or call.id in started or key in execution.decisions:
+                continue
+            asking = self.tools.asks_a_person(call.name)
+            if not asking and not self.tools.needs_approval(call.name):
+                continue
+            arguments = call.arguments_json()
+            question = ""
+            if asking and isinstance(call.arguments, dict):
+                question = str(call.arguments.get("question", ""))[:MAX_WAITING_ARGUMENTS]
+            now = utcnow()
+            waiting = Waiting(kind="input" if asking else "approval", key=key, tool=call.name,
+                              arguments=arguments[:MAX_WAITING_ARGUMENTS], question=question, requested_at=now,
+                              deadline_at=None if self.approval_timeout_s is None
+                              else now + timedelta(seconds=self.approval_timeout_s))
+            if execution.journal is None:
+                raise state.failure(f"{call.name} needs {waiting.summary()}, and only async work can wait for a "
+                                    "person: submit the work (lattice submit) instead of invoking it",
+                                    ErrorCode.BAD_REQUEST)
+            return waiting
+        return None
 
     def _answer(self, text: str, state: RunState) -> Payload:
         if self.output_schema is None:

@@ -28,6 +28,7 @@ from ..contract.messages import (
     AuctionRequest,
     ErrorCode,
     Usage,
+    Waiting,
     WorkAccept,
     WorkAssign,
     WorkCancel,
@@ -39,7 +40,7 @@ from ..contract.messages import (
 )
 from ..contract.specs import LLM_PROVIDERS
 from ..errors import LatticeError, ResultTooLarge
-from ..executors import AgentFailure, Execution, Progress
+from ..executors import AgentFailure, Execution, Progress, Suspended
 from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES, is_transient, retry_transient
 from ..telemetry import metrics, tracing
 from ..work import phases, scoring
@@ -92,6 +93,8 @@ class Run:
     #: Agent runs: what this attempt spent and the work it delegated (recorded with its outcome).
     usage: Usage | None = None
     children: tuple[str, ...] = ()
+    #: ``usage`` is the whole run's (a journalled run counts every attempt from its journal): it replaces.
+    whole_run: bool = False
     #: The last structured progress published (turn, tool, message): a new one goes out at once.
     last_step: tuple[int | None, str, str] = (None, "", "")
     #: The hosted agent that runs it (a metric label: work may name a capability instead).
@@ -103,7 +106,7 @@ class Run:
         """The record's usage and children with this attempt's added (earlier attempts' spend is kept)."""
         out: dict[str, Any] = {}
         if self.usage:
-            out["usage"] = (record.usage or Usage()) + self.usage
+            out["usage"] = self.usage if self.whole_run else (record.usage or Usage()) + self.usage
         if self.children:
             out["children"] = list(dict.fromkeys([*record.children, *self.children]))
         return out
@@ -308,7 +311,7 @@ class WorkService:
                     context={"work_id": run.work_id, "attempt": started.attempt}, work=spec,
                     deadline_s=max(remaining, 0.001), depth=started.depth,
                     delegate=self.delegation.for_run(spec.max_retries) if self.delegation else None,
-                    journal=journal))
+                    journal=journal, decisions=started.decisions))
         except TimeoutError:
             if not deadline.expired():  # the agent's own timeout (a call it made), not ours: retried as such
                 decision = requeue_or_escalate(started, "the agent timed out (a timeout of its own, not startToClose)")
@@ -327,8 +330,12 @@ class WorkService:
             return
         except JournalConflict as exc:
             raise Superseded(str(exc)) from exc
+        except Suspended as exc:
+            run.usage, run.children, run.whole_run = exc.usage, exc.children, exc.whole_run
+            await self._suspend(run, exc.waiting)
+            return
         except AgentFailure as exc:
-            run.usage, run.children = exc.usage, exc.children
+            run.usage, run.children, run.whole_run = exc.usage, exc.children, exc.whole_run
             if exc.code == ErrorCode.UNKNOWN_OUTCOME:  # a person must look: escalated, never run again by itself
                 await self._finish(run, P.ESCALATED, reason=str(exc), error=WorkError(code=exc.code,
                                                                                       message=str(exc)))
@@ -345,7 +352,7 @@ class WorkService:
             if run.marker is not None:
                 # Safe even mid-write: every write is a CAS, so the next one re-reads if this one landed.
                 run.marker.cancel()
-        run.usage, run.children = outcome.usage or None, outcome.children
+        run.usage, run.children, run.whole_run = outcome.usage or None, outcome.children, outcome.whole_run
         try:
             result, ref = await self.store.store_result(run.work_id, run.attempt_id, outcome.output)
         except (ResultTooLarge, TypeError, ValueError) as exc:
@@ -457,6 +464,24 @@ class WorkService:
             metrics.WORK_ESCALATED.add(1, {"by": "station"})
         # Waiters need no word from us: the server pushed the stored record on work.{id}.record.
         await self.store.emit("work", done.record.phase.value.lower(), done.record)
+
+    async def _suspend(self, run: Run, waiting: Waiting) -> None:
+        """The run waits for a person: recorded (no station holds it, no retry is spent), and said in an event
+        naming what to decide. The slot is free as soon as this returns."""
+        phase = P.AWAITING_INPUT if waiting.kind == "input" else P.AWAITING_APPROVAL
+
+        def suspend(r: WorkRecord) -> WorkRecord:
+            started = {"started_at": run.started_at} if r.started_at is None and run.started_at else {}
+            return phases.transition(r, phase, waiting=waiting, reason=f"waiting for {waiting.summary()}",
+                                     progress_message=f"waiting for {waiting.summary()}"[:500], **started,
+                                     **run.spent(r))
+
+        suspended = await self._write(run, suspend, outcome=True)
+        self._observe(run, suspended.record, "suspended")
+        what = "approval_requested" if waiting.kind == "approval" else "input_requested"
+        await self.store.emit("work", what, suspended.record, tool=waiting.tool, key=waiting.key,
+                              arguments=waiting.arguments[:1000], question=waiting.question[:1000],
+                              deadline=waiting.deadline_at.isoformat() if waiting.deadline_at else None)
 
     async def _give_up(self, run: Run, action: Action, reason: str, code: ErrorCode) -> None:
         if action == Action.REQUEUE:

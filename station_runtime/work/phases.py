@@ -6,6 +6,7 @@
        │  │    Unschedulable      │  │         └──► Escalated (retries exhausted)
        │  │                       │  └──► Assigned (the winner never accepted: next bid)
        └──┴───────────────────────┴──► Pending (requeued)
+    Assigned | Running ──► AwaitingApproval | AwaitingInput ──► Pending (a person decided, or the deadline did)
     any non-terminal ──► Cancelled | Failed (deadline) | Escalated
 """
 
@@ -22,8 +23,11 @@ _ALLOWED: Final[dict[WorkPhase, frozenset[WorkPhase]]] = {
     P.PENDING: frozenset({P.SCHEDULING, P.RUNNING}),  # Running: a workflow starts its first step
     P.SCHEDULING: frozenset({P.ASSIGNED, P.UNSCHEDULABLE, P.PENDING}),
     P.UNSCHEDULABLE: frozenset({P.SCHEDULING, P.PENDING}),
-    P.ASSIGNED: frozenset({P.RUNNING, P.ASSIGNED, P.PENDING, P.SUCCEEDED}),
-    P.RUNNING: frozenset({P.SUCCEEDED, P.PENDING, P.RUNNING}),
+    P.ASSIGNED: frozenset({P.RUNNING, P.ASSIGNED, P.PENDING, P.SUCCEEDED, P.AWAITING_APPROVAL, P.AWAITING_INPUT}),
+    P.RUNNING: frozenset({P.SUCCEEDED, P.PENDING, P.RUNNING, P.AWAITING_APPROVAL, P.AWAITING_INPUT}),
+    # A person's decision (or the deadline's) sends it back to be placed: the next attempt resumes the run.
+    P.AWAITING_APPROVAL: frozenset({P.PENDING}),
+    P.AWAITING_INPUT: frozenset({P.PENDING}),
 }
 #: Allowed from every non-terminal phase.
 _ALWAYS: Final = frozenset({P.CANCELLED, P.FAILED, P.ESCALATED})
@@ -57,6 +61,13 @@ def transition(record: WorkRecord, to: WorkPhase, **changes: Any) -> WorkRecord:
         update.setdefault("started_at", now)
     elif to.terminal:
         update.setdefault("finished_at", now)
+    if to.awaiting:
+        # Suspended: the attempt is over and holds no station; it spends no retry.
+        update.setdefault("station_id", None)
+        update.setdefault("attempt_id", None)
+        update.setdefault("suspensions", record.suspensions + 1)
+    if record.phase.awaiting:
+        update.setdefault("waiting", None)
     if to == P.PENDING:
         # A requeue: the old attempt is over; the next assignment starts a new one.
         update.setdefault("station_id", None)

@@ -40,6 +40,8 @@ class Action(enum.StrEnum):
     ESCALATE = "escalate"
     FAIL = "fail"
     CANCEL = "cancel"
+    #: A waiting run's deadline passed: decide for the person (reject the call, answer "no answer").
+    TIME_OUT_WAIT = "time_out_wait"
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,8 @@ def _age(ts: datetime | None, now: datetime) -> float:
 
 
 def retries_left(record: WorkRecord) -> bool:
-    return record.attempt <= record.spec.max_retries
+    # Attempts that ended by waiting for a person spend no retry.
+    return record.attempt - record.suspensions <= record.spec.max_retries
 
 
 def requeue_or_escalate(record: WorkRecord, reason: str, code: ErrorCode = ErrorCode.INTERNAL) -> Decision:
@@ -89,8 +92,16 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
         if _age(record.created_at, now) > close + grace:
             return Decision(Action.FAIL, f"not finished within scheduleToClose {close:g}s", ErrorCode.TIMEOUT)
     limit = timeouts.schedule_to_start_seconds
-    if limit and phase in (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE) and _age(record.created_at, now) > limit:
+    # (Not after a suspension: the run started, then waited for a person.)
+    if limit and phase in (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE) and not record.suspensions \
+            and _age(record.created_at, now) > limit:
         return Decision(Action.FAIL, f"not started within scheduleToStart {limit:g}s", ErrorCode.TIMEOUT)
+    if phase.awaiting:
+        waiting = record.waiting
+        if waiting is not None and waiting.deadline_at is not None and now >= waiting.deadline_at:
+            return Decision(Action.TIME_OUT_WAIT, f"no decision on {waiting.summary()} by its deadline",
+                            ErrorCode.TIMEOUT)
+        return NOTHING
     if phase == P.PENDING:
         if record.retry_at and now < record.retry_at:
             return NOTHING
@@ -161,8 +172,10 @@ def next_check(record: WorkRecord, policy: WitnessPolicy) -> datetime | None:
         times.append(_at(record.created_at, close + grace))
     if record.cancel_requested:
         times.append(_at(record.updated_at, policy.cancel_grace_s))
-    if phase in (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE):
+    if phase in (P.PENDING, P.SCHEDULING, P.UNSCHEDULABLE) and not record.suspensions:
         times.append(_at(record.created_at, record.spec.timeouts.schedule_to_start_seconds))
+    if phase.awaiting and record.waiting is not None:
+        times.append(record.waiting.deadline_at)
     if phase == P.PENDING:
         times.append(record.retry_at or _at(record.updated_at, policy.pending_grace_s))
     elif phase == P.SCHEDULING:

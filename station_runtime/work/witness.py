@@ -35,7 +35,7 @@ from ..natsio.retry import BEST_EFFORT_FAILURES, NATS_FAILURES
 from ..routing import MISSED_BEATS_LOST, overdue
 from ..tasks import stop_task
 from ..telemetry import metrics, tracing
-from . import phases, workflow
+from . import phases, waiting, workflow
 from .auction import DEFAULT_HEARTBEAT_S, Auctioneer
 from .directory import StationDirectory
 from .index import WorkIndex
@@ -271,7 +271,7 @@ class Witness:
         self.index.put(result)
         record = result.record
         event = {Action.REQUEUE: "requeued", Action.ESCALATE: "escalated", Action.FAIL: "failed",
-                 Action.CANCEL: "cancelled"}[action]
+                 Action.CANCEL: "cancelled", Action.TIME_OUT_WAIT: "wait_timed_out"}[action]
         if action == Action.REQUEUE:
             metrics.WORK_REQUEUED.add(1, {"by": "witness"})
         elif action == Action.ESCALATE:
@@ -286,7 +286,7 @@ class Witness:
                 await self.nc.publish(subjects.work_cancel(self.org, versioned.record.station_id or ""),
                                       encode(WorkCancel(work_id=record.work_id, attempt_id=versioned.record.attempt_id,
                                                         reason=f"{event} by the witness: {record.reason}")))
-        if action == Action.REQUEUE:
+        if action in (Action.REQUEUE, Action.TIME_OUT_WAIT):
             await self.auctioneer.schedule(result)
         return self._count(action, result)
 
@@ -369,4 +369,6 @@ def _apply(record: WorkRecord, decision: Decision) -> WorkRecord:
                                  error=WorkError(code=decision.code, message=reason))
     if action == Action.CANCEL:
         return phases.transition(record, P.CANCELLED, reason=reason)
+    if action == Action.TIME_OUT_WAIT:
+        return waiting.timed_out(record)
     raise ValueError(f"witness cannot apply {action}")

@@ -86,7 +86,7 @@ async def _phase(client: LatticeClient, work_id: str, phase: WorkPhase) -> WorkR
 
 async def _calling(client: LatticeClient, work_id: str) -> bool:
     entries = await client.journal(work_id)
-    return any(e.kind == JournalKind.CALL for e in entries)
+    return any(e.kind == JournalKind.TURN and e.started for e in entries)
 
 
 async def test_a_station_uses_exactly_its_permissions(server: EmbeddedNats, tenancy: Tenancy,

@@ -96,6 +96,8 @@ class _Entry:
     tool: Tool
     validator: Any = None
     unknown_outcome: UnknownOutcome = "escalate"
+    #: Each call waits for a person's approval before it runs.
+    require_approval: bool = False
 
 
 @dataclass
@@ -105,8 +107,9 @@ class ToolBox:
     default_timeout_s: float = 60.0
     _entries: dict[str, _Entry] = field(default_factory=dict)
 
-    def add(self, tool: Tool, unknown_outcome: UnknownOutcome | None = None) -> None:
-        """Add ``tool``; ``unknown_outcome``: its policy (default: the tool's own, else escalate)."""
+    def add(self, tool: Tool, unknown_outcome: UnknownOutcome | None = None, require_approval: bool = False) -> None:
+        """Add ``tool``; ``unknown_outcome``: its policy (default: the tool's own, else escalate);
+        ``require_approval``: each call waits for a person's approval."""
         name = tool.definition.name
         if not name or len(name) > 64 or not set(name) <= NAME_CHARS:
             raise ValueError(f"tool name {name!r} ({tool.source}) is not 1-64 letters, digits, '_' or '-'")
@@ -122,11 +125,21 @@ class ToolBox:
             log.warning("tool %s (%s): its input schema is not valid JSON Schema, calls go unchecked: %s",
                         name, tool.source, exc.message)
         policy = unknown_outcome or getattr(tool, "unknown_outcome", None) or "escalate"
-        self._entries[name] = _Entry(tool, validator, policy)
+        self._entries[name] = _Entry(tool, validator, policy, require_approval)
 
-    def extend(self, tools: Iterable[Tool], unknown_outcome: UnknownOutcome | None = None) -> None:
+    def extend(self, tools: Iterable[Tool], unknown_outcome: UnknownOutcome | None = None,
+               require_approval: bool = False) -> None:
         for tool in tools:
-            self.add(tool, unknown_outcome)
+            self.add(tool, unknown_outcome, require_approval)
+
+    def needs_approval(self, name: str) -> bool:
+        entry = self._entries.get(name)
+        return entry is not None and entry.require_approval
+
+    def asks_a_person(self, name: str) -> bool:
+        """Whether ``name`` is the ask_user tool (its call waits for a person's reply)."""
+        entry = self._entries.get(name)
+        return entry is not None and getattr(entry.tool, "asks_a_person", False)
 
     def unknown_outcome(self, name: str) -> UnknownOutcome:
         """The policy of tool ``name`` for a call that started and never answered (a name it does not have:
