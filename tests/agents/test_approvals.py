@@ -181,18 +181,21 @@ class Up:
                 self.proc.wait()
 
 
-@pytest.fixture
-def up(tmp_path: Path, sim: ModelSim, ledger: Path) -> Iterator[Up]:
-    script(sim, "restartable", Step(tool_calls=(ToolCallStep("effect", {"n": 9}, id="r"),)), "done")
-    agent = llm_agent(sim, "openai", "restartable", "survivor", tools=[{"function": EFFECT,
-                                                                        "requireApproval": True}])
+def _up(tmp_path: Path, agent: Any, ledger: Path) -> Up:
     (tmp_path / "manifests").mkdir()
     docs = [{"apiVersion": "lattice.station.dev/v1alpha1", "kind": "Station", "metadata": {"name": "worker"},
              "spec": {"replicas": 1}},
-            {"apiVersion": "lattice.station.dev/v1alpha1", "kind": "Agent", "metadata": {"name": "survivor"},
+            {"apiVersion": "lattice.station.dev/v1alpha1", "kind": "Agent", "metadata": {"name": agent.name},
              "spec": agent.spec.model_dump(mode="json", by_alias=True, exclude_none=True)}]
     (tmp_path / "manifests" / "lattice.yaml").write_text(yaml.safe_dump_all(docs))
-    u = Up(tmp_path, {"TEST_MODEL_KEY": os.environ["TEST_MODEL_KEY"], EFFECTS_ENV: str(ledger)})
+    return Up(tmp_path, {"TEST_MODEL_KEY": os.environ["TEST_MODEL_KEY"], EFFECTS_ENV: str(ledger)})
+
+
+@pytest.fixture
+def up(tmp_path: Path, sim: ModelSim, ledger: Path) -> Iterator[Up]:
+    script(sim, "restartable", Step(tool_calls=(ToolCallStep("effect", {"n": 9}, id="r"),)), "done")
+    u = _up(tmp_path, llm_agent(sim, "openai", "restartable", "survivor",
+                                tools=[{"function": EFFECT, "requireApproval": True}]), ledger)
     yield u
     u.stop()
 
@@ -216,3 +219,45 @@ async def test_an_approval_pending_across_a_full_lattice_up_restart(up: Up, ledg
         done = await client.wait_work("across", timeout_s=60)
     assert done.phase == WorkPhase.SUCCEEDED and done.result == "done"
     assert effects(ledger) == ["9 across/1"]
+
+
+def _nats_pid(up: Up) -> int | None:
+    found = list((up.tmp / "lattice" / "nats" / "ports").glob("*.ports"))
+    return int(found[0].stem.rsplit("_", 1)[1]) if found else None
+
+
+@pytest.mark.fault
+async def test_a_run_goes_on_through_a_kill_9_of_nats_server_and_nothing_is_lost(
+        tmp_path: Path, sim: ModelSim, ledger: Path) -> None:
+    # Four side effects, one per turn; turn 3 streams slowly, and nats-server is SIGKILLed (fsync on: the
+    # default of `lattice up`) while it does. `lattice up` restarts it on the same store; the station's appends
+    # and writes wait for it and land; the run finishes on its first attempt, each effect once.
+    steps = [Step(tool_calls=(ToolCallStep("effect", {"n": n}, id=f"c{n}"),),
+                  text=" ".join(["pondering"] * 16) if n == 3 else "") for n in (1, 2, 3, 4)]
+    script(sim, "through-outage", *steps, "four done", tokens_per_s=4)
+    up = _up(tmp_path, llm_agent(sim, "openai", "through-outage", "steady", tools=[{"function": EFFECT}]),
+             ledger)
+    try:
+        url = up.start().url()
+        async with LatticeClient(NatsSettings(url=url), "local") as client:
+            await client.wait_for_stations(1, agent="steady", timeout_s=60)
+            await client.submit(WorkItemSpec(agent="steady", input="go", max_retries=2), work_id="steady")
+            await eventually(lambda: _lines(ledger, 2), timeout_s=30, what="two effects")
+        old = _nats_pid(up)
+        assert old is not None and len(effects(ledger)) == 2  # the kill comes mid-run (turn 3 streams ~4 s)
+        os.kill(old, signal.SIGKILL)
+        wait_sync(lambda: (pid := _nats_pid(up)) is not None and pid != old, timeout_s=30,
+                  what="nats-server restarted by lattice up")
+        async with LatticeClient(NatsSettings(url=up.url()), "local") as client:
+            done = await client.wait_work("steady", timeout_s=90)
+            journal = await client.journal("steady")
+    finally:
+        up.stop()
+    assert done.phase == WorkPhase.SUCCEEDED and done.result == "four done", done.reason
+    assert effects(ledger) == [f"{n} steady/{n}" for n in (1, 2, 3, 4)]
+    assert [e.n for e in journal] == list(range(1, 10))  # 5 turns, 4 results: nothing lost, nothing twice
+    assert done.attempt == 1 and done.usage is not None and done.usage.model_calls == 5
+
+
+async def _lines(path: Path, count: int) -> bool:
+    return len(effects(path)) >= count

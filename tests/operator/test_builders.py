@@ -203,3 +203,20 @@ def test_station_pods_get_where_traces_go_but_not_the_exporters_headers(monkeypa
            builders.stateful_set(station, "o", pod)["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel:4318" and "OTEL_EXPORTER_OTLP_HEADERS" not in env
     assert "vendor-secret" not in str(env)
+
+
+def test_decision_annotations_and_what_a_waiting_work_item_shows() -> None:
+    from station_runtime.contract.messages import Waiting, WorkPhase, WorkRecord
+    from station_runtime.contract.specs import WorkItemSpec
+
+    assert builders.decision_from(None) is None and builders.decision_from({"other": "x"}) is None
+    assert builders.decision_from({builders.APPROVE_ANNOTATION: "fine"}) == (True, None, "fine")
+    assert builders.decision_from({builders.REPLY_ANNOTATION: "blue"}) == (True, "blue", "")
+    # Both given: the rejection wins (the safe side).
+    assert builders.decision_from({builders.APPROVE_ANNOTATION: "", builders.REJECT_ANNOTATION: "no"}) == (
+        False, None, "no")
+    record = WorkRecord(org="o", work_id="w", spec=WorkItemSpec(agent="a"), phase=WorkPhase.AWAITING_APPROVAL,
+                        waiting=Waiting(kind="approval", key="w/1", tool="pay", arguments='{"n": 1}'))
+    assert builders.waiting_text(record) == (f'approval of pay({{"n": 1}}) (annotate {builders.APPROVE_ANNOTATION} '
+                                             f"or {builders.REJECT_ANNOTATION})")
+    assert builders.waiting_text(record.model_copy(update={"phase": WorkPhase.RUNNING})) is None

@@ -8,8 +8,9 @@ import pytest
 
 from station_runtime.api.models import WorkConstraints, WorkflowStep, WorkItemSpec, WorkTimeouts
 from station_runtime.contract.messages import AuctionBid, StationRecord, StationStatus, WorkPhase, WorkRecord, utcnow
-from station_runtime.work import phases, scoring, workflow
-from station_runtime.work.policy import Action, WitnessPolicy, decide
+from station_runtime.contract.messages import Waiting
+from station_runtime.work import phases, scoring, waiting, workflow
+from station_runtime.work.policy import Action, WitnessPolicy, decide, next_check, retries_left
 
 P = WorkPhase
 ALL = list(WorkPhase)
@@ -19,6 +20,9 @@ LEGAL = {
     (P.UNSCHEDULABLE, P.SCHEDULING), (P.UNSCHEDULABLE, P.PENDING),
     (P.ASSIGNED, P.RUNNING), (P.ASSIGNED, P.ASSIGNED), (P.ASSIGNED, P.PENDING), (P.ASSIGNED, P.SUCCEEDED),
     (P.RUNNING, P.SUCCEEDED), (P.RUNNING, P.PENDING), (P.RUNNING, P.RUNNING),
+    (P.ASSIGNED, P.AWAITING_APPROVAL), (P.ASSIGNED, P.AWAITING_INPUT),
+    (P.RUNNING, P.AWAITING_APPROVAL), (P.RUNNING, P.AWAITING_INPUT),
+    (P.AWAITING_APPROVAL, P.PENDING), (P.AWAITING_INPUT, P.PENDING),
 } | {(src, dst) for src in ALL if not src.terminal for dst in (P.CANCELLED, P.FAILED, P.ESCALATED)}
 
 
@@ -262,3 +266,63 @@ def test_a_workflow_step_gets_what_is_left_of_the_workflows_deadline() -> None:
     assert left is not None and 5.5 < left <= 6.0
     with pytest.raises(DeadlinePassed, match="not finished within scheduleToClose 10s"):
         step_spec(rec(P.RUNNING, spec=spec, created_at=now - timedelta(seconds=11)), spec.steps[0])
+
+
+# --- waiting for a person ---------------------------------------------------------------------------------------
+
+
+def _waiting(kind: str = "approval", deadline_s: float | None = None, **kw: object) -> WorkRecord:
+    now = utcnow()
+    w = Waiting(kind=kind, key="w1/2", tool="pay", arguments='{"n": 1}', question="why?" if kind == "input" else "",
+                requested_at=now, deadline_at=None if deadline_s is None else now + timedelta(seconds=deadline_s))
+    phase = P.AWAITING_APPROVAL if kind == "approval" else P.AWAITING_INPUT
+    return rec(P.RUNNING, attempt=1, attempt_id="a1", station_id="s1", **kw).model_copy(
+        update={"phase": phase, "waiting": w, "station_id": None, "attempt_id": None, "suspensions": 1})
+
+
+def test_suspending_frees_the_station_and_spends_no_retry() -> None:
+    running = rec(P.RUNNING, attempt=1, attempt_id="a1", station_id="s1", spec=WorkItemSpec(agent="a",
+                                                                                            max_retries=1))
+    suspended = phases.transition(running, P.AWAITING_APPROVAL, waiting=_waiting().waiting)
+    assert suspended.station_id is None and suspended.attempt_id is None and suspended.suspensions == 1
+    resumed = phases.transition(suspended, P.PENDING).model_copy(update={"attempt": 2})
+    assert resumed.waiting is None and resumed.retries == 0
+    # The resumed attempt may still be retried once: the suspended one spent nothing.
+    assert retries_left(resumed) and not retries_left(resumed.model_copy(update={"suspensions": 0}))
+
+
+def test_a_waiting_run_is_left_alone_until_its_deadline_then_the_deadline_decides() -> None:
+    policy = WitnessPolicy()
+    now = utcnow()
+    patient = _waiting()
+    assert decide(patient, live_stations=[], now=now + timedelta(days=30), policy=policy).action == Action.NONE
+    assert next_check(patient, policy) is None
+    hurried = _waiting(deadline_s=5)
+    assert hurried.waiting is not None and next_check(hurried, policy) == hurried.waiting.deadline_at
+    assert decide(hurried, live_stations=[], now=now, policy=policy).action == Action.NONE
+    late = decide(hurried, live_stations=[], now=now + timedelta(seconds=6), policy=policy)
+    assert late.action == Action.TIME_OUT_WAIT and "approval of pay" in late.reason
+    timed = waiting.timed_out(hurried)
+    assert timed.phase == P.PENDING and timed.decisions["w1/2"].approved is False
+    assert decide(rec(P.PENDING, cancel_requested=True).model_copy(update={"phase": P.AWAITING_INPUT}),
+                  live_stations=[], now=now, policy=policy).action == Action.CANCEL
+
+
+def test_schedule_to_start_does_not_apply_after_a_suspension() -> None:
+    spec = WorkItemSpec(agent="a", timeouts=WorkTimeouts(schedule_to_start_seconds=1))
+    resumed = rec(P.PENDING, spec=spec, suspensions=1, created_at=utcnow() - timedelta(hours=1), retry_at=utcnow())
+    assert decide(resumed, live_stations=[], now=utcnow(), policy=WitnessPolicy()).action == Action.SCHEDULE
+
+
+def test_a_decision_must_fit_what_the_run_waits_for() -> None:
+    approval, question = _waiting("approval"), _waiting("input")
+    with pytest.raises(waiting.NotWaiting, match="approve or reject it"):
+        waiting.decide(approval, approved=True, reply="yes")
+    with pytest.raises(waiting.NotWaiting, match="lattice work reply"):
+        waiting.decide(question, approved=True)
+    with pytest.raises(waiting.NotWaiting, match="not waiting for a person"):
+        waiting.decide(rec(P.RUNNING), approved=True)
+    done = waiting.decide(question, approved=True, reply="blue", by="ann")
+    assert done.phase == P.PENDING and done.decisions["w1/2"].reply == "blue" and "answered by ann" in done.reason
+    rejected = waiting.decide(approval, approved=False, reason="no")
+    assert rejected.decisions["w1/2"].approved is False and rejected.retry_at is not None
