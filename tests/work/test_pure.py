@@ -7,8 +7,15 @@ from datetime import timedelta
 import pytest
 
 from station_runtime.api.models import WorkConstraints, WorkflowStep, WorkItemSpec, WorkTimeouts
-from station_runtime.contract.messages import AuctionBid, StationRecord, StationStatus, WorkPhase, WorkRecord, utcnow
-from station_runtime.contract.messages import Waiting
+from station_runtime.contract.messages import (
+    AuctionBid,
+    StationRecord,
+    StationStatus,
+    Waiting,
+    WorkPhase,
+    WorkRecord,
+    utcnow,
+)
 from station_runtime.work import phases, scoring, waiting, workflow
 from station_runtime.work.policy import Action, WitnessPolicy, decide, next_check, retries_left
 
