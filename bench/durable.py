@@ -40,8 +40,8 @@ from station_runtime.work.controller import WorkController
 WORKERS = 4
 IN_FLIGHT = 50
 TURNS = 5
-SAMPLES = {"full": 200, "quick": 40, "smoke": 4, "probe": 30}
-THROUGHPUT_RUNS = {"full": 600, "quick": 150, "smoke": 10}
+SAMPLES = {"full": 100, "quick": 40, "smoke": 4}
+THROUGHPUT_RUNS = {"full": 300, "quick": 150, "smoke": 10}
 
 
 def temporal_cli() -> str:

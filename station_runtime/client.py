@@ -586,10 +586,11 @@ class LatticeClient:
                                      encode(WorkCancel(work_id=work_id, attempt_id=record.attempt_id,
                                                        reason=reason)))
         if record.is_workflow:
-            from .work.workflow import child_id
+            from .work.workflow import child_id, ready
 
-            with contextlib.suppress(LatticeError):
-                await self.cancel_work(child_id(work_id, record.step_index), reason)
+            for index in ready(record):  # the steps that can be running: their dependencies succeeded
+                with contextlib.suppress(LatticeError):
+                    await self.cancel_work(child_id(work_id, index), reason)
         return record
 
     async def wait_work(self, work_id: str, *, timeout_s: float | None = None,

@@ -92,8 +92,8 @@ _RULES: dict[str, list[dict[str, str]]] = {
         {"rule": "!has(self.tools) || size(self.tools) == 0 || self.model.provider in ['openai', 'anthropic']",
          "message": "tools need a model that calls them (provider openai or anthropic)"},
         {"rule": "!has(self.tools) || self.tools.all(t, (has(t.server) ? 1 : 0) + (has(t.mcp) ? 1 : 0)"
-                 " + (has(t.function) ? 1 : 0) + (has(t.lattice) ? 1 : 0) == 1)",
-         "message": "a tool entry sets exactly one of server, mcp, function, lattice"},
+                 " + (has(t.function) ? 1 : 0) + (has(t.lattice) ? 1 : 0) + (has(t.askUser) ? 1 : 0) == 1)",
+         "message": "a tool entry sets exactly one of server, mcp, function, lattice, askUser"},
     ],
     "ToolServer": [
         {"rule": "has(self.command) || has(self.url)",

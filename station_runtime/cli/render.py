@@ -178,7 +178,7 @@ def work_table(records: Sequence[WorkRecord], *, wide: bool = False) -> Table:
         if r.progress_message and not r.phase.terminal:  # e.g. an agent's "turn 2: calling add"
             progress = f"{progress} {r.progress_message[:40]}"
         if r.is_workflow:
-            progress = f"step {min(r.step_index + 1, len(r.spec.steps))}/{len(r.spec.steps)}"
+            progress = f"{r.step_index}/{len(r.spec.steps)} steps done"
         row: list[Any] = [r.work_id, work_target(r), phase_text(r.phase.value), r.station_id or "-", str(r.attempt),
                           progress, age(r.created_at, now)]
         if wide:

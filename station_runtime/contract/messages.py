@@ -371,7 +371,7 @@ class WorkRecord(WireModel):
     children: list[WorkId] = Field(default_factory=list, max_length=100_000)
     #: Tokens, cost, model and tool calls of the run (the last attempt's, with what earlier attempts spent).
     usage: Usage | None = None
-    #: Workflows: index of the step running now, and the outputs of the finished ones by step name.
+    #: Workflows: how many steps have succeeded, and their outputs by step name.
     step_index: int = Field(default=0, ge=0)
     step_outputs: dict[str, Payload] = Field(default_factory=dict)
     #: Outputs of finished steps too large to keep inline: their results-store references, by step name (a step

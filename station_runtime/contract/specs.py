@@ -292,14 +292,28 @@ class WorkTimeouts(ApiModel):
         "controller's stuck threshold (10 minutes).")
 
 
+#: Steps a workflow may have.
+MAX_STEPS = 256
+
+
 class WorkflowStep(ApiModel):
     """One step of a workflow: auctioned like any work. ``input`` is a template: ``{{input}}`` is the workflow's
-    input, ``{{steps.NAME.output}}`` the output of an earlier step (JSON-encoded unless it is a string)."""
+    input, ``{{steps.NAME.output}}`` the output of a step it depends on (JSON-encoded unless it is a string)."""
 
     name: AgentName
     agent: AgentName | None = None
     required_capabilities: list[Capability] = Field(default_factory=list)
     input: str = "{{input}}"
+    depends_on: list[AgentName] | None = Field(
+        default=None, max_length=MAX_STEPS, description="Steps that must succeed before this one starts (a graph: "
+        "steps whose dependencies are met run in parallel, a step with several waits for all). Default: the step "
+        "listed before it (none for the first); [] starts it at once.")
+    max_retries: int | None = Field(default=None, ge=0, le=50, description="This step's retries (default: the "
+                                    "workflow's maxRetries).")
+    timeouts: WorkTimeouts | None = Field(default=None, description="This step's timeouts (default: the "
+                                          "workflow's; its scheduleToClose still bounds every step).")
+    constraints: WorkConstraints | None = Field(default=None, description="Where this step may run (default: the "
+                                                "workflow's constraints).")
 
     @model_validator(mode="after")
     def _target(self) -> WorkflowStep:
@@ -317,7 +331,8 @@ class WorkItemSpec(ApiModel):
     timeouts: WorkTimeouts = Field(default_factory=WorkTimeouts)
     max_retries: int = Field(default=2, ge=0, le=50)
     priority: int = Field(default=0, ge=-100, le=100)
-    steps: list[WorkflowStep] = Field(default_factory=list, description="A workflow: steps run in order.")
+    steps: list[WorkflowStep] = Field(default_factory=list, description="A workflow: steps run in order, or as "
+                                      "a graph by their dependsOn.")
     max_turns: int | None = Field(default=None, ge=1, le=1000, description="Overrides the agent's maxTurns.")
     max_tool_calls: int | None = Field(default=None, ge=0, le=100_000,
                                        description="Overrides the agent's maxToolCalls.")
@@ -330,4 +345,13 @@ class WorkItemSpec(ApiModel):
         names = [s.name for s in self.steps]
         if len(set(names)) != len(names):
             raise ValueError("workflow step names must be unique")
+        if len(names) > MAX_STEPS:
+            raise ValueError(f"a workflow has at most {MAX_STEPS} steps, not {len(names)}")
+        if self.steps:
+            from .graph import GraphError, check_graph  # the graph's rules live with the graph (pure)
+
+            try:
+                check_graph(self.steps)
+            except GraphError as exc:
+                raise ValueError(str(exc)) from None
         return self

@@ -308,12 +308,19 @@ class Witness:
             self._count(Action.FAIL, replaced)
             log.warning("work %s: unreadable record quarantined: %s", work_id, replaced.record.reason)
 
+    async def _children(self, record: WorkRecord) -> dict[int, Versioned | None]:
+        """The children of the workflow's ready steps (the only ones that can be running), by step index."""
+        found: dict[int, Versioned | None] = {}
+        for index in workflow.ready(record):
+            key = workflow.child_id(record.work_id, index)
+            found[index] = self.index.get(key) or await self.store.get(key)
+        return found
+
     async def _drive_workflow(self, parent: Versioned) -> int:
         record = parent.record
-        child_key = workflow.child_id(record.work_id, record.step_index)
-        child = self.index.get(child_key) or await self.store.get(child_key)
-        updated = await self.store.mutate(record.work_id, lambda r: workflow.advance(r, child.record if child
-                                                                                    else None), current=parent)
+        children = await self._children(record)
+        updated = await self.store.mutate(record.work_id, lambda r: workflow.advance(
+            r, {i: c.record if c else None for i, c in children.items()}), current=parent)
         current = updated or parent
         if updated is not None:
             self.index.put(updated)
@@ -322,38 +329,48 @@ class Witness:
             if updated.record.phase.terminal:
                 return 1
         rec = current.record
-        if rec.phase == P.RUNNING:
-            key = workflow.child_id(rec.work_id, rec.step_index)
-            if updated is not None or (self.index.get(key) is None and await self.store.get(key) is None):
-                step = rec.spec.steps[rec.step_index]
-                try:
-                    loaded = {name: await self.store.load_ref(rec.step_output_refs[name])
-                              for name in workflow.referenced_steps(step.input) if name in rec.step_output_refs}
-                    spec = workflow.step_spec(rec, step, loaded)
-                    size = len(encode_payload(spec.input))
-                    if size > self.store.state.limits.max_value_bytes // 2:
-                        raise ValueError(f"step {step.name!r}: its input is {size} bytes once its template is "
-                                         f"filled, over the {self.store.state.limits.max_value_bytes // 2} a work "
-                                         "record carries; a step's output may be large, its input may not: pass "
-                                         "a part of it, or let the step fetch it")
-                except (KeyError, ValueError, NotFoundError) as exc:
-                    # A step it names has no output, an input too large, a stored output gone (past retention),
-                    # the workflow's deadline passed.
-                    late = isinstance(exc, workflow.DeadlinePassed)
-                    error = WorkError(code=ErrorCode.TIMEOUT if late else ErrorCode.BAD_REQUEST,
-                                      message=str(exc) or type(exc).__name__)
-                    why = error.message if late else "bad step input"
-                    await self.store.mutate(rec.work_id, lambda r: None if r.phase.terminal else
-                                            phases.transition(r, P.FAILED, error=error, reason=why))
-                    return 1
-                except NATS_FAILURES:  # the results store did not answer: look again shortly
-                    self.index.recheck(current, utcnow() + timedelta(seconds=1))
-                    return 0
-                # The step joins the workflow's trace (no message started this: the record carries it).
-                with tracing.span("lattice.workflow.step", parent=tracing.incoming(None, rec.traceparent),
-                                  attributes={"lattice.work.id": rec.work_id, "lattice.workflow.step": step.name}):
-                    await self.auctioneer.submit(spec, work_id=key, parent_id=rec.work_id)
+        if rec.phase != P.RUNNING:
+            return 1 if updated is not None else 0
+        started = children if updated is None else await self._children(rec)
+        for index, child in started.items():
+            if child is None and not await self._start_step(current, index):
+                return 1
         return 1 if updated is not None else 0
+
+    async def _start_step(self, current: Versioned, index: int) -> bool:
+        """Submit step ``index`` of the workflow (its dependencies have succeeded); False if the workflow failed
+        instead (the step's input could not be made)."""
+        rec = current.record
+        key = workflow.child_id(rec.work_id, index)
+        step = rec.spec.steps[index]
+        try:
+            loaded = {name: await self.store.load_ref(rec.step_output_refs[name])
+                      for name in workflow.referenced_steps(step.input) if name in rec.step_output_refs}
+            spec = workflow.step_spec(rec, step, loaded)
+            size = len(encode_payload(spec.input))
+            if size > self.store.state.limits.max_value_bytes // 2:
+                raise ValueError(f"step {step.name!r}: its input is {size} bytes once its template is "
+                                 f"filled, over the {self.store.state.limits.max_value_bytes // 2} a work "
+                                 "record carries; a step's output may be large, its input may not: pass "
+                                 "a part of it, or let the step fetch it")
+        except (KeyError, ValueError, NotFoundError) as exc:
+            # A step it names has no output, an input too large, a stored output gone (past retention),
+            # the workflow's deadline passed.
+            late = isinstance(exc, workflow.DeadlinePassed)
+            error = WorkError(code=ErrorCode.TIMEOUT if late else ErrorCode.BAD_REQUEST,
+                              message=str(exc) or type(exc).__name__)
+            why = error.message if late else "bad step input"
+            await self.store.mutate(rec.work_id, lambda r: None if r.phase.terminal else
+                                    phases.transition(r, P.FAILED, error=error, reason=why))
+            return False
+        except NATS_FAILURES:  # the results store did not answer: look again shortly
+            self.index.recheck(current, utcnow() + timedelta(seconds=1))
+            return True
+        # The step joins the workflow's trace (no message started this: the record carries it).
+        with tracing.span("lattice.workflow.step", parent=tracing.incoming(None, rec.traceparent),
+                          attributes={"lattice.work.id": rec.work_id, "lattice.workflow.step": step.name}):
+            await self.auctioneer.submit(spec, work_id=key, parent_id=rec.work_id)
+        return True
 
 
 def _workflow_event(record: WorkRecord) -> str:

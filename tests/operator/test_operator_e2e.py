@@ -459,3 +459,46 @@ def test_a_work_items_trace_starts_at_the_resource_and_reaches_the_station_pod(
     finally:
         op.stop()
         collector.stop()
+
+
+def test_a_work_item_waiting_for_a_person_shows_it_and_an_annotation_answers(
+        crds: Any, operator: Operator, k8s_namespace: str) -> None:
+    from station_runtime.modelsim import Script, Step, ToolCallStep
+    from tests.support.in_thread import modelsim_in_thread
+
+    asking = Script("asking", (Step(tool_calls=(ToolCallStep("ask_user", {"question": "which colour?"}),)),
+                               Step(text="painted {tool_results}")))
+    with modelsim_in_thread(scripts=[asking]) as sim:
+        apply(crds, k8s_namespace, f"""\
+apiVersion: {GROUP}/{VERSION}
+kind: Agent
+metadata: {{name: painter}}
+spec:
+  model: {{provider: openai, name: asking, baseUrl: "{sim.openai_base_url}"}}
+  tools: [{{askUser: true}}]
+---
+apiVersion: {GROUP}/{VERSION}
+kind: Station
+metadata: {{name: painters}}
+spec: {{replicas: 1}}
+---
+apiVersion: {GROUP}/{VERSION}
+kind: WorkItem
+metadata: {{name: paint}}
+spec: {{agent: painter, input: paint the fence}}
+""")
+        item = wait_sync(lambda: (w := get(crds, k8s_namespace, "workitems", "paint"))
+                         and (w.get("status") or {}).get("phase") == "AwaitingInput" and w, timeout_s=90,
+                         what=f"WorkItem paint waiting for an answer (operator log: {operator.output()})")
+        assert "an answer to: which colour?" in item["status"]["waitingFor"]
+        assert "lattice.station.dev/reply" in item["status"]["waitingFor"] and item["status"].get("station") is None
+        client.CustomObjectsApi(crds).patch_namespaced_custom_object(
+            GROUP, VERSION, k8s_namespace, "workitems", "paint",
+            {"metadata": {"annotations": {"lattice.station.dev/reply": "green"}}})
+        done = wait_sync(lambda: (w := get(crds, k8s_namespace, "workitems", "paint"))
+                         and (w.get("status") or {}).get("phase") in ("Succeeded", "Failed") and w, timeout_s=60,
+                         what=f"WorkItem paint finished (operator log: {operator.output()})")
+        assert done["status"]["phase"] == "Succeeded" and done["status"]["result"] == "painted green", done["status"]
+        assert done["status"].get("waitingFor") is None
+        annotations = get(crds, k8s_namespace, "workitems", "paint")["metadata"].get("annotations") or {}
+        assert "lattice.station.dev/reply" not in annotations  # applied, then removed

@@ -211,19 +211,63 @@ def test_workflow_templates() -> None:
 
 def test_workflow_advances_step_by_step() -> None:
     parent = rec(P.PENDING, spec=WF)
-    parent = workflow.advance(parent, None)
+    parent = workflow.advance(parent, {})
     assert parent is not None and parent.phase == P.RUNNING and parent.step_index == 0
-    assert workflow.advance(parent, None) is None
+    assert workflow.advance(parent, {0: None}) is None and workflow.ready(parent) == [0]
     child = rec(P.RUNNING, spec=workflow.step_spec(parent, WF.steps[0]))
     assert child.spec.input == 'write about {"text": "hi"}' and child.spec.constraints.labels == {"z": "a"}
-    assert workflow.advance(parent, child) is None
-    parent = workflow.advance(parent, child.model_copy(update={"phase": P.SUCCEEDED, "result": "DRAFT"}))
+    assert workflow.advance(parent, {0: child}) is None
+    parent = workflow.advance(parent, {0: child.model_copy(update={"phase": P.SUCCEEDED, "result": "DRAFT"})})
     assert parent is not None and parent.step_index == 1 and parent.step_outputs == {"draft": "DRAFT"}
-    assert workflow.step_spec(parent, WF.steps[1]).input == "review: DRAFT"
-    done = workflow.advance(parent, child.model_copy(update={"phase": P.SUCCEEDED, "result": "OK"}))
+    assert workflow.ready(parent) == [1] and workflow.step_spec(parent, WF.steps[1]).input == "review: DRAFT"
+    done = workflow.advance(parent, {1: child.model_copy(update={"phase": P.SUCCEEDED, "result": "OK"})})
     assert done is not None and done.phase == P.SUCCEEDED and done.result == "OK"
-    failed = workflow.advance(parent, child.model_copy(update={"phase": P.ESCALATED, "reason": "lost"}))
+    failed = workflow.advance(parent, {1: child.model_copy(update={"phase": P.ESCALATED, "reason": "lost"})})
     assert failed is not None and failed.phase == P.FAILED and "review" in failed.reason
+
+
+def _graph(*steps: dict[str, object]) -> WorkItemSpec:
+    return WorkItemSpec.model_validate({"steps": [{"agent": "a", **s} for s in steps], "input": "in"})
+
+
+def test_a_graph_runs_branches_together_and_joins_them() -> None:
+    spec = _graph({"name": "fetch", "dependsOn": []}, {"name": "left", "dependsOn": ["fetch"]},
+                  {"name": "right", "dependsOn": ["fetch"], "maxRetries": 5, "timeouts": {"startToCloseSeconds": 9}},
+                  {"name": "join", "dependsOn": ["left", "right"],
+                   "input": "{{steps.left.output}}+{{steps.right.output}}"})
+    parent = workflow.advance(rec(P.PENDING, spec=spec), {})
+    assert parent is not None and workflow.ready(parent) == [0]
+    ok = rec(P.SUCCEEDED)
+    parent = workflow.advance(parent, {0: ok.model_copy(update={"result": "F"})})
+    assert parent is not None and workflow.ready(parent) == [1, 2]  # both branches at once
+    right = workflow.step_spec(parent, spec.steps[2])
+    assert right.max_retries == 5 and right.timeouts.start_to_close_seconds == 9
+    assert workflow.step_spec(parent, spec.steps[1]).max_retries == spec.max_retries
+    parent = workflow.advance(parent, {1: ok.model_copy(update={"result": "L"}), 2: rec(P.RUNNING)})
+    assert parent is not None and workflow.ready(parent) == [2]  # the join waits for both
+    parent = workflow.advance(parent, {2: ok.model_copy(update={"result": "R"})})
+    assert parent is not None and workflow.ready(parent) == [3]
+    assert workflow.step_spec(parent, spec.steps[3]).input == "L+R" and parent.progress_message == "3/4 steps done"
+    done = workflow.advance(parent, {3: ok.model_copy(update={"result": "LR"})})
+    assert done is not None and done.phase == P.SUCCEEDED and done.result == "LR" and done.step_index == 4
+
+
+@pytest.mark.parametrize(("steps", "said"), [
+    ([{"name": "a", "dependsOn": ["b"]}, {"name": "b", "dependsOn": ["a"]}], "in a cycle"),
+    ([{"name": "a", "dependsOn": ["zz"]}], "'zz', which is not a step"),
+    ([{"name": "a", "dependsOn": ["a"]}], "depends on itself"),
+    ([{"name": "a", "dependsOn": []}, {"name": "b", "dependsOn": [], "input": "{{steps.a.output}}"}],
+     "does not depend on it"),
+])
+def test_a_graph_that_cannot_run_is_refused_with_why(steps: list[dict[str, object]], said: str) -> None:
+    with pytest.raises(ValueError, match=said):
+        _graph(*steps)
+
+
+def test_steps_without_depends_on_run_in_order_as_before() -> None:
+    spec = _graph({"name": "a"}, {"name": "b", "input": "{{steps.a.output}}"}, {"name": "c", "dependsOn": []})
+    parent = workflow.advance(rec(P.PENDING, spec=spec), {})
+    assert parent is not None and workflow.ready(parent) == [0, 2]
 
 
 def test_child_ids_are_deterministic_and_bounded() -> None:

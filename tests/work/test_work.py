@@ -697,3 +697,37 @@ async def test_a_workflow_resumes_from_its_last_finished_step_after_a_controller
 async def _step_done(client: LatticeClient, work_id: str, steps: int) -> bool:
     record = await client.get_work(work_id)
     return record is not None and record.step_index >= steps
+
+
+async def test_a_workflow_graph_runs_its_branches_in_parallel_joins_them_and_resumes_after_a_controller_crash(
+        client: LatticeClient, nats_url: str, org: str) -> None:
+    # fetch -> (left, right) -> join: the two branches run at once (their runs overlap), the join gets both
+    # outputs; the controller is killed while the branches run and another one finishes the graph, running no
+    # step twice.
+    await client.put_agent(echo_agent("slow-step", delaySeconds=1.0, steps=1, prefix="+"))
+    spec = WorkItemSpec.model_validate({"input": "x", "steps": [
+        {"name": "fetch", "agent": "slow-step", "dependsOn": []},
+        {"name": "left", "agent": "slow-step", "dependsOn": ["fetch"], "input": "L{{steps.fetch.output}}"},
+        {"name": "right", "agent": "slow-step", "dependsOn": ["fetch"], "input": "R{{steps.fetch.output}}",
+         "maxRetries": 4},
+        {"name": "join", "agent": "slow-step", "dependsOn": ["left", "right"],
+         "input": "{{steps.left.output}}|{{steps.right.output}}"}]})
+    from station_runtime.work.workflow import child_id
+
+    async with running_station(nats_url, org, "s1"), running_station(nats_url, org, "s2"):
+        await client.wait_for_stations(2, agent="slow-step", timeout_s=5)
+        async with controller(nats_url, org, name="first"):
+            record = await client.submit(spec)
+            await eventually(lambda: _phase(client, child_id(record.work_id, 2), P.RUNNING), timeout_s=15,
+                             what="the branches to run")
+        async with controller(nats_url, org, name="second"):
+            final = await client.wait_work(record.work_id, timeout_s=30)
+    assert final.phase == P.SUCCEEDED and final.result == "++L+x|+R+x", final.reason
+    assert final.step_outputs == {"fetch": "+x", "left": "+L+x", "right": "+R+x", "join": "++L+x|+R+x"}
+    left, right = [await client.get_work(child_id(record.work_id, i)) for i in (1, 2)]
+    assert left is not None and right is not None and left.started_at and right.started_at
+    assert left.finished_at and right.finished_at
+    assert left.started_at < right.finished_at and right.started_at < left.finished_at  # they overlapped
+    assert right.spec.max_retries == 4 and left.spec.max_retries == spec.max_retries
+    for index in range(4):
+        assert (await event_types(client, child_id(record.work_id, index))).count("work.submitted") == 1
