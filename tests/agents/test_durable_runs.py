@@ -117,6 +117,40 @@ async def test_a_station_killed_between_tool_calls_two_and_three_resumes_elsewhe
             spare.stop()
 
 
+@pytest.mark.fault
+async def test_a_run_handed_back_on_drain_resumes_on_another_station_from_its_journal(
+        client: LatticeClient, nats_url: str, org: str, sim: ModelSim, tmp_path: Path) -> None:
+    # SIGTERM mid-run with a short drain: the station hands the run back (its third turn streams too long to
+    # finish in time); the next attempt, elsewhere, does not ask turns 1-2 again or repeat calls 1-2.
+    work_id = "drained"
+    steps = [Step(tool_calls=(ToolCallStep("effect", {"n": n}, id=f"d{n}"),),
+                  text=" ".join(["pondering"] * 16) if n == 3 else "") for n in (1, 2, 3)]
+    script(sim, "drainable", *steps, "three done", tokens_per_s=4)
+    await client.put_agent(llm_agent(sim, "openai", "drainable", "drainee", tools=[{"function": EFFECT}]))
+    ledger = tmp_path / "effects.txt"
+    env = {"TEST_MODEL_KEY": "sk-test-0123456789abcdef", EFFECTS_ENV: str(ledger)}
+    first = StationProcess(nats_url, org, "s-drain", tmp_path, "--drain-timeout", "0.5", env=env).start()
+    second: StationProcess | None = None
+    try:
+        async with WorkController(await client.org_work(), interval_s=0.2):
+            await client.wait_for_stations(1, agent="drainee", timeout_s=30)
+            await client.submit(WorkItemSpec(agent="drainee", input="go", max_retries=2), work_id=work_id)
+            await eventually(lambda: _result_of_call(client, work_id, 2), timeout_s=30, what="call 2 journalled")
+            first.signal(signal.SIGTERM)
+            assert await first.wait(20) == 0
+            second = StationProcess(nats_url, org, "s-after", tmp_path, env=env).start()
+            done = await client.wait_work(work_id, timeout_s=60)
+        assert done.phase == WorkPhase.SUCCEEDED and done.attempt == 2 and done.station_id == "s-after"
+        assert effects(ledger) == [f"{n} {work_id}/{n}" for n in (1, 2, 3)]
+        assert requests_by_turn(sim, "drainable") == Counter({1: 1, 2: 1, 3: 2, 4: 1})
+        assert [e.data.get("reason", "") for e in [ev async for ev in client.events(work_id=work_id)]
+                if e.short_type == "work.requeued"][0].startswith("handed back")
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 async def _take_back(client: LatticeClient, work_id: str) -> None:
     """What the witness does when a station is lost: the attempt is over, the work waits for the next one."""
     store = await client.work_store()
