@@ -53,16 +53,38 @@ class LastTurn:
 
 
 @dataclass
-class Replay:
-    """The run rebuilt from its journal, up to the last turn (whose calls :attr:`last` holds, if it had any)."""
+class RunState:
+    """What a run has done so far: the conversation, what it spent, the work it delegated."""
 
     messages: list[Message]
     usage: Usage = field(default_factory=Usage)
-    #: Tool calls counted against maxToolCalls in the turns before ``last``.
     tool_calls: int = 0
-    #: Tool calls the model made in the turns before ``last`` (the base of call indexes).
+    #: Tool calls the model has made (counted or not): the next call's index is one more.
     calls_seen: int = 0
     children: list[str] = field(default_factory=list)
+    #: Whether ``usage`` is the whole run's (every attempt's, from the journal) rather than this attempt's.
+    whole_run: bool = False
+
+    def heard(self, call: ToolCall, result: ToolResult) -> None:
+        """A call's result joins the conversation (and its child's spend the run's)."""
+        if result.delegated is not None:
+            self.usage += result.delegated
+        if result.child is not None and result.child not in self.children:
+            self.children.append(result.child)
+        self.messages.append(Message("tool", text=result.text, tool_call_id=call.id, tool_name=call.name,
+                                     is_error=result.is_error))
+
+    def failure(self, message: str, code: ErrorCode) -> AgentFailure:
+        return AgentFailure(message, code, usage=self.usage, children=tuple(self.children),
+                            whole_run=self.whole_run)
+
+
+@dataclass
+class Replay:
+    """The run rebuilt from its journal, up to the last turn (whose calls :attr:`last` holds, if it had any):
+    ``state`` counts the turns before ``last`` (its calls are counted when they are run or replayed)."""
+
+    state: RunState
     #: Turns the model has answered.
     turns: int = 0
     last: LastTurn | None = None
@@ -80,16 +102,17 @@ def replay(entries: Sequence[JournalEntry], first: Message) -> Replay:
         if entry.n != expected:
             raise JournalBroken(f"the journal of {entry.work_id} has entry {entry.n} where {expected} belongs "
                                 "(an entry is missing): the run cannot resume safely")
-    state = Replay(messages=[first])
+    state = Replay(RunState(messages=[first], whole_run=True))
+    run = state.state
     for entry in entries:
         if entry.kind == JournalKind.TURN:
             _close(state)
             state.turns = max(state.turns, entry.turn)
             calls = call_of(entry)
-            state.usage += entry.usage or Usage()
-            state.messages.append(Message("assistant", text=entry.text, tool_calls=tuple(calls)))
+            run.usage += entry.usage or Usage()
+            run.messages.append(Message("assistant", text=entry.text, tool_calls=tuple(calls)))
             if calls:
-                state.last = LastTurn(entry, calls, state.tool_calls, state.calls_seen, started=set(entry.started))
+                state.last = LastTurn(entry, calls, run.tool_calls, run.calls_seen, started=set(entry.started))
             else:
                 state.answer = entry
         elif state.last is not None and entry.kind == JournalKind.CALL:
@@ -112,17 +135,12 @@ def _close(state: Replay) -> None:
         raise JournalBroken(f"the journal of {last.entry.work_id} has turn {last.entry.turn + 1} after turn "
                             f"{last.entry.turn} whose calls did not all answer")
     state.last = None
+    run = state.state
     # Counted against maxToolCalls as the loop counts them: every call the limit allowed (run, or rejected by a
     # person), not the ones it refused.
     started = sum(1 for c in last.calls if c.id not in last.over_limit)
-    state.tool_calls += started
-    state.calls_seen += len(last.calls)
-    state.usage += Usage(tool_calls=started)
+    run.tool_calls += started
+    run.calls_seen += len(last.calls)
+    run.usage += Usage(tool_calls=started)
     for call in last.calls:
-        result = last.results[call.id]
-        if result.delegated is not None:
-            state.usage += result.delegated
-        if result.child is not None and result.child not in state.children:
-            state.children.append(result.child)
-        state.messages.append(Message("tool", text=result.text, tool_call_id=call.id, tool_name=call.name,
-                                      is_error=result.is_error))
+        run.heard(call, last.results[call.id])

@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -37,9 +37,9 @@ from ..contract.messages import (
 )
 from ..contract.specs import Price
 from ..telemetry import metrics, tracing
-from .base import AgentFailure, Execution, Outcome, Progress, Suspended
+from .base import Execution, Outcome, Progress, Suspended
 from .conversation import Message, ToolCall, Turn
-from .journal import LastTurn, replay
+from .journal import LastTurn, RunState, replay
 from .limits import RunLimits, cost_usd, output_cap, over_budget, remaining_budget, tool_calls_allowed
 from .providers.base import ModelError, Provider, TurnRequest
 from .tools.base import ToolBox, ToolContext, ToolResult, idempotency_key
@@ -48,24 +48,6 @@ log = logging.getLogger(__name__)
 
 #: Retries of a turn that failed inside a streamed answer (before the answer starts, the SDK retries itself).
 MAX_STREAM_RETRIES = 3
-
-
-@dataclass
-class RunState:
-    """What a run has done so far: the conversation, what it spent, the work it delegated."""
-
-    messages: list[Message]
-    usage: Usage = field(default_factory=Usage)
-    tool_calls: int = 0
-    #: Tool calls the model has made (counted or not): the next call's index is one more.
-    calls_seen: int = 0
-    children: list[str] = field(default_factory=list)
-    #: Whether ``usage`` is the whole run's (every attempt's, from the journal) rather than this attempt's.
-    whole_run: bool = False
-
-    def failure(self, message: str, code: ErrorCode) -> AgentFailure:
-        return AgentFailure(message, code, usage=self.usage, children=tuple(self.children),
-                            whole_run=self.whole_run)
 
 
 def input_text(value: Payload) -> str:
@@ -99,8 +81,7 @@ class AgentLoop:
         deadline = None if execution.deadline_s is None else started + execution.deadline_s
         if journal is not None and journal.entries:
             done = replay(journal.entries, first)
-            state = RunState(whole_run=True, messages=done.messages, usage=done.usage, tool_calls=done.tool_calls,
-                             calls_seen=done.calls_seen, children=done.children)
+            state = done.state
             await execution.progress(Progress(message=f"resumed after turn {done.turns} from the journal",
                                               turn=done.turns, usage=state.usage))
             if done.answer is not None:  # answered already: only the outcome was not recorded
@@ -288,12 +269,7 @@ class AgentLoop:
                                      text=refused.text, is_error=True)
             results.append(refused)
         for call, result in zip(calls, results, strict=True):
-            if result.delegated is not None:
-                state.usage += result.delegated
-            if result.child is not None and result.child not in state.children:
-                state.children.append(result.child)
-            state.messages.append(Message("tool", text=result.text, tool_call_id=call.id, tool_name=call.name,
-                                          is_error=result.is_error))
+            state.heard(call, result)
 
     def _rejected(self, call: ToolCall, key: str, execution: Execution) -> HumanDecision | None:
         decision = execution.decisions.get(key)

@@ -143,8 +143,8 @@ async def test_a_run_handed_back_on_drain_resumes_on_another_station_from_its_jo
         assert done.phase == WorkPhase.SUCCEEDED and done.attempt == 2 and done.station_id == "s-after"
         assert effects(ledger) == [f"{n} {work_id}/{n}" for n in (1, 2, 3)]
         assert requests_by_turn(sim, "drainable") == Counter({1: 1, 2: 1, 3: 2, 4: 1})
-        assert [e.data.get("reason", "") for e in [ev async for ev in client.events(work_id=work_id)]
-                if e.short_type == "work.requeued"][0].startswith("handed back")
+        requeued = [e async for e in client.events(work_id=work_id) if e.short_type == "work.requeued"]
+        assert len(requeued) == 1 and str(requeued[0].data.get("reason", "")).startswith("handed back")
     finally:
         first.stop()
         if second is not None:

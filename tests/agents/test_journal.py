@@ -156,8 +156,8 @@ def test_replay_restores_spend_children_and_where_the_calls_stand() -> None:
         _entry(6, JournalKind.CALL, turn=2, call_id="b", call_index=2),
     ]
     done = replay(entries, Message("user", text="go"))
-    assert done.turns == 2 and done.children == ["w1-d1"] and done.answer is None
-    assert done.usage == spent + spent + Usage(tool_calls=1) + child
-    assert (done.tool_calls, done.calls_seen) == (1, 1)
+    assert done.turns == 2 and done.state.children == ["w1-d1"] and done.answer is None
+    assert done.state.usage == spent + spent + Usage(tool_calls=1) + child
+    assert (done.state.tool_calls, done.state.calls_seen) == (1, 1)
     assert done.last is not None and done.last.started == {"b"} and not done.last.results
-    assert [m.role for m in done.messages] == ["user", "assistant", "tool", "assistant"]
+    assert [m.role for m in done.state.messages] == ["user", "assistant", "tool", "assistant"]
