@@ -259,5 +259,35 @@ async def test_a_run_goes_on_through_a_kill_9_of_nats_server_and_nothing_is_lost
     assert done.attempt == 1 and done.usage is not None and done.usage.model_calls == 5
 
 
+@pytest.mark.fault
+async def test_a_run_resumes_mid_loop_after_lattice_up_is_killed_and_started_again(
+        tmp_path: Path, sim: ModelSim, ledger: Path) -> None:
+    # `lattice up` SIGKILLed with everything it started (NATS, controller, station) while turn 3 streams; started
+    # again on the same state dir, its station (the same id) finds its run and resumes it from the journal.
+    steps = [Step(tool_calls=(ToolCallStep("effect", {"n": n}, id=f"u{n}"),),
+                  text=" ".join(["pondering"] * 16) if n == 3 else "") for n in (1, 2, 3)]
+    script(sim, "up-again", *steps, "three done", tokens_per_s=4)
+    up = _up(tmp_path, llm_agent(sim, "openai", "up-again", "phoenix", tools=[{"function": EFFECT}]), ledger)
+    try:
+        url = up.start().url()
+        async with LatticeClient(NatsSettings(url=url), "local") as client:
+            await client.wait_for_stations(1, agent="phoenix", timeout_s=60)
+            await client.submit(WorkItemSpec(agent="phoenix", input="go", max_retries=2), work_id="phoenix")
+            await eventually(lambda: _lines(ledger, 2), timeout_s=30, what="two effects")
+        assert up.proc is not None and len(effects(ledger)) == 2
+        up.proc.send_signal(signal.SIGKILL)  # its children die with it
+        up.proc.wait(10)
+        url = up.start().url()
+        async with LatticeClient(NatsSettings(url=url), "local") as client:
+            done = await client.wait_work("phoenix", timeout_s=90)
+            journal = await client.journal("phoenix")
+    finally:
+        up.stop()
+    assert done.phase == WorkPhase.SUCCEEDED and done.result == "three done", done.reason
+    assert effects(ledger) == [f"{n} phoenix/{n}" for n in (1, 2, 3)]
+    assert requests_by_turn(sim, "up-again") == {1: 1, 2: 1, 3: 2, 4: 1}  # only the unfinished turn again
+    assert [e.kind.value for e in journal].count("attempt") == 1
+
+
 async def _lines(path: Path, count: int) -> bool:
     return len(effects(path)) >= count
