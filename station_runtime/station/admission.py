@@ -11,12 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..contract.messages import WorkPhase, WorkRecord
-from ..work import phases, scoring
-
-#: The phase a record is claimed from by the winner of its auction or offer (the auctioneer did not write the
-#: assignment: the winner's first write does, a compare-and-set on the stored revision).
-CLAIMABLE = frozenset({WorkPhase.SCHEDULING})
+from ..work import scoring
 
 
 @dataclass(frozen=True)
@@ -83,27 +78,3 @@ def pick_agent(hosted: Iterable[tuple[str, Iterable[str], int]], req: scoring.Re
     fitting = [(inflight, name) for name, capabilities, inflight in hosted
                if scoring.fits(need, agents=(name,), capabilities=own.union(capabilities), labels={})]
     return min(fitting)[1] if fitting else None
-
-
-def confirm_assignment(stored: WorkRecord, stored_revision: int, named: WorkRecord, revision: int,
-                       station_id: str) -> WorkRecord | str:
-    """Pure: the record this station runs for an assignment that ``named`` the work (its id, the attempt, the
-    revision it was assigned at), built from what the store holds, never from the message's copy; or why the store
-    does not confirm it. Either the store already says Assigned to this station for that attempt, or it holds the
-    claimable record at that very revision and the station claims it as the next attempt."""
-    if stored_revision != revision:
-        return f"the record is at revision {stored_revision}, not {revision}: the assignment is stale"
-    if stored.phase == WorkPhase.ASSIGNED:
-        if stored.station_id != station_id or stored.attempt_id != named.attempt_id:
-            return f"the record is assigned to {stored.station_id} (attempt {stored.attempt_id}), not to us"
-        return stored
-    if stored.phase not in CLAIMABLE or stored.cancel_requested:
-        return f"the record is {stored.phase}{' (cancel requested)' if stored.cancel_requested else ''}"
-    if named.attempt != stored.attempt + 1 or not named.attempt_id or named.station_id != station_id:
-        return "the assignment does not name the next attempt on this station"
-    try:
-        return phases.transition(stored, WorkPhase.ASSIGNED, station_id=station_id, attempt_id=named.attempt_id,
-                                 attempt=named.attempt, reason="", schedule_attempts=0, retry_at=None,
-                                 assigned_at=named.assigned_at or stored.updated_at)
-    except phases.IllegalTransition as exc:
-        return str(exc)

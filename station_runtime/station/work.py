@@ -23,7 +23,6 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from ..contract import subjects
 from ..contract.codec import decode_or_log, encode
-from ..contract.errors import DecodeError
 from ..contract.messages import (
     AuctionBid,
     AuctionRequest,
@@ -48,7 +47,7 @@ from ..work import phases, scoring
 from ..work.journal import JournalConflict, JournalStore, RunJournalWriter
 from ..work.policy import Action, close_deadline_s, requeue_or_escalate
 from ..work.store import Versioned, WorkStore
-from .admission import StationView, confirm_assignment, judge, pick_agent
+from .admission import StationView, judge, pick_agent
 from .agents import AgentHost, HostedAgent
 from .delegation import Delegation
 from .invoke import Reservation, Slots
@@ -64,8 +63,6 @@ PROGRESS_RECORD_INTERVAL_S = 1.0
 #: Zero: only work that finishes without ever waiting (no I/O: a no-op, a cached answer) skips the Running
 #: write; anything that awaits records Running at once, as before.
 QUIET_START_S = 0.0
-#: What reading an assigned record may meet: NATS away or slow, or a stored record nobody can decode.
-READ_FAILURES: tuple[type[BaseException], ...] = (*NATS_FAILURES, DecodeError)
 
 
 class Superseded(LatticeError):
@@ -169,21 +166,6 @@ class WorkService:
         assign = decode_or_log(msg.data, WorkAssign, what="assignment", logger=log)
         if assign is None:
             return
-        # The message only names the work and the revision it was assigned at: the record itself comes from the
-        # store (a forged assignment with a doctored copy of the record must not be what runs, nor be written
-        # back over the stored one). An assignment the store does not confirm is declined.
-        try:
-            stored = await self.store.read(assign.record.work_id)
-        except READ_FAILURES as exc:
-            await self._decline(msg, assign, f"could not read the work record: {exc or type(exc).__name__}")
-            return
-        confirmed = "the work record does not exist" if stored is None else confirm_assignment(
-            stored.record, stored.revision, assign.record, assign.revision, self.station_id)
-        if isinstance(confirmed, str):
-            metrics.MESSAGES_DROPPED.add(1, {"reason": "unconfirmed", "kind": "assignment"})
-            await self._decline(msg, assign, confirmed)
-            return
-        assign = assign.model_copy(update={"record": confirmed})
         record = assign.record
         # The attempt's span starts with the claim: accepted, it is the run's span (ended by the run's task);
         # declined, it is renamed lattice.claim and ends here. One span per attempt, not two: a span costs ~30 us
@@ -192,15 +174,6 @@ class WorkService:
                              attributes=self._attributes(record))
         with tracing.use(span, end=False):
             await self._claim(msg, assign, span)
-
-    async def _decline(self, msg: Msg, assign: WorkAssign, reason: str) -> None:
-        log.info("work %s: assignment declined: %s", assign.record.work_id, reason)
-        if not msg.reply:
-            return
-        answer = WorkAccept(work_id=assign.record.work_id, attempt_id=assign.record.attempt_id or "",
-                            station_id=self.station_id, accepted=False, reason=reason)
-        with contextlib.suppress(*NATS_FAILURES):
-            await self.nc.publish(msg.reply, encode(answer))
 
     async def _claim(self, msg: Msg, assign: WorkAssign, span: Span) -> None:
         record = assign.record

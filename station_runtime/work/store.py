@@ -24,11 +24,9 @@ from ..contract.errors import DecodeError
 from ..contract.events import Category
 from ..contract.messages import ErrorCode, Payload, WorkError, WorkPhase, WorkRecord, utcnow
 from ..contract.specs import WorkItemSpec
-from ..contract.subjects import Header
 from ..errors import ConflictError, ResultTooLarge
 from ..natsio.events import EventPublisher
-from ..natsio.inbox import status
-from ..natsio.listing import KvItem, deletion
+from ..natsio.listing import KvItem
 from ..natsio.requests import kv_write
 from ..natsio.state import OrgState
 
@@ -92,16 +90,6 @@ class WorkStore:
             await on_created(versioned)
         await self.emit("work", "submitted", record)
         return versioned, True
-
-    async def read(self, work_id: str, *, timeout_s: float = 5.0) -> Versioned | None:
-        """The stored record, by direct get on this connection's request path (the hot path's read: no nats-py
-        KV machinery); None if there is none. Raises DecodeError for a stored record nobody can read."""
-        msg = await self.state.requests.request(subjects.js_direct_get(subjects.kv_stream(self._bucket),
-                                                                       subjects.kv_key(self._bucket, work_id)),
-                                                b"", timeout_s=timeout_s)
-        if status(msg) is not None or not msg.data or deletion(msg.headers) is not None:
-            return None
-        return Versioned(decode(msg.data, WorkRecord), int((msg.headers or {}).get(Header.SEQUENCE, "0")))
 
     async def get(self, work_id: str) -> Versioned | None:
         try:
