@@ -23,7 +23,8 @@ TOOL = "noop"
 MAX_TURNS = 10
 
 
-@activity.defn
+# The bench extra installs temporalio; without it (the test extra only) its decorators are untyped to mypy.
+@activity.defn  # type: ignore[untyped-decorator, unused-ignore]
 async def model_call(model_url: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
     """One model turn through the lattice's OpenAI provider; the answer as plain data for the history."""
     from station_runtime.contract.specs import ModelSpec
@@ -53,7 +54,7 @@ async def model_call(model_url: str, messages: list[dict[str, Any]]) -> dict[str
 _providers: dict[str, Any] = {}
 
 
-@activity.defn
+@activity.defn  # type: ignore[untyped-decorator, unused-ignore]
 async def tool_call(name: str, arguments: dict[str, Any] | str) -> str:
     """The no-op tool."""
     return "ok"
@@ -63,7 +64,7 @@ async def tool_call(name: str, arguments: dict[str, Any] | str) -> str:
 class AgentRun:
     """The agent loop: model, then its tool calls, until it answers; each step an activity in the history."""
 
-    @workflow.run
+    @workflow.run  # type: ignore[untyped-decorator, unused-ignore]
     async def run(self, model_url: str, prompt: str) -> str:
         messages: list[dict[str, Any]] = [{"role": "user", "text": prompt}]
         for _ in range(MAX_TURNS):
