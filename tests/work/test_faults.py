@@ -43,14 +43,22 @@ async def finals(client: LatticeClient, ids: list[str], timeout_s: float) -> lis
     return await asyncio.gather(*(client.wait_work(i, timeout_s=timeout_s) for i in ids))
 
 
-async def assert_exactly_once(client: LatticeClient, ids: list[str], records: list[WorkRecord]) -> None:
+async def assert_exactly_once(client: LatticeClient, ids: list[str], records: list[WorkRecord], *,
+                              lost_events: int = 0) -> None:
     """Call it while the stations still run: StationProcess.stop() kills them with -9, and a station's events
-    follow its record writes, so one killed right after its last outcome may never send that outcome's event."""
+    follow its record writes, so one killed right after its last outcome may never send that outcome's event.
+    ``lost_events``: how many outcome events the test's own kills may have cost that way (at most what the killed
+    stations held each time): the records say exactly once, the events at most once."""
     assert [r.phase for r in records] == [P.SUCCEEDED] * len(ids), Counter(r.phase for r in records)
     assert [r.result for r in records] == [f"item-{i}" for i in range(len(ids))]
-    counts = await event_counts(client, until=lambda c: all(c["work.succeeded", i] for i in ids))
+
+    def enough(c: Counter[tuple[str, str | None]]) -> bool:
+        return sum(1 for i in ids if c["work.succeeded", i]) >= len(ids) - lost_events
+
+    counts = await event_counts(client, until=enough)
     succeeded = Counter(subject for (kind, subject), n in counts.items() for _ in range(n) if kind == "work.succeeded")
-    assert {i: succeeded[i] for i in ids} == dict.fromkeys(ids, 1)
+    assert all(succeeded[i] <= 1 for i in ids), {i: n for i, n in succeeded.items() if n > 1}
+    assert sum(1 for i in ids if succeeded[i] == 0) <= lost_events
 
 
 async def running_on(client: LatticeClient, station: str, ids: list[str]) -> list[str]:
@@ -293,7 +301,8 @@ async def test_two_hundred_items_survive_a_station_killed_and_restarted_twice(
                 await procs[2].wait(5)
                 procs[2] = stations(nats_url, org, tmp_path, "c")[0]
             records = await finals(client, ids, timeout_s=120)
-        await assert_exactly_once(client, ids, records)
+        # Each SIGKILL of c may cost the outcome events of what it had just finished (4 at a time).
+        await assert_exactly_once(client, ids, records, lost_events=8)
     finally:
         for p in procs:
             p.stop()
