@@ -238,11 +238,7 @@ async def test_a_run_goes_on_through_a_kill_9_of_nats_server_and_nothing_is_lost
     up = _up(tmp_path, llm_agent(sim, "openai", "through-outage", "steady", tools=[{"function": EFFECT}]),
              ledger)
     try:
-        url = up.start().url()
-        async with LatticeClient(NatsSettings(url=url), "local") as client:
-            await client.wait_for_stations(1, agent="steady", timeout_s=60)
-            await client.submit(WorkItemSpec(agent="steady", input="go", max_retries=2), work_id="steady")
-            await eventually(lambda: _lines(ledger, 2), timeout_s=30, what="two effects")
+        await _two_effects_in(up, "steady", ledger)
         old = _nats_pid(up)
         assert old is not None and len(effects(ledger)) == 2  # the kill comes mid-run (turn 3 streams ~4 s)
         os.kill(old, signal.SIGKILL)
@@ -269,11 +265,7 @@ async def test_a_run_resumes_mid_loop_after_lattice_up_is_killed_and_started_aga
     script(sim, "up-again", *steps, "three done", tokens_per_s=4)
     up = _up(tmp_path, llm_agent(sim, "openai", "up-again", "phoenix", tools=[{"function": EFFECT}]), ledger)
     try:
-        url = up.start().url()
-        async with LatticeClient(NatsSettings(url=url), "local") as client:
-            await client.wait_for_stations(1, agent="phoenix", timeout_s=60)
-            await client.submit(WorkItemSpec(agent="phoenix", input="go", max_retries=2), work_id="phoenix")
-            await eventually(lambda: _lines(ledger, 2), timeout_s=30, what="two effects")
+        await _two_effects_in(up, "phoenix", ledger)
         assert up.proc is not None and len(effects(ledger)) == 2
         up.proc.send_signal(signal.SIGKILL)  # its children die with it
         up.proc.wait(10)
@@ -287,6 +279,14 @@ async def test_a_run_resumes_mid_loop_after_lattice_up_is_killed_and_started_aga
     assert effects(ledger) == [f"{n} phoenix/{n}" for n in (1, 2, 3)]
     assert requests_by_turn(sim, "up-again") == {1: 1, 2: 1, 3: 2, 4: 1}  # only the unfinished turn again
     assert [e.kind.value for e in journal].count("attempt") == 1
+
+
+async def _two_effects_in(up: Up, agent: str, ledger: Path) -> None:
+    """Start `lattice up`, submit work ``agent`` (of agent ``agent``) and wait until it has had two effects."""
+    async with LatticeClient(NatsSettings(url=up.start().url()), "local") as client:
+        await client.wait_for_stations(1, agent=agent, timeout_s=60)
+        await client.submit(WorkItemSpec(agent=agent, input="go", max_retries=2), work_id=agent)
+        await eventually(lambda: _lines(ledger, 2), timeout_s=30, what="two effects")
 
 
 async def _lines(path: Path, count: int) -> bool:
