@@ -22,6 +22,7 @@ from bench.context import RunContext, log
 from station_runtime.client import LatticeClient
 from station_runtime.contract.messages import WorkPhase, WorkRecord, utcnow
 from station_runtime.contract.specs import WorkItemSpec
+from station_runtime.local.auth import admin_creds_path
 from station_runtime.natsio.connect import NatsSettings
 
 MANIFESTS = """\
@@ -77,7 +78,8 @@ async def run(ctx: RunContext) -> None:
                                                    "lattice_up_mb": round(up.child.rss_mb(), 1),
                                                    "nats_server_mb": round(rss_mb(up.nats_pid()), 1)}]
         client = await asyncio.create_subprocess_exec(
-            python(), "-m", "bench.soak_client", url, "soak", json.dumps(plan), stdout=asyncio.subprocess.PIPE,
+            python(), "-m", "bench.soak_client", url, "soak", json.dumps(plan),
+            str(admin_creds_path(up.root / "state", "soak")), stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL, cwd=str(ROOT))
         assert client.stdout is not None
         results = []

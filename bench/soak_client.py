@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from bench.common import PAYLOAD, rss_mb
@@ -47,8 +48,9 @@ async def round_(client: LatticeClient, items: int, inflight: int, retries: int)
             "extra_attempts": attempts - items, "contended_placements": auctioneer.contended}
 
 
-async def main(url: str, org: str, plan: list[dict[str, int]]) -> None:
-    async with LatticeClient(NatsSettings(url=url, name="soak-client"), org) as client:
+async def main(url: str, org: str, plan: list[dict[str, int]], creds: str | None) -> None:
+    settings = NatsSettings(url=url, name="soak-client", creds_file=Path(creds) if creds else None)
+    async with LatticeClient(settings, org) as client:
         await client.wait_for_stations(1, agent="echo", timeout_s=60)
         for step in plan:
             result = await round_(client, step["items"], step["inflight"], step["retries"])
@@ -59,4 +61,4 @@ async def main(url: str, org: str, plan: list[dict[str, int]]) -> None:
 if __name__ == "__main__":
     import uvloop
 
-    uvloop.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+    uvloop.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None))

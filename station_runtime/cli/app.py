@@ -35,16 +35,16 @@ app = typer.Typer(name="lattice", help="Station Lattice: LLM-agent work across a
                   rich_markup_mode="rich" if sys.stdout.isatty() else None)
 
 
-def _resolve_url(url: str | None) -> tuple[str, str | None]:
-    """--nats/LATTICE_NATS_URL, else the lattice that `lattice up` started here, else the default port."""
-    if url:
-        return url, None
+def _resolve_url(url: str | None) -> tuple[str, str | None, Path | None]:
+    """--nats/LATTICE_NATS_URL, else the lattice that `lattice up` started here, else the default port; with the
+    org and admin creds of that lattice when it is the one meant (its creds file is readable by its user only)."""
     from ..local.discovery import read_current
 
     current = read_current()
-    if current:
-        return current["url"], current.get("org")
-    return DEFAULT_URL, None
+    if current and (not url or url == current["url"]):
+        creds = current.get("creds")
+        return current["url"], current.get("org"), Path(creds) if isinstance(creds, str) else None
+    return url or DEFAULT_URL, None, None
 
 
 @app.callback()
@@ -64,9 +64,11 @@ def _globals(
     log_level: Annotated[str, typer.Option("--log-level", envvar="LATTICE_LOG_LEVEL")] = "WARNING",
 ) -> None:
     setup_logging(log_level)
-    url, discovered_org = _resolve_url(nats_url)
+    url, discovered_org, discovered_creds = _resolve_url(nats_url)
     if org is None:
         org = discovered_org or "default"
+    if creds is None and nkey_seed_file is None and token is None and org == discovered_org:
+        creds = discovered_creds
     try:
         validate_id(org, "org id")
     except InvalidIdError as exc:

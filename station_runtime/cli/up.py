@@ -122,7 +122,7 @@ def up(
         try:
             await stack.enter_async_context(metrics_endpoint(metrics_port))
             await lattice.start()
-            write_current(lattice.url, g.org)
+            write_current(lattice.url, g.org, lattice.nats_settings.creds_file if lattice.nats_settings else None)
             console.print(Text.assemble(("lattice up", "bold green"), f": org {g.org}, NATS {lattice.url}. In another "
                                         "terminal: ", ("lattice get stations", "bold"), ". Ctrl-C to stop."),
                           soft_wrap=True)

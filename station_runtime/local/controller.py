@@ -28,12 +28,14 @@ from ..api.loader import ManifestSet
 from ..api.models import Station as StationManifest
 from ..backoff import compute_backoff
 from ..client import LatticeClient
+from ..contract.subjects import station_inbox_prefix
 from ..errors import LatticeError
 from ..natsio.connect import NatsSettings
 from ..natsio.embedded import EmbeddedNats, NatsServerError
 from ..natsio.procutil import die_with_parent, tail
 from ..work.controller import WorkController
 from ..work.policy import WitnessPolicy
+from .auth import LocalAuth, adopt_open_state
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,8 @@ class LocalLattice:
         self.drain_timeout_s = drain_timeout_s
         self.on_event = on_event or (lambda m: log.info("%s", m))
         self.server: EmbeddedNats | None = None
+        #: The embedded server's keys and creds (None with a NATS URL of the user's: its auth is theirs).
+        self.auth: LocalAuth | None = None
         self.client: LatticeClient | None = None
         self.controller: WorkController | None = None
         self.policy = policy or WitnessPolicy()
@@ -142,12 +146,13 @@ class LocalLattice:
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
-        if self.nats_url is None:
-            self.server = EmbeddedNats(self.state_dir / "nats", port=self._pick_port(), sync_always=self.sync_always)
-            await self.server.start()
-            self.on_event(f"nats-server {self.server.url} (JetStream in {self.state_dir / 'nats'}, "
-                          f"log {self.server.log_path})")
         settings = self.nats_settings or NatsSettings()
+        if self.nats_url is None:
+            self._check_one_org()
+            await self._start_nats()
+            assert self.auth is not None
+            settings = dataclasses.replace(settings, creds_file=self.auth.admin_creds(self.org), token=None,
+                                           nkey_seed_file=None, inbox_prefix=None)
         settings = dataclasses.replace(settings, url=self.url, name="lattice-up")
         self.nats_settings = settings
         # One runtime for the org: the client publishes the agents and places work, and the controller witnesses
@@ -172,9 +177,40 @@ class LocalLattice:
                 self.stations[station_id] = sp
                 await self._spawn(sp)
 
-    def _child_env(self) -> dict[str, str]:
+    def _check_one_org(self) -> None:
+        """The embedded server holds one account, the org's: a manifest for another org cannot be served by it."""
+        named = [("Station", m.name, m.spec.org) for m in self.manifests.stations]
+        named += [("Agent", m.name, m.spec.org) for m in self.manifests.agents]
+        for kind, name, org in named:
+            if org not in (None, self.org):
+                raise LatticeError(f"{kind} {name} is for org {org!r}, but this lattice runs org {self.org!r} (each "
+                                   f"org is its own NATS account): start `lattice up --org {org}` with its own "
+                                   "--state-dir for it, or drop spec.org")
+
+    async def _start_nats(self) -> None:
+        """The embedded server in operator mode, with the org's account in it (and its earlier unauthenticated
+        state moved into that account)."""
+        self.auth = LocalAuth.open(self.state_dir / "auth")
+        store = self.state_dir / "nats"
+        account = self.auth.account_key(self.org).public_key
+        if moved := adopt_open_state(store / "js" / "jetstream", self.org, account):
+            self.on_event(f"state of org {self.org} from an unauthenticated lattice moved into its account "
+                          f"({len(moved)} streams)")
+        self.server = EmbeddedNats(store, port=self._pick_port(), sync_always=self.sync_always,
+                                   extra_config=self.auth.server_config())
+        await self.server.start()
+        await self.auth.provision(self.server.url, self.org)
+        self.on_event(f"nats-server {self.server.url} (JetStream in {store}, log {self.server.log_path}; "
+                      f"loopback only, creds in {self.auth.root})")
+
+    def _child_env(self, sp: StationProcess) -> dict[str, str]:
         assert self.nats_settings is not None
-        env = {**os.environ, **self.nats_settings.to_env()}
+        settings = self.nats_settings
+        if self.auth is not None:
+            # Its own least-privilege user, made afresh at each (re)start, replying only into its own inboxes.
+            settings = dataclasses.replace(settings, creds_file=self.auth.station_creds(sp.org, sp.station_id),
+                                           inbox_prefix=station_inbox_prefix(sp.station_id))
+        env = {**os.environ, **settings.to_env()}
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -182,7 +218,7 @@ class LocalLattice:
         with open(sp.log_path, "ab") as logf:
             sp.proc = await asyncio.create_subprocess_exec(
                 *sp.argv, stdout=logf, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
-                env=self._child_env(), preexec_fn=die_with_parent(), start_new_session=True)
+                env=self._child_env(sp), preexec_fn=die_with_parent(), start_new_session=True)
         sp.started_at = time.monotonic()
         sp.watcher = asyncio.create_task(self._watch(sp), name=f"watch-{sp.station_id}")
         self.on_event(f"station {sp.station_id} started (pid {sp.proc.pid}, log {sp.log_path})")

@@ -1,7 +1,7 @@
 """Lets ``lattice get stations`` in another terminal find the lattice that ``lattice up`` started, without flags.
 
-``lattice up`` writes ``$XDG_STATE_HOME/station-lattice/current.json`` (url, org, pid) and removes it on exit; a
-file whose pid is gone is ignored.
+``lattice up`` writes ``$XDG_STATE_HOME/station-lattice/current.json`` (url, org, pid, and the path of the org's
+admin creds, which only this user can read) and removes it on exit; a file whose pid is gone is ignored.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ def state_file() -> Path:
     return Path(base) / "station-lattice" / "current.json"
 
 
-def write_current(url: str, org: str) -> None:
+def write_current(url: str, org: str, creds: Path | None = None) -> None:
     path = state_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": url, "org": org, "pid": os.getpid()}))
+    tmp.write_text(json.dumps({"url": url, "org": org, "pid": os.getpid(),
+                               "creds": str(creds.resolve()) if creds else None}))
     tmp.replace(path)
 
 

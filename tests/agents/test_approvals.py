@@ -20,6 +20,7 @@ from station_runtime.api.models import WorkItemSpec
 from station_runtime.client import LatticeClient
 from station_runtime.contract.messages import WorkPhase, WorkRecord
 from station_runtime.executors.tools.lattice import child_of
+from station_runtime.local.auth import admin_creds_path
 from station_runtime.modelsim import ModelSim, Step, ToolCallStep
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.work.controller import WorkController
@@ -171,6 +172,10 @@ class Up:
         return str(wait_sync(lambda: self.current.exists() and json.loads(self.current.read_text())["url"],
                              timeout_s=30, what="lattice up to say where it listens"))
 
+    def settings(self) -> NatsSettings:
+        """The URL and the org's admin creds, which `lattice up` keeps in its state dir."""
+        return NatsSettings(url=self.url(), creds_file=admin_creds_path(self.tmp / "lattice", "local"))
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -202,19 +207,19 @@ def up(tmp_path: Path, sim: ModelSim, ledger: Path) -> Iterator[Up]:
 
 @pytest.mark.fault
 async def test_an_approval_pending_across_a_full_lattice_up_restart(up: Up, ledger: Path) -> None:
-    url = up.start().url()
-    async with LatticeClient(NatsSettings(url=url), "local") as client:
+    async with LatticeClient(up.start().settings(), "local") as client:
         await client.wait_for_stations(1, agent="survivor", timeout_s=60)
         await client.submit(WorkItemSpec(agent="survivor", input="go"), work_id="across")
         await eventually(lambda: _phase(client, "across", WorkPhase.AWAITING_APPROVAL), timeout_s=30,
                          what="the run to wait for approval")
     up.stop()  # NATS, the controller and the station all go
     url = up.start().url()
-    async with LatticeClient(NatsSettings(url=url), "local") as client:
+    async with LatticeClient(up.settings(), "local") as client:
         waiting = await client.get_work("across")
         assert waiting is not None and waiting.phase == WorkPhase.AWAITING_APPROVAL
         await client.wait_for_stations(1, agent="survivor", timeout_s=60)
-        approved = await lattice("--nats", url, "--org", "local", "work", "approve", "across")
+        approved = await lattice("--nats", url, "--org", "local", "--creds", str(up.settings().creds_file), "work",
+                                 "approve", "across")
         assert approved.code == 0, approved.stderr
         done = await client.wait_work("across", timeout_s=60)
     assert done.phase == WorkPhase.SUCCEEDED and done.result == "done"
@@ -244,7 +249,7 @@ async def test_a_run_goes_on_through_a_kill_9_of_nats_server_and_nothing_is_lost
         os.kill(old, signal.SIGKILL)
         wait_sync(lambda: (pid := _nats_pid(up)) is not None and pid != old, timeout_s=30,
                   what="nats-server restarted by lattice up")
-        async with LatticeClient(NatsSettings(url=up.url()), "local") as client:
+        async with LatticeClient(up.settings(), "local") as client:
             done = await client.wait_work("steady", timeout_s=90)
             journal = await client.journal("steady")
     finally:
@@ -269,8 +274,7 @@ async def test_a_run_resumes_mid_loop_after_lattice_up_is_killed_and_started_aga
         assert up.proc is not None and len(effects(ledger)) == 2
         up.proc.send_signal(signal.SIGKILL)  # its children die with it
         up.proc.wait(10)
-        url = up.start().url()
-        async with LatticeClient(NatsSettings(url=url), "local") as client:
+        async with LatticeClient(up.start().settings(), "local") as client:
             done = await client.wait_work("phoenix", timeout_s=90)
             journal = await client.journal("phoenix")
     finally:
@@ -283,7 +287,7 @@ async def test_a_run_resumes_mid_loop_after_lattice_up_is_killed_and_started_aga
 
 async def _two_effects_in(up: Up, agent: str, ledger: Path) -> None:
     """Start `lattice up`, submit work ``agent`` (of agent ``agent``) and wait until it has had two effects."""
-    async with LatticeClient(NatsSettings(url=up.start().url()), "local") as client:
+    async with LatticeClient(up.start().settings(), "local") as client:
         await client.wait_for_stations(1, agent=agent, timeout_s=60)
         await client.submit(WorkItemSpec(agent=agent, input="go", max_retries=2), work_id=agent)
         await eventually(lambda: _lines(ledger, 2), timeout_s=30, what="two effects")

@@ -7,18 +7,26 @@ import asyncio
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
+import nats.errors
 import pytest
 
+from station_runtime.api.loader import load_manifests
 from station_runtime.api.models import WorkItemSpec
 from station_runtime.client import LatticeClient
 from station_runtime.contract.messages import StationRecord, WorkPhase
-from station_runtime.local.controller import port_free
+from station_runtime.contract.subjects import bucket, kv_key, station_inbox_prefix
+from station_runtime.errors import LatticeError
+from station_runtime.local.auth import admin_creds_path
+from station_runtime.local.controller import LocalLattice, port_free
 from station_runtime.natsio.connect import NatsSettings
+from station_runtime.natsio.embedded import EmbeddedNats
 from tests.support.waiting import eventually, wait_sync
 
 MANIFESTS = """\
@@ -66,6 +74,10 @@ class Up:
         return str(wait_sync(lambda: state.exists() and json.loads(state.read_text())["url"], timeout_s=30,
                              what=f"lattice up to write {state} (log: {self.output()})"))
 
+    def settings(self) -> NatsSettings:
+        """How a client of the org connects: the URL and the admin creds `lattice up` made in its state dir."""
+        return NatsSettings(url=self.url(), creds_file=admin_creds_path(self.tmp / "lattice", "local"))
+
     def output(self) -> str:
         return (self.tmp / "up.log").read_text(errors="replace")
 
@@ -83,8 +95,8 @@ def up(tmp_path: Path) -> Iterator[Up]:
     u.stop()
 
 
-async def live_stations(url: str, count: int) -> list[StationRecord]:
-    async with LatticeClient(NatsSettings(url=url), "local") as client:
+async def live_stations(settings: NatsSettings, count: int) -> list[StationRecord]:
+    async with LatticeClient(settings, "local") as client:
         return await client.wait_for_stations(count, agent="echo", timeout_s=30)
 
 
@@ -95,25 +107,24 @@ def nats_pid(up: Up) -> int:
 
 @pytest.mark.timeout(90)
 async def test_up_restarts_a_killed_station_with_the_same_id_and_stops_cleanly(up: Up) -> None:
-    url = up.url()
-    records = await live_stations(url, 2)
+    records = await live_stations(up.settings(), 2)
     assert sorted(r.station_id for r in records) == ["worker-0", "worker-1"]
     victim = next(r for r in records if r.station_id == "worker-0")
     assert victim.pid is not None
     os.kill(victim.pid, signal.SIGKILL)
 
     async def restarted() -> StationRecord | None:
-        async with LatticeClient(NatsSettings(url=url), "local") as client:
+        async with LatticeClient(up.settings(), "local") as client:
             return next((r for r in await client.stations()
                          if r.station_id == "worker-0" and r.pid != victim.pid), None)
 
     again = await eventually(restarted, timeout_s=30, what="worker-0 to come back under a new pid")
     assert again.pid and alive(again.pid)
-    async with LatticeClient(NatsSettings(url=url), "local") as client:
+    async with LatticeClient(up.settings(), "local") as client:
         assert (await client.invoke("after restart", agent="echo", station="worker-0", timeout_s=5)).output \
             == "after restart"
 
-    children = [r.pid for r in await live_stations(url, 2) if r.pid] + [nats_pid(up)]
+    children = [r.pid for r in await live_stations(up.settings(), 2) if r.pid] + [nats_pid(up)]
     up.proc.send_signal(signal.SIGINT)
     assert await asyncio.to_thread(up.proc.wait, 30) == 0, up.output()
     assert not [pid for pid in children if alive(pid)], f"orphans left: {up.output()}"
@@ -123,8 +134,7 @@ async def test_up_restarts_a_killed_station_with_the_same_id_and_stops_cleanly(u
 
 @pytest.mark.timeout(60)
 async def test_killing_up_itself_takes_its_children_down(up: Up) -> None:
-    url = up.url()
-    children = [r.pid for r in await live_stations(url, 2) if r.pid] + [nats_pid(up)]
+    children = [r.pid for r in await live_stations(up.settings(), 2) if r.pid] + [nats_pid(up)]
     up.proc.kill()
     up.proc.wait()
     await eventually(lambda: _none_alive(children), timeout_s=10, what="stations and nats-server to exit")
@@ -150,8 +160,8 @@ async def test_a_killed_nats_server_comes_back_on_its_port_and_the_lattice_carri
     """SIGKILL of the embedded nats-server: `lattice up` restarts it with the same store on the same port; the
     stations (not restarted) reconnect, work from before is still there, new work runs, `lattice up` runs on."""
     url = up.url()
-    before = {r.station_id: r.pid for r in await live_stations(url, 2)}
-    async with LatticeClient(NatsSettings(url=url), "local") as client:
+    before = {r.station_id: r.pid for r in await live_stations(up.settings(), 2)}
+    async with LatticeClient(up.settings(), "local") as client:
         first = await client.submit(WorkItemSpec(agent="echo", input="before"), watch=True)
         assert (await client.wait_work(first.work_id, timeout_s=10)).phase == WorkPhase.SUCCEEDED
     old = nats_pid(up)
@@ -167,7 +177,7 @@ async def test_a_killed_nats_server_comes_back_on_its_port_and_the_lattice_carri
     await asyncio.to_thread(wait_sync, restarted, timeout_s=30, what=f"nats-server to be restarted ({up.output()})")
     assert up.proc.poll() is None, up.output()
     assert up.url() == url  # the same port: clients waiting there get their outcome
-    async with LatticeClient(NatsSettings(url=url), "local") as client:
+    async with LatticeClient(up.settings(), "local") as client:
         again = await client.wait_for_stations(2, agent="echo", timeout_s=30)
         assert {r.station_id: r.pid for r in again} == before  # the stations kept running and reconnected
         assert (await client.get_work(first.work_id)).phase == WorkPhase.SUCCEEDED  # type: ignore[union-attr]
@@ -209,3 +219,76 @@ def test_a_port_left_in_time_wait_is_free_for_a_server() -> None:
     with socket.socket() as plain, pytest.raises(OSError):
         plain.bind(("127.0.0.1", port))
     assert port_free(port)
+
+
+@pytest.mark.timeout(90)
+async def test_an_embedded_lattice_admits_only_holders_of_its_creds(up: Up) -> None:
+    """`lattice up` runs NATS in operator mode: no creds, no connection; a station's own creds allow what a
+    station does and no more; the keys and creds are readable by their user only; the CLI finds the admin creds
+    by itself (through the discovery file)."""
+    settings = up.settings()
+    await live_stations(settings, 2)
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(settings.url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5)
+
+    auth = up.tmp / "lattice" / "auth"
+    station_creds = auth / "local" / "stations" / "worker-0.creds"
+    for path in (auth, auth / "local", auth / "local" / "stations"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for path in (auth / "operator.json", auth / "accounts" / "local.json", auth / "local" / "admin.creds",
+                 station_creds):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+    # A station's creds: it reads the org's work, but may not write an agent nor take the admin's replies.
+    denied: list[str] = []
+
+    async def on_error(exc: Exception) -> None:  # permission violations arrive asynchronously
+        denied.append(str(exc).lower())
+
+    nc = await nats.connect(settings.url, user_credentials=str(station_creds), allow_reconnect=False,
+                            inbox_prefix=station_inbox_prefix("worker-0"), error_cb=on_error)
+    try:
+        await nc.publish(kv_key(bucket("local", "agents"), "echo"), b"forged")
+        await nc.subscribe("_INBOX.>")
+        await nc.flush()
+        await eventually(lambda: _both_denied(denied), timeout_s=10, what=f"both violations (got {denied})")
+    finally:
+        await nc.close()
+    async with LatticeClient(settings, "local") as client:
+        assert [a.name for a in await client.agents()] == ["echo"]
+
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "station_runtime", "get", "stations"],
+                                   capture_output=True, text=True, env=up.env, timeout=60)
+    assert done.returncode == 0 and "worker-0" in done.stdout, done.stderr
+
+
+async def _both_denied(denied: list[str]) -> bool:
+    said = " ".join(denied)
+    return "violation for publish to" in said and "violation for subscription to" in said
+
+
+@pytest.mark.timeout(90)
+async def test_state_from_an_unauthenticated_lattice_is_kept_on_the_first_authenticated_start(
+        tmp_path: Path) -> None:
+    """A state dir written before embedded auth (streams in the server's global account): the first `lattice up`
+    with auth moves the org's streams into the org's account, so the work stored before is still there."""
+    state = tmp_path / "lattice"
+    async with EmbeddedNats(state / "nats", sync_always=False) as server, \
+            LatticeClient(NatsSettings(url=server.url), "local", create_state=True) as client:
+        await client.submit(WorkItemSpec(agent="echo", input="from before"), work_id="old-work")
+    up = Up(tmp_path)
+    try:
+        async with LatticeClient(up.settings(), "local") as client:
+            record = await client.get_work("old-work")
+            assert record is not None and record.spec.input == "from before"
+        assert "moved into its account" in up.output()
+    finally:
+        up.stop()
+
+
+def test_up_refuses_a_manifest_of_another_org_saying_how_to_run_it(tmp_path: Path) -> None:
+    (tmp_path / "lattice.yaml").write_text(MANIFESTS.replace("metadata: {name: echo}\nspec: {",
+                                                             "metadata: {name: echo}\nspec: {org: other, "))
+    lattice = LocalLattice(load_manifests(tmp_path), org="local", state_dir=tmp_path / "s")
+    with pytest.raises(LatticeError, match=r"Agent echo is for org 'other'.*lattice up --org other"):
+        lattice._check_one_org()
