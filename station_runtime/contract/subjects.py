@@ -152,6 +152,19 @@ def parse_work_update(subject: str) -> tuple[str, WorkUpdate] | None:
     return None
 
 
+def agent_republish(org: str) -> tuple[str, str]:
+    """The agents bucket's republish mapping (source, destination): every stored version of an agent (and its
+    deletion) is also published on ``agents.{name}``, which stations follow with a plain subscription. So a
+    station needs no JetStream consumer: a consumer's deliver subject is not checked against its creator's
+    permissions, and with consumer rights a station could have the server deliver onto another station's
+    subjects."""
+    return kv_all(bucket(org, "agents"), "*"), f"{org_root(org)}.agents.{{{{wildcard(1)}}}}"
+
+
+def agent_updates_all(org: str) -> str:
+    return f"{org_root(org)}.agents.*"
+
+
 def work_record_republish(org: str) -> tuple[str, str]:
     """The work bucket's republish mapping (source, destination): once stored, every version of a record is also
     published on ``work.{id}.record``, so a waiter gets the record pushed instead of reading it again."""

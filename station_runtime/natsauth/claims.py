@@ -176,12 +176,12 @@ def station_permissions(org: str, station_id: str) -> Permissions:
         # Presence bucket: bind + status (reads the TTL); direct get of its own key after a CAS conflict.
         subjects.js_stream_info(stations_stream),
         subjects.js_direct_get(stations_stream, subjects.kv_key(stations, me)),
-        # Agents bucket: bind; the live watch: an exact listing (batch direct get), then an ordered push consumer
-        # from right after it (create; answer flow control when the watch moves a lot of data).
+        # Agents bucket: bind; the live watch: an exact listing (batch direct get) and the bucket's republished
+        # changes (a subscription, below). No consumer of any stream: a consumer's deliver subject is not checked
+        # against its creator's permissions, so with that right a station could aim the server's deliveries at
+        # another station's subjects.
         subjects.js_stream_info(agents_stream),
         subjects.js_direct_get(agents_stream),
-        subjects.js_consumer_create(agents_stream),
-        subjects.js_flow_control(agents_stream),
         # Work bucket: bind; direct get of a record (re-read after a CAS conflict or an outage); the listing on
         # start (propulsion), a batch direct get that leaves no consumer behind.
         subjects.js_stream_info(work_stream),
@@ -208,6 +208,8 @@ def station_permissions(org: str, station_id: str) -> Permissions:
         subjects.inbox_all(subjects.station_inbox_prefix(me)),
         # Delegation: the records (and progress) of the children it awaits; it may read any record anyway.
         subjects.work_updates_all(org),
+        # The agents it may host, as the server republishes their changes.
+        subjects.agent_updates_all(org),
     )
     # Replies to the requests it received (invoke, assign, bids): once each, into the requester's inbox, which
     # it may not publish to otherwise.

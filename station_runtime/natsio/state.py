@@ -107,6 +107,7 @@ class OrgState:
     def __init__(self, nc: NatsClient, js: JetStreamContext, org: str, stations: KeyValue, agents: KeyValue,
                  work: KeyValue, presence_ttl_s: float, limits: StateLimits | None = None,
                  work_retention_s: float | None = None) -> None:
+        self.nc = nc
         self.js = js
         self.limits = limits or StateLimits()
         #: How long finished work is kept, as the org's work bucket says (else the limits' default).
@@ -134,6 +135,12 @@ class OrgState:
         """Follow one of the org's buckets (see :func:`follow`)."""
         await follow(self.js, self.inbox, subjects.bucket(self.org, kind), on_entry, what=what,
                      on_snapshot=on_snapshot, on_failure=on_failure)
+
+    async def follow_published(self, kind: subjects.Bucket, subject: str, on_entry: EntryHandler, *, what: str,
+                               on_snapshot: Callable[[set[str]], Awaitable[None]] | None = None) -> None:
+        """Follow one of the org's buckets through its republish mapping (see :func:`follow_published`)."""
+        await follow_published(self.nc, self.inbox, subjects.bucket(self.org, kind), subject, on_entry, what=what,
+                               on_snapshot=on_snapshot)
 
     async def results(self) -> ObjectStore:
         """The org's object store for large results, created (bounded) on first use if it is missing."""
@@ -165,8 +172,10 @@ class OrgState:
         js = nc.jetstream()
         stations = await _bucket(js, subjects.bucket(org, "stations"), create, ttl=limits.presence_ttl_s,
                                  max_value_size=64 * 1024, max_bytes=limits.stations_max_bytes)
+        agent_src, agent_dest = subjects.agent_republish(org)
         agents = await _bucket(js, subjects.bucket(org, "agents"), create, max_value_size=limits.max_value_bytes,
-                               max_bytes=limits.agents_max_bytes)
+                               max_bytes=limits.agents_max_bytes,
+                               republish=RePublish(src=agent_src, dest=agent_dest))
         src, dest = subjects.work_record_republish(org)
         work = await _bucket(js, subjects.bucket(org, "work"), create, max_value_size=limits.max_value_bytes,
                              max_bytes=limits.work_max_bytes, republish=RePublish(src=src, dest=dest),
@@ -320,6 +329,50 @@ async def follow(js: JetStreamContext, inbox: Inbox, bucket: str, on_entry: Entr
             # a watch is what keeps a directory or an index alive, and must never end by itself
             if on_failure is not None:
                 on_failure()
+            log.warning("%s: watch failed (%r); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        finally:
+            if sub is not None:
+                with contextlib.suppress(*NATS_FAILURES):
+                    await sub.unsubscribe()
+
+
+async def follow_published(nc: NatsClient, inbox: Inbox, bucket: str, subject: str, on_entry: EntryHandler, *,
+                           what: str, on_snapshot: Callable[[set[str]], Awaitable[None]] | None = None) -> None:
+    """Like :func:`follow`, without a JetStream consumer: the server republishes every change of the bucket on
+    ``subject`` (its republish mapping), which is subscribed to *before* the exact listing is read, so a change is
+    either in the listing or arrives after it (a republished copy at or below the listing's sequence is skipped:
+    nothing twice, nothing missed). What needs no consumer needs no right to create one (see
+    ``subjects.agent_republish``). A plain subscription has no redelivery: a failure (the subscription's own
+    error, a handler's bug) rebuilds the whole from a fresh listing, with backoff, as a reconnect does."""
+    delay = 0.2
+    prefix = f"$KV.{bucket}."
+    while True:
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        sub = None
+        try:
+            sub = await nc.subscribe(subject, cb=queue.put)
+            await nc.flush()  # the server has the subscription before the listing is read
+            listing = await list_bucket(inbox, bucket)
+            for item in listing.items:
+                await on_entry(item, True)
+            if on_snapshot is not None:
+                await on_snapshot({item.key for item in listing.items})
+            delay = 0.2
+            while True:
+                msg = await queue.get()
+                headers = msg.headers or {}
+                original, seq = headers.get("Nats-Subject", ""), headers.get("Nats-Sequence", "")
+                if not original.startswith(prefix) or not seq.isdigit():
+                    log.debug("%s: ignored a message without republish headers on %s", what, msg.subject)
+                    continue
+                if int(seq) <= listing.last_sequence:
+                    continue  # in the listing already
+                await on_entry(KvItem(original[len(prefix):], msg.data, int(seq), deletion(headers)), False)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # as in follow: a watch must never end by itself
             log.warning("%s: watch failed (%r); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

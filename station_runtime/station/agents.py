@@ -4,8 +4,8 @@ followed live (a changed agent is rebuilt, a deleted or no longer matching one i
 Loading may take I/O (an agent's MCP servers are started or reached and their tools listed), so each load runs in
 its own task, bounded by its servers' timeouts: a slow tool server delays only its agent, never the watch. A load
 that failed for a reason that may pass (a tool server down) is tried again with backoff, so the agent comes up
-when its server does. The watch is rebuilt after every NATS reconnect: nats-py's ordered consumers do not reliably
-survive a server restart, and a fresh watch re-delivers every current value, which the reconcile below handles
+when its server does. The watch (a subscription to the bucket's republished changes after an exact listing) is
+rebuilt after every NATS reconnect, which re-delivers every current value; the reconcile below handles that
 idempotently.
 """
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backoff import compute_backoff
+from ..contract import subjects
 from ..contract.codec import decode
 from ..contract.errors import DecodeError
 from ..contract.messages import AgentDefinition
@@ -138,7 +139,9 @@ class AgentHost:
 
     async def _run(self) -> None:
         self._changed_initially = False
-        await self._state.follow("agents", self._on_entry, what="agent watch", on_snapshot=self._on_snapshot)
+        # Through the bucket's republished copies: a station creates no JetStream consumer (subjects.agent_republish).
+        await self._state.follow_published("agents", subjects.agent_updates_all(self._state.org), self._on_entry,
+                                           what="agent watch", on_snapshot=self._on_snapshot)
 
     async def _on_snapshot(self, seen: set[str]) -> None:
         changed, self._changed_initially = self._changed_initially, False

@@ -86,10 +86,10 @@ def test_an_empty_allow_list_means_nothing_not_everything() -> None:
 def test_station_permissions_are_bound_to_its_own_name() -> None:
     perms = station_permissions("acme", "s1")
     pub, sub = set(perms.pub_allow), set(perms.sub_allow)
-    # Receives only what is addressed to it, the auction, its own inbox, and (for children it delegated) work
-    # records and progress, which it can read from the work bucket anyway.
+    # Receives only what is addressed to it, the auction, its own inbox, (for children it delegated) work
+    # records and progress, which it can read from the work bucket anyway, and the agents' republished changes.
     assert sub == {"lattice.v1.acme.station.s1.>", "lattice.v1.acme.auction.request", "_INBOX_s1.>",
-                   "lattice.v1.acme.work.*.*"}
+                   "lattice.v1.acme.work.*.*", "lattice.v1.acme.agents.*"}
     # Writes only its own presence key; no wildcard write into the stations bucket.
     assert "$KV.lattice-acme-stations.s1" in pub
     assert not any(s.startswith("$KV.lattice-acme-stations.") and s != "$KV.lattice-acme-stations.s1" for s in pub)
@@ -98,6 +98,8 @@ def test_station_permissions_are_bound_to_its_own_name() -> None:
     assert not any(s.startswith("$KV.lattice-acme-agents") for s in pub)
     assert not any(verb in s for s in pub for verb in (".STREAM.CREATE.", ".STREAM.UPDATE.", ".STREAM.DELETE.",
                                                         ".CONSUMER.DELETE.", "$JS.API.>", "$JS.API.INFO"))
+    # No consumer of any stream (its deliver subject could be another station's) and no purge.
+    assert not any(".CONSUMER." in s or ".PURGE." in s or s.startswith("$JS.FC.") for s in pub)
     # Delegating, it writes its children's records: the controller places them, not the station.
     assert not any(s.startswith("lattice.v1.acme.station.") for s in pub)
     assert not any(s in (">", "_INBOX.>", "lattice.v1.acme.>") for s in pub | sub)

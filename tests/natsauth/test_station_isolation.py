@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -250,3 +251,35 @@ async def test_the_recovery_paths_of_a_station_are_allowed_too(
         await s1.flush()
     assert observed.violations() == []
     assert "Violation" not in server_log_since(server, log_offset)
+
+
+async def test_a_station_cannot_aim_the_server_at_another_station_nor_wipe_or_fake_state(
+        server: EmbeddedNats, tenancy: Tenancy, org_a: OrgAccount) -> None:
+    """The holes a station's creds once had, tried as an attacker would: a push consumer whose deliver subject is
+    another station's assignment subject (the server does not check it against the creator's permissions, so the
+    station may create no consumer at all), a purge of the results store or the journal in one request, a fake
+    record on ``work.{id}.record`` for a waiter, a cancel or an assignment sent to another station."""
+    async with connected(server.url, tenancy.issue_station_creds(org_a, "s1"), inbox_prefix="_INBOX_s1") as (
+            s1, observed), connected(server.url, tenancy.issue_admin_creds(org_a)) as (admin, _):
+        aimed = await admin.subscribe(subjects.work_assign(ORG_A, "s2"))
+        waiter = await admin.subscribe(subjects.work_update(ORG_A, "w1", "record"))
+        await admin.flush()
+        work_stream = subjects.kv_stream(subjects.bucket(ORG_A, "work"))
+        for stream in (work_stream, subjects.kv_stream(subjects.bucket(ORG_A, "agents"))):
+            consumer = {"stream_name": stream, "config": {"deliver_subject": subjects.work_assign(ORG_A, "s2"),
+                                                          "deliver_policy": "all", "ack_policy": "none"}}
+            with pytest.raises(nats.errors.TimeoutError):
+                await s1.request(subjects.js_consumer_create(stream), json.dumps(consumer).encode(), timeout=0.5)
+        for stream in (subjects.object_stream(results_bucket(ORG_A)), subjects.journal_stream(ORG_A), work_stream):
+            with pytest.raises(nats.errors.TimeoutError):
+                await s1.request(subjects.js_stream_purge(stream), b"{}", timeout=0.5)
+            await observed.wait_for(f'publish to "{subjects.js_stream_purge(stream)}"')
+        await s1.publish(subjects.work_update(ORG_A, "w1", "record"), b'{"forged": "record"}')
+        await s1.publish(subjects.work_cancel(ORG_A, "s2"), b'{"work_id": "w1"}')
+        await observed.wait_for('publish to "lattice.v1.orga.work.w1.record"')
+        await observed.wait_for('publish to "lattice.v1.orga.station.s2.work.cancel"')
+        await s1.flush()
+        await admin.flush()
+        assert aimed.pending_msgs == 0 and waiter.pending_msgs == 0
+        info = await admin.jetstream().stream_info(work_stream)
+        assert info.state.consumer_count == 0
