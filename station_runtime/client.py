@@ -46,7 +46,7 @@ from .contract.messages import (
     utcnow,
 )
 from .contract.specs import Budget, McpServerSpec
-from .errors import LatticeError, NoLatticeError, NoStationError, RetryLater
+from .errors import AccountLimitError, LatticeError, NoLatticeError, NoStationError, RetryLater
 from .natsio.connect import NatsSettings, connect
 from .natsio.events import EventPublisher, read_events
 from .natsio.retry import NATS_FAILURES, retry_transient
@@ -158,6 +158,8 @@ class LatticeClient:
         settings = self.nats
         try:
             self.nc = await connect(settings, on_reconnect=self._reconnected, on_disconnect=self._disconnected)
+        except AccountLimitError as exc:  # there, but the org's account is full
+            raise AccountLimitError(f"cannot connect to NATS at {settings.describe()}: {exc}") from exc
         except Exception as exc:  # nats-py raises OSError, its own errors and TimeoutError alike: all mean "not there"
             raise NoLatticeError(
                 f"cannot connect to NATS at {settings.describe()}: {exc or type(exc).__name__}. "

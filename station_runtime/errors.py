@@ -71,5 +71,10 @@ class StoreFullError(LatticeError):
     is full."""
 
 
+class AccountLimitError(LatticeError):
+    """The org's NATS account is at one of its limits (connections, storage, streams, consumers, ...): the
+    message names the setting to raise."""
+
+
 class ResultTooLarge(LatticeError, ValueError):
     """A result is larger than the lattice keeps."""

@@ -37,6 +37,8 @@ class JwtAuth:
         self.authority = authority
         self.tenancy = tenancy
         self._accounts: dict[str, OrgAccount] = {}
+        #: Each org's limits, as its namespace last said (unlimited until it says otherwise).
+        self._limits: dict[str, AccountLimits] = {}
         self._lock = asyncio.Lock()
         self._creds_dir = Path(tempfile.mkdtemp(prefix="lattice-operator-creds-"))  # mode 0700
 
@@ -59,13 +61,23 @@ class JwtAuth:
             name = org_secret_name(org)
             stored = await kube.read_secret(self.settings.namespace, name)
             key = OrgAccount.from_secret_data(stored).key if stored else None
-            account = await self.tenancy.ensure_org(org, AccountLimits(), account_key=key)
+            account = await self.tenancy.ensure_org(org, self._limits.get(org, AccountLimits()), account_key=key)
             if stored is None or stored.get("account-jwt") != account.jwt:
                 await kube.patch_secret_keys(self.settings.namespace, name, dict(account.to_secret_data()),
                                              labels={"app.kubernetes.io/managed-by": "station-lattice-operator",
                                                      "lattice.station.dev/org": org})
             self._accounts[org] = account
             return account
+
+    async def limit(self, org: str, limits: AccountLimits) -> None:
+        """Push the org's account again when its limits changed (the server applies them at once)."""
+        async with self._lock:
+            if self._limits.get(org, AccountLimits()) == limits and org in self._accounts:
+                return
+            self._limits[org] = limits
+            self._accounts.pop(org, None)  # the next account() signs and pushes it with the new limits
+        account = await self.account(org)
+        log.info("org %s: NATS account %s limits %s", org, account.public_key, limits)
 
     async def admin_settings(self, org: str) -> NatsSettings:
         account = await self.account(org)

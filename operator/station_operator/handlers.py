@@ -39,7 +39,7 @@ from . import builders, kube
 from .conditions import condition, merge
 from .config import OperatorSettings
 from .lattice import Auth, Lattice, NoAuth, OrgRuntime
-from .orgs import OrgError, resolve_org
+from .orgs import OrgError, account_limits, resolve_org
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -129,10 +129,16 @@ async def _refuse(plural: str, body: kopf.Body, reason: str, message: str, *, re
 
 async def _org_runtime(plural: str, body: kopf.Body, memo: Any, spec_org: str | None) -> OrgRuntime:
     namespace = body["metadata"]["namespace"]
+    labels, annotations = await kube.namespace_meta(namespace)
     try:
-        org = resolve_org(namespace, await kube.namespace_labels(namespace), spec_org)
+        org = resolve_org(namespace, labels, spec_org)
     except OrgError as exc:
         await _refuse(plural, body, "OrgMismatch", str(exc), retry=False)
+    try:
+        limits = account_limits(namespace, annotations)
+    except OrgError as exc:
+        await _refuse(plural, body, "InvalidLimits", str(exc), retry=True)  # fixed on the namespace, not here
+    await _lattice(memo).auth.limit(org, limits)
     return await _lattice(memo).org(org)
 
 
@@ -151,9 +157,13 @@ async def _quietly(model: type[M], body: kopf.Body, memo: Any) -> tuple[M, OrgRu
     try:
         resource = _parse(model, body)
         namespace = body["metadata"]["namespace"]
-        org = resolve_org(namespace, await kube.namespace_labels(namespace), resource.spec.org)  # type: ignore[attr-defined]
+        labels, annotations = await kube.namespace_meta(namespace)
+        org = resolve_org(namespace, labels, resource.spec.org)  # type: ignore[attr-defined]
+        limits = account_limits(namespace, annotations)
     except (ValidationError, OrgError):
         return None
+    # A timer applies a changed limit too (within its period): the namespace's annotation has no handler.
+    await _lattice(memo).auth.limit(org, limits)
     return resource, await _lattice(memo).org(org)
 
 

@@ -72,23 +72,29 @@ async def ready_replicas(name: str, namespace: str) -> int:
 
 
 _NAMESPACE_TTL_S = 10.0
-_namespaces: dict[str, tuple[float, dict[str, str]]] = {}
+_namespaces: dict[str, tuple[float, dict[str, str], dict[str, str]]] = {}
 
 
 async def namespace_labels(namespace: str) -> dict[str, str]:
     """A namespace's labels (which decide its org), cached for a few seconds: every handler asks."""
+    return (await namespace_meta(namespace))[0]
+
+
+async def namespace_meta(namespace: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A namespace's labels and annotations (its org, its org's NATS limits), cached for a few seconds."""
     cached = _namespaces.get(namespace)
     now = time.monotonic()
     if cached is not None and now - cached[0] < _NAMESPACE_TTL_S:
-        return cached[1]
+        return cached[1], cached[2]
 
-    def read() -> dict[str, str]:
+    def read() -> tuple[dict[str, str], dict[str, str]]:
         ns = client.CoreV1Api(api()).read_namespace(namespace)
-        return dict((ns.metadata.labels if ns.metadata else None) or {})
+        meta = ns.metadata
+        return dict((meta.labels if meta else None) or {}), dict((meta.annotations if meta else None) or {})
 
-    labels = await asyncio.to_thread(read)
-    _namespaces[namespace] = (now, labels)
-    return labels
+    labels, annotations = await asyncio.to_thread(read)
+    _namespaces[namespace] = (now, labels, annotations)
+    return labels, annotations
 
 
 async def read_secret_key(namespace: str, name: str, key: str) -> str | None:

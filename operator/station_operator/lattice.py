@@ -15,7 +15,7 @@ from typing import Protocol
 from station_runtime.api.models import WorkItem
 from station_runtime.client import LatticeClient
 from station_runtime.contract.messages import StationRecord, WorkRecord
-from station_runtime.natsauth import prepare_org_state
+from station_runtime.natsauth import AccountLimits, prepare_org_state
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.state import StateLimits
 from station_runtime.work.controller import WorkController
@@ -37,6 +37,9 @@ class Auth(Protocol):
     async def station_creds(self, org: str, station_ids: list[str],
                             existing: dict[str, str] | None = None) -> dict[str, str] | None: ...
 
+    async def limit(self, org: str, limits: AccountLimits) -> None:
+        """Make the org's NATS account carry ``limits`` (idempotent; a change is pushed at once)."""
+
     async def close(self) -> None: ...
 
 
@@ -45,6 +48,7 @@ class NoAuth:
 
     def __init__(self, base: NatsSettings) -> None:
         self.base = base
+        self._warned: set[str] = set()
 
     async def admin_settings(self, org: str) -> NatsSettings:
         return self.base
@@ -52,6 +56,12 @@ class NoAuth:
     async def station_creds(self, org: str, station_ids: list[str],
                             existing: dict[str, str] | None = None) -> dict[str, str] | None:
         return None
+
+    async def limit(self, org: str, limits: AccountLimits) -> None:
+        if limits != AccountLimits() and org not in self._warned:
+            self._warned.add(org)
+            log.warning("org %s: its namespace sets NATS account limits, but without JWT auth (auth.mode: none) "
+                        "there is no account to hold them: install with auth.mode jwt", org)
 
     async def close(self) -> None:
         return None

@@ -28,7 +28,7 @@ builders are the wildcard forms, for subscriptions and permissions.
 from __future__ import annotations
 
 import enum
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from .ids import validate_id
 
@@ -244,6 +244,12 @@ def events_stream(org: str) -> str:
 
 def journal_stream(org: str) -> str:
     return f"lattice-{validate_id(org, 'org id')}-journal"
+
+
+def org_streams(org: str) -> tuple[str, ...]:
+    """Every stream an org's state is made of: its KV buckets, the results object store, events, the journal."""
+    kv = tuple(kv_stream(bucket(org, kind)) for kind in get_args(Bucket))
+    return (*kv, object_stream(results_bucket(org)), events_stream(org), journal_stream(org))
 
 
 def kv_stream(bucket_name: str) -> str:

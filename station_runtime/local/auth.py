@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import get_args
 
 from ..contract import subjects
 from ..contract.ids import validate_id
@@ -32,13 +31,6 @@ log = logging.getLogger(__name__)
 
 #: The name nats-server gives the one account of a server without accounts (its JetStream directory too).
 GLOBAL_ACCOUNT = "$G"
-
-
-def org_streams(org: str) -> tuple[str, ...]:
-    """Pure: the names of every stream an org's state is made of (its buckets, results, events, journal)."""
-    kv = tuple(subjects.kv_stream(subjects.bucket(org, kind)) for kind in get_args(subjects.Bucket))
-    return (*kv, subjects.object_stream(subjects.results_bucket(org)), subjects.events_stream(org),
-            subjects.journal_stream(org))
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -137,7 +129,7 @@ def adopt_open_state(jetstream_dir: Path, org: str, account: str) -> list[str]:
     source = jetstream_dir / GLOBAL_ACCOUNT / "streams"
     target = jetstream_dir / account / "streams"
     moved = []
-    for name in org_streams(org):
+    for name in subjects.org_streams(org):
         if (source / name).is_dir() and not (target / name).exists():
             target.mkdir(parents=True, exist_ok=True)
             shutil.move(str(source / name), str(target / name))

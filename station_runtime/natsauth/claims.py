@@ -24,8 +24,8 @@ from .keys import KeyRole, check_public_key
 
 #: Every NATS limit: -1 means unlimited.
 UNLIMITED: Final = -1
-#: Streams an org uses: 3 KV buckets, the events stream, the results object store.
-ORG_STREAMS: Final = 5
+#: Streams an org uses: its KV buckets, the results object store, the events stream and the journal.
+ORG_STREAMS: Final = len(subjects.org_streams("org"))
 #: How long a station may take to answer a request it received (``resp`` ttl). The longest is a synchronous
 #: invoke: ``InvokeRequest.timeout_s`` is at most 3600 s; the margin covers queueing and the reply itself.
 #: Without an explicit ttl the server applies its default of 2 minutes, and a longer invoke could not answer.

@@ -16,6 +16,9 @@ from typing import Any, Final
 
 from nats.aio.client import Client as NatsClient
 
+from ..errors import AccountLimitError
+from .limits import explain_limit
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -78,6 +81,8 @@ class OutageLog:
         self.down_since: float | None = None
         self._reminded = 0
         self.lines = 0
+        self._limit_said: str | None = None
+        self._limit_said_at = 0.0
 
     def lost(self) -> None:
         if self.down_since is not None:
@@ -86,7 +91,15 @@ class OutageLog:
         self._say(logging.WARNING, "NATS connection lost (%s); reconnecting", self.name)
 
     def error(self, exc: BaseException) -> None:
-        """A failed reconnect attempt while down (silent but for the reminders), or an error while connected."""
+        """A failed reconnect attempt while down (silent but for the reminders), or an error while connected. An
+        account limit the server enforces is said as such, with the setting to raise, whenever it is hit."""
+        if (limit := explain_limit(str(exc))) is not None:
+            # Said once a minute while it lasts: a client at the connection limit retries every attempt.
+            now = self._clock()
+            if limit != self._limit_said or now - self._limit_said_at >= 60.0:
+                self._limit_said, self._limit_said_at = limit, now
+                self._say(logging.ERROR, "NATS (%s): %s", self.name, limit)
+            return
         if self.down_since is None:
             self._say(logging.WARNING, "NATS error (%s): %s", self.name, exc)
             return
@@ -102,6 +115,11 @@ class OutageLog:
             return
         down_s, self.down_since = self._clock() - self.down_since, None
         self._say(logging.WARNING, "NATS back (%s) after %.1fs", self.name, down_s)
+
+    @property
+    def limit_said(self) -> str | None:
+        """The last account limit the server reported on this connection (its explanation), if any."""
+        return self._limit_said
 
     def _say(self, level: int, message: str, *args: object) -> None:
         self.lines += 1
@@ -128,6 +146,12 @@ async def connect(
         if on_disconnect:
             await on_disconnect()
 
+    async def closed_cb() -> None:
+        # nats-py closes a connection for good on any server error but a permission violation (an account limit
+        # such as "maximum subscriptions exceeded" among them): say why, with the setting when it is a limit.
+        if (err := nc.last_error) is not None:
+            outage.error(err)
+
     async def reconnected_cb() -> None:
         outage.back()
         if on_reconnect:
@@ -143,6 +167,7 @@ async def connect(
         "error_cb": error_cb,
         "disconnected_cb": disconnected_cb,
         "reconnected_cb": reconnected_cb,
+        "closed_cb": closed_cb,
         "ping_interval": 10,
         # A drain waits for every subscription to empty; one whose reader is gone would hold shutdown for 30 s.
         "drain_timeout": 5,
@@ -156,5 +181,11 @@ async def connect(
         options["user_credentials"] = str(settings.creds_file)
     if settings.inbox_prefix:
         options["inbox_prefix"] = settings.inbox_prefix
-    await nc.connect(**options)
+    try:
+        await nc.connect(**options)
+    except Exception as exc:
+        # nats-py ends a failed connect with "no servers available"; what the server said is the reason.
+        if outage.limit_said is not None:
+            raise AccountLimitError(outage.limit_said) from exc
+        raise
     return nc

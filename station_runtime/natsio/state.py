@@ -36,7 +36,9 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from ..contract import subjects
+from ..errors import AccountLimitError
 from .inbox import Inbox
+from .limits import explain_limit
 from .listing import KvItem, deletion, list_bucket
 from .requests import Requests
 from .retry import NATS_FAILURES
@@ -168,6 +170,17 @@ class OrgState:
     @classmethod
     async def open(cls, nc: NatsClient, org: str, limits: StateLimits | None = None,
                    *, create: bool = True) -> OrgState:
+        """The org's state, its buckets and streams created (``create``, the admin) or bound. Raises
+        :class:`AccountLimitError` naming the setting when the org's account cannot hold them."""
+        try:
+            return await cls._open(nc, org, limits, create=create)
+        except nats.js.errors.APIError as exc:
+            if (limit := explain_limit(str(exc.description or ""))) is not None:
+                raise AccountLimitError(f"org {org}: its state cannot be created: {limit}") from exc
+            raise
+
+    @classmethod
+    async def _open(cls, nc: NatsClient, org: str, limits: StateLimits | None, *, create: bool) -> OrgState:
         limits = limits or StateLimits()
         js = nc.jetstream()
         stations = await _bucket(js, subjects.bucket(org, "stations"), create, ttl=limits.presence_ttl_s,

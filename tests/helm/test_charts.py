@@ -4,12 +4,15 @@ Offline: no cluster needed, only the helm binary."""
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
 import yaml
+from station_operator.orgs import LIMITS_ANNOTATION, account_limits
 
 from station_runtime.api.models import Agent, Station
+from station_runtime.natsauth import AccountLimits
 from tests.helm.helmtool import ORG_CHART, PLATFORM_CHART, Helm, find, kinds
 
 pytestmark = [pytest.mark.helm, pytest.mark.timeout(60)]
@@ -269,6 +272,19 @@ def test_org_chart_renders_a_labelled_namespace_quota_stations_and_agents(helm: 
     assert not [d for d in docs if d["kind"] == "Secret"]
 
 
+def test_org_chart_puts_the_orgs_nats_limits_on_its_namespace(helm: Helm) -> None:
+    values = {"org": {"id": "acme"}, "natsLimits": {"connections": 50, "jetstreamDiskBytes": 4 << 30,
+                                                     "consumers": -1}}
+    namespace = find(helm.template(ORG_CHART, values, release="acme", namespace="lattice-system"), "Namespace")
+    raw = namespace["metadata"]["annotations"][LIMITS_ANNOTATION]
+    assert json.loads(raw) == {"connections": 50, "jetstreamDiskBytes": 4 << 30, "consumers": -1}
+    # What the operator makes of it: the account's limits.
+    assert account_limits("acme", namespace["metadata"]["annotations"]) == AccountLimits(
+        conn=50, disk_storage=4 << 30)
+    unset = find(helm.template(ORG_CHART, {"org": {"id": "acme"}}, release="acme"), "Namespace")
+    assert LIMITS_ANNOTATION not in (unset["metadata"].get("annotations") or {})
+
+
 def test_org_chart_in_an_existing_namespace_with_its_own_model_secret(helm: Helm) -> None:
     values = {"org": {"id": "beta"}, "namespace": {"create": False}, "quota": {"enabled": False},
               "modelProvider": {"create": True, "apiKey": "sk-test", "secretName": "llm", "secretKey": "key"},
@@ -303,6 +319,9 @@ def test_org_chart_in_an_existing_namespace_with_its_own_model_secret(helm: Helm
     (ORG_CHART, {"org": {"id": "a"}, "agents": {"x": {"spec": "echo"}}},
      "at '/agents/x/spec': got string, want object"),
     (ORG_CHART, {"org": {"id": "a"}, "modelProvider": {"create": True}}, "modelProvider.apiKey is required"),
+    (ORG_CHART, {"org": {"id": "a"}, "natsLimits": {"streams": 3}}, "at '/natsLimits/streams'"),
+    (ORG_CHART, {"org": {"id": "a"}, "natsLimits": {"connection": 3}},
+     "additional properties 'connection' not allowed"),
     (PLATFORM_CHART, {"telemetry": {"otlpEndpoint": "collector:4318"}},
      "at '/telemetry/otlpEndpoint': 'collector:4318' does not match pattern"),
     (PLATFORM_CHART, {"telemetry": {"podMonitor": {"enabled": "yes"}}}, "at '/telemetry/podMonitor/enabled'"),

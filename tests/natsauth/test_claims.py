@@ -57,7 +57,7 @@ def test_account_limits_that_would_break_the_org_are_refused(bad: dict[str, int]
 
 
 def test_memory_storage_may_be_off_when_disk_storage_is_on() -> None:
-    assert AccountLimits(mem_storage=0, disk_storage=1 << 30, streams=5).to_claims()["mem_storage"] == 0
+    assert AccountLimits(mem_storage=0, disk_storage=1 << 30, streams=7).to_claims()["mem_storage"] == 0
 
 
 def test_system_account_claims_have_no_jetstream() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from station_operator import builders
 from station_operator.conditions import condition, merge
-from station_operator.orgs import ORG_LABEL, OrgError, resolve_org
+from station_operator.orgs import LIMITS_ANNOTATION, ORG_LABEL, OrgError, account_limits, resolve_org
 
 from station_runtime.api.models import (
     Agent,
@@ -26,6 +27,7 @@ from station_runtime.api.status import MAX_STATUS_RESULT_CHARS
 from station_runtime.contract.messages import ErrorCode, StationRecord, Usage, WorkError, WorkPhase, WorkRecord
 from station_runtime.contract.selectors import parse_selector
 from station_runtime.contract.specs import ToolServerSpec, ValueSource
+from station_runtime.natsauth import AccountLimits
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -38,6 +40,22 @@ def test_the_org_comes_from_the_namespace_never_from_the_spec() -> None:
         resolve_org("ns", {ORG_LABEL: "acme"}, "evil")
     with pytest.raises(OrgError, match="set the namespace label"):
         resolve_org("ns", {ORG_LABEL: "bad.org"}, None)
+
+
+def test_the_orgs_nats_limits_come_from_its_namespace_annotation() -> None:
+    assert account_limits("ns", {}) == AccountLimits()
+    assert account_limits("ns", {LIMITS_ANNOTATION: '{"connections": 50, "jetstreamDiskBytes": 4294967296, '
+                                                    '"streams": -1, "consumers": 200}'}) == AccountLimits(
+        conn=50, disk_storage=4 << 30, consumer=200)
+    for bad, said in (("{nope", "is not JSON"), ("[1]", "must be a JSON object"),
+                      ('{"conn": 5}', "unknown limits ['conn']: use connections"),
+                      ('{"connections": "5"}', "connections must be a whole number"),
+                      ('{"connections": true}', "connections must be a whole number"),
+                      ('{"connections": 0}', "conn must be -1 (unlimited) or positive"),
+                      ('{"streams": 3}', "streams must be at least 7"),
+                      ('{"payloadBytes": 4096}', "below the lattice's largest message")):
+        with pytest.raises(OrgError, match=re.escape(said)):
+            account_limits("ns", {LIMITS_ANNOTATION: bad})
 
 
 def station(replicas: int = 2, **spec: object) -> Station:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,10 @@ from typing import Any
 import nats
 import pytest
 from kubernetes import client
+from station_operator.orgs import LIMITS_ANNOTATION
 
 from station_runtime.api.models import GROUP, VERSION
+from station_runtime.natsauth import jwt
 from station_runtime.natsio.embedded import EmbeddedNats
 from tests.support.kube_fixtures import KubeCluster
 from tests.support.tenancy import sees_only_its_own_work
@@ -51,9 +54,22 @@ def jwt_lattice(kube_cluster: KubeCluster, crds: Any, tmp_path: Path) -> Iterato
             asyncio.run(server.stop())
 
 
+def _annotate_limits(core: Any, namespace: str, limits: dict[str, int]) -> None:
+    core.patch_namespace(namespace, {"metadata": {"annotations": {LIMITS_ANNOTATION: json.dumps(limits)}}})
+
+
+def _account_limits(secrets: Any, system: str, org: str) -> dict[str, int]:
+    data = secrets.read_namespaced_secret(f"lattice-org-{org}", system).data
+    limits: dict[str, int] = jwt.decode(base64.b64decode(data["account-jwt"]).decode()).nats["limits"]
+    return limits
+
+
 def test_two_orgs_run_isolated_in_their_own_accounts(crds: Any, kube_cluster: KubeCluster,  # noqa: F811
                                                      jwt_lattice: tuple[str, str, list[str]], tmp_path: Path) -> None:
     url, system, orgs = jwt_lattice
+    core = client.CoreV1Api(crds)
+    # org-a's namespace limits its NATS account (as the lattice-org chart's natsLimits does).
+    _annotate_limits(core, orgs[0], {"connections": 40, "jetstreamDiskBytes": 4 << 30})
     op = Operator(kube_cluster.kubeconfig, url, orgs[0], tmp_path / "operator.log")
     op.argv += ["-n", orgs[1]]
     op.env.update({"LATTICE_AUTH": "jwt", "LATTICE_OPERATOR_NAMESPACE": system})
@@ -72,6 +88,13 @@ def test_two_orgs_run_isolated_in_their_own_accounts(crds: Any, kube_cluster: Ku
         account_keys = {org: secrets.read_namespaced_secret(f"lattice-org-{org}", system).data["account-public-key"]
                         for org in orgs}
         assert account_keys[orgs[0]] != account_keys[orgs[1]]
+        assert _account_limits(secrets, system, orgs[0])["conn"] == 40
+        assert _account_limits(secrets, system, orgs[0])["disk_storage"] == 4 << 30
+        assert _account_limits(secrets, system, orgs[1])["conn"] == -1
+        # A changed annotation reaches the account within a resync (no restart): the server enforces it at once.
+        _annotate_limits(core, orgs[0], {"connections": 30, "jetstreamDiskBytes": 4 << 30})
+        wait_sync(lambda: _account_limits(secrets, system, orgs[0])["conn"] == 30, timeout_s=60,
+                  what=f"the new limit in org-a's account JWT (operator log: {op.output()})")
         creds_secret = secrets.read_namespaced_secret("worker-nats", orgs[0])
         creds = base64.b64decode(creds_secret.data["worker-0.creds"]).decode()
         asyncio.run(_station_of_a_cannot_see_b(url, creds, orgs[0], orgs[1], tmp_path))

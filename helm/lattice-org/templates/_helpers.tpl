@@ -38,3 +38,14 @@ annotations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/* The set natsLimits (null ones left out) as compact JSON, or "" when none is set. */}}
+{{- define "org.natsLimits" -}}
+{{- $set := dict -}}
+{{- range $key, $value := (.Values.natsLimits | default dict) -}}
+{{- if not (kindIs "invalid" $value) -}}
+{{- $_ := set $set $key (int64 $value) -}}
+{{- end -}}
+{{- end -}}
+{{- if $set -}}{{ toJson $set }}{{- end -}}
+{{- end -}}
