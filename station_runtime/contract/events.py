@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .messages import utcnow
 
 EVENT_TYPE_PREFIX: Final = "dev.lattice"
-Category = Literal["station", "agent", "work"]
+Category = Literal["station", "agent", "work", "security"]
 
 #: Every event type, by category. The subject is ``lattice.v1.{org}.events.{category}.{type}``.
 EVENT_TYPES: Final[dict[Category, tuple[str, ...]]] = {
@@ -23,6 +23,9 @@ EVENT_TYPES: Final[dict[Category, tuple[str, ...]]] = {
         # A run waiting for a person: a call to approve, a question to answer; what was decided, or the deadline.
         "approval_requested", "input_requested", "approval_decided", "input_received", "wait_timed_out",
     ),
+    # What the control plane refused because it was not what its sender may say: written by the control plane
+    # only (a station may not publish in this category).
+    "security": ("forged_bid",),
 }
 
 

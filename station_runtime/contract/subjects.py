@@ -37,7 +37,7 @@ PresenceKind = Literal["announce", "heartbeat", "goodbye"]
 #: ``record``: every stored version of the work record, published by the server itself (KV republish) once it is
 #: stored; this is how waiters learn the outcome. ``progress``: live progress from the station running it.
 WorkUpdate = Literal["progress", "record"]
-EventCategory = Literal["station", "agent", "work"]
+EventCategory = Literal["station", "agent", "work", "security"]
 #: ``toolservers``: the org's ToolServers as ``lattice apply`` stores them (embedded; on Kubernetes they are
 #: resources); read and written by the org's admin only: stations get them inside the agents that name them.
 Bucket = Literal["stations", "agents", "work", "toolservers"]
@@ -117,12 +117,10 @@ def work_cancel(org: str, station: str) -> str:
 
 
 def station_auction(org: str, station: str) -> str:
-    """An auction request for one station: the auctioneer asks a load-aware sample instead of everyone."""
+    """An auction request for one station, the only form there is: each asked station gets its own, with itself
+    in the reply subject, so a bid is taken only from the station it names (a station may answer only the
+    requests it received). A broadcast with one reply subject for all would let a station bid in another's name."""
     return f"{_station(org, station)}.auction.request"
-
-
-def auction_request(org: str) -> str:
-    return f"{org_root(org)}.auction.request"
 
 
 def work_update(org: str, work: str, kind: WorkUpdate) -> str:

@@ -202,8 +202,6 @@ def station_permissions(org: str, station_id: str) -> Permissions:
     sub = (
         # Requests addressed to it: agent.invoke, work.assign, work.cancel, its auctions, ping.
         subjects.station_all(org, me),
-        # The org's auction broadcast, which it answers with a bid or a decline.
-        subjects.auction_request(org),
         # Its own inbox: replies to its JetStream API calls, publish acks, KV watch deliveries.
         subjects.inbox_all(subjects.station_inbox_prefix(me)),
         # Delegation: the records (and progress) of the children it awaits; it may read any record anyway.

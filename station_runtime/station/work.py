@@ -131,7 +131,6 @@ class WorkService:
 
     async def subscribe(self) -> list[Any]:
         return [
-            await self.nc.subscribe(subjects.auction_request(self.org), cb=self.on_auction),
             await self.nc.subscribe(subjects.station_auction(self.org, self.station_id), cb=self.on_auction),
             await self.nc.subscribe(subjects.work_assign(self.org, self.station_id), cb=self.on_assign),
             await self.nc.subscribe(subjects.work_cancel(self.org, self.station_id), cb=self.on_cancel),

@@ -279,16 +279,13 @@ class Auctioneer:
         auction.unasked = len(eligible) - len(bidders)
         if not bidders:
             return auction
-        # Buffered, not awaited on the wire: the caller creates the record while stations bid.
+        # Buffered, not awaited on the wire: the caller creates the record while stations bid. One request per
+        # station, its id in the reply subject: a bid is then taken only from the station it names (BidCollector).
         data = encode(request)
         trace_headers = tracing.headers()
-        if len(bidders) < len(stations):
-            for station in bidders:
-                await self.nc.publish(subjects.station_auction(self.org, station.station_id), data,
-                                      reply=self.bids.reply_to(auction, station.station_id), headers=trace_headers)
-        else:
-            await self.nc.publish(subjects.auction_request(self.org), data, reply=self.bids.reply_to(auction),
-                                  headers=trace_headers)
+        for station in bidders:
+            await self.nc.publish(subjects.station_auction(self.org, station.station_id), data,
+                                  reply=self.bids.reply_to(auction, station.station_id), headers=trace_headers)
         return auction
 
     def _eligible(self, req: scoring.Requirements, stations: list[StationRecord]) -> list[StationRecord]:
@@ -342,6 +339,8 @@ class Auctioneer:
                 auction = await self._open_auction(versioned.record, req, self.stations(), everyone=True)
         finally:
             self.bids.cancel(auction.auction_id)
+            for claimed, sender in auction.forged:
+                await self.store.emit("security", "forged_bid", versioned.record, claimed=claimed, sender=sender)
 
     async def _late_bids(self, auction: OpenAuction, work_id: str) -> list[str]:
         return [b.station_id for b in scoring.rank(await self.bids.rest(auction, self.config.deadline_s), work_id)]

@@ -1,10 +1,13 @@
 """Collecting the bids of an auction on the connection's inbox (no subscription per auction).
 
-An :class:`OpenAuction` is what one auction expects and has received so far. Requests to a chosen few go out with
-the station in their reply subject (``{inbox}.{auction}.{station}``), so that when NATS answers "no responders"
-for one of them (the station's connection is gone: it was killed) that station counts as having answered, gone,
-and the auction need not wait for it until its deadline. A broadcast has no station in its reply subject; "no
-responders" for it means nobody at all listens.
+An :class:`OpenAuction` is what one auction expects and has received so far. Each request goes to one station
+with the station in its reply subject (``{inbox}.{auction}.{station}``), which does two things: when NATS answers
+"no responders" for one (the station's connection is gone: it was killed) that station counts as having answered,
+gone, and the auction need not wait for it until its deadline; and a bid is taken only from the station whose
+reply subject it came on. A station may publish into the auctioneer's inbox only as a reply to a request it
+received (its permissions: ``allow_responses``), so a bid that names another station is a forgery: it is dropped,
+counted (``lattice_messages_dropped_total{reason="forged"}``) and kept on the auction for a ``security.forged_bid``
+event.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from ..contract.codec import decode_or_log
 from ..contract.messages import AuctionBid, AuctionRequest
 from ..contract.subjects import Status
 from ..natsio.inbox import Inbox, status
+from ..telemetry import metrics
 
 log = logging.getLogger(__name__)
 
 #: The decline recorded for a station that NATS says has no subscription (its process is gone).
 GONE = "gone (no responders)"
+#: Forged bids remembered per auction for its security events (more are counted, not kept).
+MAX_FORGED_KEPT = 8
 
 
 @dataclass
@@ -43,6 +49,8 @@ class OpenAuction:
     opened: float = field(default_factory=time.perf_counter)
     #: Eligible stations not asked (the sample left them out): asked in a second round if no one bids.
     unasked: int = 0
+    #: Bids dropped because they named another station than the one whose reply they came as: (claimed, sender).
+    forged: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def auction_id(self) -> str:
@@ -113,8 +121,16 @@ class BidCollector:
                 log.debug("auction %s: status %s on its inbox", auction.auction_id, code)
             return
         bid = decode_or_log(msg.data, AuctionBid, what="bid", logger=log)
-        if bid is not None and bid.auction_id == auction.auction_id:
-            auction.add(bid)
+        if bid is None or bid.auction_id != auction.auction_id:
+            return
+        if bid.station_id != station_id:
+            metrics.MESSAGES_DROPPED.add(1, {"reason": "forged", "kind": "bid"})
+            if len(auction.forged) < MAX_FORGED_KEPT:
+                auction.forged.append((bid.station_id, station_id or "?"))
+            log.warning("auction %s: dropped a bid naming %s that came as %s's reply", auction.auction_id,
+                        bid.station_id, station_id or "no station's")
+            return
+        auction.add(bid)
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:

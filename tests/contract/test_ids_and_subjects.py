@@ -46,7 +46,6 @@ def test_subjects_follow_the_contract() -> None:
     assert subjects.presence_all("acme") == "lattice.v1.acme.presence.*"
     assert subjects.agent_invoke("acme", "s1") == "lattice.v1.acme.station.s1.agent.invoke"
     assert subjects.work_assign("acme", "s1") == "lattice.v1.acme.station.s1.work.assign"
-    assert subjects.auction_request("acme") == "lattice.v1.acme.auction.request"
     assert subjects.station_auction("acme", "s1") == "lattice.v1.acme.station.s1.auction.request"
     assert subjects.work_update("acme", "w1", "record") == "lattice.v1.acme.work.w1.record"
     assert subjects.work_record_republish("acme") == ("$KV.lattice-acme-work.*",

@@ -86,10 +86,10 @@ def test_an_empty_allow_list_means_nothing_not_everything() -> None:
 def test_station_permissions_are_bound_to_its_own_name() -> None:
     perms = station_permissions("acme", "s1")
     pub, sub = set(perms.pub_allow), set(perms.sub_allow)
-    # Receives only what is addressed to it, the auction, its own inbox, (for children it delegated) work
+    # Receives only what is addressed to it (its auctions too), its own inbox, (for children it delegated) work
     # records and progress, which it can read from the work bucket anyway, and the agents' republished changes.
-    assert sub == {"lattice.v1.acme.station.s1.>", "lattice.v1.acme.auction.request", "_INBOX_s1.>",
-                   "lattice.v1.acme.work.*.*", "lattice.v1.acme.agents.*"}
+    assert sub == {"lattice.v1.acme.station.s1.>", "_INBOX_s1.>", "lattice.v1.acme.work.*.*",
+                   "lattice.v1.acme.agents.*"}
     # Writes only its own presence key; no wildcard write into the stations bucket.
     assert "$KV.lattice-acme-stations.s1" in pub
     assert not any(s.startswith("$KV.lattice-acme-stations.") and s != "$KV.lattice-acme-stations.s1" for s in pub)

@@ -135,7 +135,7 @@ async def test_a_station_cannot_see_another_orgs_subjects_or_state(
     async with connected(server.url, unrestricted) as (probe, _), \
             connected(server.url, tenancy.issue_admin_creds(org_b)) as (admin_b, _):
         seen = await probe.subscribe(">")
-        await admin_b.publish(subjects.auction_request(ORG_B), b"org b auction")
+        await admin_b.publish(subjects.station_auction(ORG_B, "s1"), b"org b auction")
         await admin_b.publish(subjects.presence(ORG_B, "heartbeat"), b"org b beat")
         # Fence: once B's flush returns, the server has routed B's messages; A's flush then returns after anything
         # routed to A.
