@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 from station_runtime.natsauth import AccountLimits, OperatorKeys, OrgAccount, OrgAuthority, Tenancy
@@ -20,6 +21,7 @@ from station_runtime.natsio.connect import NatsSettings
 
 from . import kube
 from .config import OperatorSettings
+from .credplan import plan_station_creds
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +90,23 @@ class JwtAuth:
 
     async def station_creds(self, org: str, station_ids: list[str],
                             existing: dict[str, str] | None = None) -> dict[str, str] | None:
+        """The creds Secret's data for these station ids: kept, renewed when close to their end, issued for new
+        replicas; the users of removed replicas are revoked in the account JWT (the server refuses them at once)."""
+        now = time.time()
+        ttl = self.settings.station_creds_ttl_s
+        plan = plan_station_creds(existing or {}, station_ids, now=now, lifetime_s=ttl)
+        if plan.revoke:
+            current = await self.account(org)
+            await self.tenancy.ensure_org(org, self._limits.get(org, AccountLimits()), account_key=current.key,
+                                          revoke=plan.revoke)
+            async with self._lock:
+                self._accounts.pop(org, None)  # read again (and its Secret updated) with the revocations
+            log.info("org %s: revoked %d station user(s) of removed replicas", org, len(plan.revoke))
         account = await self.account(org)
-        creds = dict(existing or {})
-        for station_id in station_ids:
-            key = f"{station_id}.creds"
-            if key not in creds:
-                creds[key] = self.authority.issue_station_creds(account, station_id)
+        creds = dict(plan.keep)
+        for station_id in plan.issue:
+            creds[f"{station_id}.creds"] = self.authority.issue_station_creds(account, station_id,
+                                                                              expires_at=int(now + ttl))
         return creds
 
     async def close(self) -> None:

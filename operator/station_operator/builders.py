@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,11 +58,17 @@ def service_account(station: Station, org: str) -> dict[str, Any]:
             "automountServiceAccountToken": False}
 
 
-def creds_secret(station: Station, org: str, creds: dict[str, str]) -> dict[str, Any]:
-    """One creds file per station id (``{id}.creds``): each pod mounts all and uses its own."""
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": creds_secret_name(station), "labels": labels("station", station.name, org)},
-            "stringData": creds}
+def creds_secret(station: Station, org: str, creds: dict[str, str],
+                 removed: Iterable[str] = ()) -> dict[str, Any]:
+    """One creds file per station id (``{id}.creds``): each pod mounts all and uses its own. ``removed``: keys of
+    the stored Secret to delete (creds of replicas scaled away), as nulls in the patch."""
+    secret: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": creds_secret_name(station), "labels": labels("station", station.name, org)},
+        "stringData": creds}
+    if gone := sorted(set(removed) - set(creds)):
+        secret["data"] = dict.fromkeys(gone)
+    return secret
 
 
 def _env(name: str, value: str) -> dict[str, Any]:

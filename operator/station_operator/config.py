@@ -64,6 +64,8 @@ class OperatorSettings:
     #: Finished WorkItems are deleted this long after they finished; 0 keeps them.
     work_item_ttl_s: float = 3600.0
     witness_interval_s: float = 1.0
+    #: How long a station's NATS creds last (JWT mode); they are renewed when a third is left.
+    station_creds_ttl_s: float = 24 * 3600.0
     #: The operator's own /metrics (and /healthz) port; None: not served.
     metrics_port: int | None = None
     #: The OTEL_* variables station pods get (:data:`STATION_OTEL_VARIABLES` of the operator's own), so that one
@@ -94,6 +96,7 @@ class OperatorSettings:
             work_resync_s=_float("LATTICE_WORK_RESYNC", cls.work_resync_s),
             work_item_ttl_s=_float("LATTICE_WORKITEM_TTL", cls.work_item_ttl_s),
             witness_interval_s=_float("LATTICE_WITNESS_INTERVAL", cls.witness_interval_s),
+            station_creds_ttl_s=_float("LATTICE_STATION_CREDS_TTL", cls.station_creds_ttl_s),
             metrics_port=_port("LATTICE_METRICS_PORT"),
             station_otel_env=tuple(sorted((k, v) for k, v in env.items() if k in STATION_OTEL_VARIABLES)),
         ), **given)

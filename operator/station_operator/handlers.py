@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -191,9 +192,9 @@ async def station_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_
     namespace = body["metadata"]["namespace"]
     children: list[dict[str, Any]] = [builders.service_account(station, runtime.org)]
     existing = await kube.read_secret(namespace, builders.creds_secret_name(station))
-    creds = await _lattice(memo).auth.station_creds(runtime.org, builders.station_ids(station), existing)
+    creds = await _station_creds(station, runtime.org, namespace, memo, existing)
     if creds is not None:
-        children.append(builders.creds_secret(station, runtime.org, creds))
+        children.append(builders.creds_secret(station, runtime.org, creds, removed=existing or {}))
     pod = builders.StationPodConfig(image=cfg.station_image, nats_url=cfg.station_nats_url,
                                     heartbeat_s=cfg.station_heartbeat_s, drain_timeout_s=cfg.station_drain_timeout_s,
                                     health_port=cfg.station_health_port, jwt=creds is not None,
@@ -206,8 +207,42 @@ async def station_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_
     await station_status(body, memo)
 
 
+async def _station_creds(station: Station, org: str, namespace: str, memo: Any,
+                         existing: dict[str, str] | None) -> dict[str, str] | None:
+    """The creds Secret's data (JWT mode; None without): kept, renewed near their end, issued for new replicas,
+    revoked for removed ones (see credplan)."""
+    creds = await _lattice(memo).auth.station_creds(org, builders.station_ids(station), existing)
+    lattice = _lattice(memo)
+    lattice.creds_checked[(namespace, station.name)] = time.monotonic()
+    return creds
+
+
 async def station_resync(body: kopf.Body, memo: Any, **_: Any) -> None:
     await station_status(body, memo)
+    await _renew_creds(body, memo)
+
+
+async def _renew_creds(body: kopf.Body, memo: Any) -> None:
+    """Creds end: look at them every sixth of their lifetime (at most every minute) and write the Secret again
+    when some were renewed; the pods see the new files and their stations reconnect with them."""
+    lattice = _lattice(memo)
+    if lattice.settings.auth != "jwt":
+        return
+    namespace = body["metadata"]["namespace"]
+    key = (namespace, body["metadata"]["name"])
+    every = min(lattice.settings.station_creds_ttl_s / 6, 60.0)
+    if time.monotonic() - lattice.creds_checked.get(key, 0.0) < every:
+        return
+    found = await _quietly(Station, body, memo)
+    if found is None:
+        return
+    station, runtime = found
+    existing = await kube.read_secret(namespace, builders.creds_secret_name(station))
+    creds = await _station_creds(station, runtime.org, namespace, memo, existing)
+    if creds is not None and creds != existing:
+        secret = builders.creds_secret(station, runtime.org, creds, removed=existing or {})
+        kopf.adopt(secret, owner=body)
+        await kube.apply(secret, namespace)
 
 
 async def station_status(body: kopf.Body, memo: Any) -> None:

@@ -170,6 +170,9 @@ class Lattice:
         self.settings = settings
         self.auth = auth
         self.orgs: dict[str, OrgRuntime] = {}
+        #: When each Station's creds were last looked at (namespace, name) -> monotonic time: they are renewed
+        #: by the resync timer when they near their end.
+        self.creds_checked: dict[tuple[str, str], float] = {}
         self._lock = asyncio.Lock()
 
     async def org(self, org: str) -> OrgRuntime:

@@ -25,10 +25,13 @@ from pathlib import Path
 
 from ..contract import subjects
 from ..contract.ids import validate_id
+from ..errors import LatticeError
 from ..natsauth import InvalidKeyError, KeyPair, KeyRole, OperatorKeys, OrgAccount, OrgAuthority, Tenancy
 
 log = logging.getLogger(__name__)
 
+#: How long a station's creds last by default (renewed when a third is left).
+DEFAULT_CREDS_LIFETIME_S = 24 * 3600.0
 #: The name nats-server gives the one account of a server without accounts (its JetStream directory too).
 GLOBAL_ACCOUNT = "$G"
 
@@ -109,11 +112,26 @@ class LocalAuth:
         _write_private(path, self.authority.issue_admin_creds(self._account(org)))
         return path
 
-    def station_creds(self, org: str, station_id: str) -> Path:
-        """A station's own creds file: it must connect with ``station_inbox_prefix(station_id)``."""
+    def station_creds(self, org: str, station_id: str, *, expires_at: int | None = None) -> Path:
+        """A station's own creds file (a new user, ending at ``expires_at``), written in place so that a running
+        station moves to it (``station.creds``); it must connect with ``station_inbox_prefix(station_id)``."""
         path = self.root / org / "stations" / f"{validate_id(station_id, 'station id')}.creds"
-        _write_private(path, self.authority.issue_station_creds(self._account(org), station_id))
+        _write_private(path, self.authority.issue_station_creds(self._account(org), station_id,
+                                                                expires_at=expires_at))
         return path
+
+
+def creds_lifetime_s() -> float:
+    """How long a station's creds last before they are renewed (``LATTICE_STATION_CREDS_TTL`` seconds, default a
+    day; at least 3 s). They are renewed when a third is left."""
+    raw = os.environ.get("LATTICE_STATION_CREDS_TTL", "")
+    try:
+        value = float(raw) if raw else DEFAULT_CREDS_LIFETIME_S
+    except ValueError:
+        raise LatticeError(f"LATTICE_STATION_CREDS_TTL={raw!r} is not a number of seconds") from None
+    if not value >= 3:  # also NaN
+        raise LatticeError(f"LATTICE_STATION_CREDS_TTL={raw!r}: creds must last at least 3 seconds")
+    return value
 
 
 def admin_creds_path(state_dir: Path, org: str) -> Path:

@@ -33,9 +33,10 @@ from ..errors import LatticeError
 from ..natsio.connect import NatsSettings
 from ..natsio.embedded import EmbeddedNats, NatsServerError
 from ..natsio.procutil import die_with_parent, tail
+from ..tasks import stop_task
 from ..work.controller import WorkController
 from ..work.policy import WitnessPolicy
-from .auth import LocalAuth, adopt_open_state
+from .auth import LocalAuth, adopt_open_state, creds_lifetime_s
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,10 @@ class LocalLattice:
         self.policy = policy or WitnessPolicy()
         self.witness_interval_s = witness_interval_s
         self.stations: dict[str, StationProcess] = {}
+        #: How long stations' creds last (embedded auth), and how often they were renewed.
+        self.creds_lifetime_s = creds_lifetime_s()
+        self.creds_renewals = 0
+        self._renewer: asyncio.Task[None] | None = None
         #: Times the embedded nats-server was restarted after it died.
         self.nats_restarts = 0
         self._stopping = False
@@ -176,6 +181,21 @@ class LocalLattice:
                 sp = StationProcess(station_id, org, argv, self.state_dir / "logs" / f"{station_id}.log")
                 self.stations[station_id] = sp
                 await self._spawn(sp)
+        if self.auth is not None:
+            self._renewer = asyncio.create_task(self._renew_creds(), name="creds-renewal")
+
+    def _creds_end(self) -> int:
+        return int(time.time() + self.creds_lifetime_s)
+
+    async def _renew_creds(self) -> None:
+        """Every third of the creds' lifetime, every station gets new ones (written in place: it reconnects with
+        them; the old ones run out by themselves)."""
+        while True:
+            await asyncio.sleep(self.creds_lifetime_s / 3)
+            assert self.auth is not None
+            for sp in self.stations.values():
+                self.auth.station_creds(sp.org, sp.station_id, expires_at=self._creds_end())
+            self.creds_renewals += 1
 
     def _check_one_org(self) -> None:
         """The embedded server holds one account, the org's: a manifest for another org cannot be served by it."""
@@ -207,9 +227,10 @@ class LocalLattice:
         assert self.nats_settings is not None
         settings = self.nats_settings
         if self.auth is not None:
-            # Its own least-privilege user, made afresh at each (re)start, replying only into its own inboxes.
-            settings = dataclasses.replace(settings, creds_file=self.auth.station_creds(sp.org, sp.station_id),
-                                           inbox_prefix=station_inbox_prefix(sp.station_id))
+            # Its own least-privilege user, made afresh at each (re)start, replying only into its own inboxes;
+            # its creds end, and are renewed in place before they do (_renew_creds).
+            creds = self.auth.station_creds(sp.org, sp.station_id, expires_at=self._creds_end())
+            settings = dataclasses.replace(settings, creds_file=creds, inbox_prefix=station_inbox_prefix(sp.station_id))
         env = {**os.environ, **settings.to_env()}
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
@@ -296,6 +317,7 @@ class LocalLattice:
 
     async def stop(self) -> None:
         self._stopping = True
+        await stop_task(self._renewer)
         if self.controller is not None:
             # First, so that work the stations hand back on drain waits in KV for the next `lattice up` instead of
             # being re-auctioned among stations that are all stopping (a single draining station's work is

@@ -131,6 +131,7 @@ async def connect(
     *,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     on_disconnect: Callable[[], Awaitable[None]] | None = None,
+    on_closed: Callable[[], Awaitable[None]] | None = None,
 ) -> NatsClient:
     outage = OutageLog(settings.name)
 
@@ -151,6 +152,8 @@ async def connect(
         # such as "maximum subscriptions exceeded" among them): say why, with the setting when it is a limit.
         if (err := nc.last_error) is not None:
             outage.error(err)
+        if on_closed is not None:
+            await on_closed()
 
     async def reconnected_cb() -> None:
         outage.back()

@@ -29,6 +29,7 @@ from ..natsio.state import OrgState, StateLimits
 from ..tasks import stop_task
 from ..work.store import WorkStore
 from .agents import AgentHost
+from .creds import CredsFollower
 from .delegation import Delegation
 from .health import HealthServer
 from .invoke import InvokeService, Slots
@@ -59,6 +60,11 @@ class Station:
         self.delegation: Delegation | None = None
         self._subs: list[Subscription] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._creds: CredsFollower | None = None
+        self._creds_task: asyncio.Task[None] | None = None
+        #: Set when nats-py closed the connection for good (a server error it does not reconnect after, such as
+        #: expired creds or an account limit): the station exits so that its supervisor starts it again.
+        self.connection_closed = asyncio.Event()
         self._health: HealthServer | None = None
         self._stopped = asyncio.Event()
         self._started = False
@@ -84,7 +90,10 @@ class Station:
             self._health = HealthServer(s.health_port, self.ready)
             await self._health.start()
         self.nc = await connect(dataclasses.replace(s.nats, name=f"station-{s.org}-{s.station_id}"),
-                                on_reconnect=self._on_reconnect)
+                                on_reconnect=self._on_reconnect, on_closed=self._on_closed)
+        if s.nats.creds_file is not None:  # creds that end are renewed in place: move to them in time
+            self._creds = CredsFollower(s.nats.creds_file, self.nc.force_reconnect)
+            self._creds_task = asyncio.create_task(self._creds.run(), name="creds")
         # With creds (JWT mode) a station may not create streams: the operator prepares the org's state first.
         try:
             self.state = await OrgState.open(self.nc, s.org, StateLimits(presence_ttl_s=s.presence_ttl_s),
@@ -131,6 +140,10 @@ class Station:
         if self._started and self.presence is not None:
             with contextlib.suppress(*NATS_FAILURES):
                 await self.presence.announce()
+
+    async def _on_closed(self) -> None:
+        if not self._stopped.is_set():
+            self.connection_closed.set()
 
     async def _on_reconnect(self) -> None:
         if self.agents is not None:
@@ -180,6 +193,7 @@ class Station:
                 task.cancel()
             if pending:
                 log.warning("abandoned %d run(s) after the %.0fs drain timeout", len(pending), s.drain_timeout_s)
+        await stop_task(self._creds_task)
         if self._heartbeat_task is not None:
             # Wait for it to stop: a beat's write cancelled in flight may still land, and the goodbye below must
             # come after it (else the record it deletes is already a revision older than the one stored).
@@ -224,6 +238,15 @@ async def run_station(settings: StationSettings) -> int:
         log.error("station %s could not start: %s", settings.station_id, exc)  # exits 1 for its supervisor
         await station.stop("failed to start")
         return 1
-    await stop_requested.wait()
+    stopped = asyncio.create_task(stop_requested.wait())
+    closed = asyncio.create_task(station.connection_closed.wait())
+    await asyncio.wait({stopped, closed}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    closed.cancel()
+    if station.connection_closed.is_set() and not stop_requested.is_set():
+        log.error("station %s: its NATS connection was closed for good (%s); exiting so that its supervisor "
+                  "starts it again", settings.station_id, station.nc.last_error if station.nc else "?")
+        await station.stop("connection closed")
+        return 1
     await station.stop("signal")
     return 0

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from station_runtime.local.auth import admin_creds_path
 from station_runtime.local.controller import LocalLattice, port_free
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.embedded import EmbeddedNats
+from station_runtime.station.creds import expires_at
 from tests.support.waiting import eventually, wait_sync
 
 MANIFESTS = """\
@@ -56,10 +58,10 @@ def alive(pid: int) -> bool:
 
 
 class Up:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, env: dict[str, str] | None = None) -> None:
         (tmp / "manifests").mkdir()
         (tmp / "manifests" / "lattice.yaml").write_text(MANIFESTS)
-        self.env = {**os.environ, "XDG_STATE_HOME": str(tmp / "state"), "PYTHONUNBUFFERED": "1"}
+        self.env = {**os.environ, "XDG_STATE_HOME": str(tmp / "state"), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log = open(tmp / "up.log", "wb")  # noqa: SIM115
         self.tmp = tmp
         self.proc = subprocess.Popen(
@@ -292,3 +294,30 @@ def test_up_refuses_a_manifest_of_another_org_saying_how_to_run_it(tmp_path: Pat
     lattice = LocalLattice(load_manifests(tmp_path), org="local", state_dir=tmp_path / "s")
     with pytest.raises(LatticeError, match=r"Agent echo is for org 'other'.*lattice up --org other"):
         lattice._check_one_org()
+
+
+@pytest.mark.timeout(120)
+async def test_stations_move_to_renewed_creds_before_theirs_end(tmp_path: Path) -> None:
+    """Station creds that last 12 s, renewed every 4 s in place: once the first ones and the next have ended, the
+    same station processes (no restart: nats-py would have closed an expired connection for good) still run
+    work."""
+    up = Up(tmp_path, {"LATTICE_STATION_CREDS_TTL": "12"})
+    try:
+        before = {r.station_id: r.pid for r in await live_stations(up.settings(), 2)}
+        logs = [tmp_path / "lattice" / "logs" / f"worker-{i}.log" for i in range(2)]
+
+        async def renewed_four_times() -> bool:
+            return all(log.read_text(errors="replace").count("renewed (valid until") >= 4 for log in logs)
+
+        await eventually(renewed_four_times, timeout_s=60, what=f"four renewals in each station's log ({logs})")
+        creds = (tmp_path / "lattice" / "auth" / "local" / "stations" / "worker-0.creds").read_text()
+        end = expires_at(creds)
+        assert end is not None and end - time.time() <= 12
+        async with LatticeClient(up.settings(), "local") as client:
+            now = {r.station_id: r.pid for r in await client.wait_for_stations(2, agent="echo", timeout_s=10)}
+            assert now == before
+            for station in before:
+                assert (await client.invoke("still here", agent="echo", station=station, timeout_s=5)).output \
+                    == "still here"
+    finally:
+        up.stop()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from station_operator import builders
 from station_operator.conditions import condition, merge
+from station_operator.credplan import plan_station_creds
 from station_operator.orgs import LIMITS_ANNOTATION, ORG_LABEL, OrgError, account_limits, resolve_org
 
 from station_runtime.api.models import (
@@ -27,7 +28,7 @@ from station_runtime.api.status import MAX_STATUS_RESULT_CHARS
 from station_runtime.contract.messages import ErrorCode, StationRecord, Usage, WorkError, WorkPhase, WorkRecord
 from station_runtime.contract.selectors import parse_selector
 from station_runtime.contract.specs import ToolServerSpec, ValueSource
-from station_runtime.natsauth import AccountLimits
+from station_runtime.natsauth import AccountLimits, OperatorKeys, OrgAuthority, user_public_key
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -238,3 +239,22 @@ def test_decision_annotations_and_what_a_waiting_work_item_shows() -> None:
     assert builders.waiting_text(record) == (f'approval of pay({{"n": 1}}) (annotate {builders.APPROVE_ANNOTATION} '
                                              f"or {builders.REJECT_ANNOTATION})")
     assert builders.waiting_text(record.model_copy(update={"phase": WorkPhase.RUNNING})) is None
+
+
+def test_station_creds_are_kept_renewed_near_their_end_issued_for_new_replicas_and_revoked_when_removed() -> None:
+    authority = OrgAuthority(OperatorKeys.generate("t"))
+    account = authority.org_account("acme")
+    day = 86_400.0
+    fresh = authority.issue_station_creds(account, "w-0", expires_at=int(NOW_S + day))
+    ending = authority.issue_station_creds(account, "w-1", expires_at=int(NOW_S + day / 4))
+    endless = authority.issue_station_creds(account, "w-2")
+    removed = authority.issue_station_creds(account, "w-3", expires_at=int(NOW_S + day))
+    existing = {"w-0.creds": fresh, "w-1.creds": ending, "w-2.creds": endless, "w-3.creds": removed,
+                "w-4.creds": "garbage"}
+    plan = plan_station_creds(existing, ["w-0", "w-1", "w-2", "w-5"], now=NOW_S, lifetime_s=day)
+    assert plan.keep == {"w-0.creds": fresh}
+    assert plan.issue == ["w-1", "w-2", "w-5"]
+    assert plan.revoke == [user_public_key(removed)]  # the unreadable one authenticates nobody
+
+
+NOW_S = NOW.timestamp()

@@ -9,18 +9,22 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
 import pytest
 from kubernetes import client
+from nats.aio.client import RawCredentials
 from station_operator.orgs import LIMITS_ANNOTATION
 
 from station_runtime.api.models import GROUP, VERSION
 from station_runtime.natsauth import jwt
 from station_runtime.natsio.embedded import EmbeddedNats
+from station_runtime.station.creds import expires_at
 from tests.support.kube_fixtures import KubeCluster
 from tests.support.tenancy import sees_only_its_own_work
 from tests.support.waiting import wait_sync
@@ -98,9 +102,27 @@ def test_two_orgs_run_isolated_in_their_own_accounts(crds: Any, kube_cluster: Ku
         creds_secret = secrets.read_namespaced_secret("worker-nats", orgs[0])
         creds = base64.b64decode(creds_secret.data["worker-0.creds"]).decode()
         asyncio.run(_station_of_a_cannot_see_b(url, creds, orgs[0], orgs[1], tmp_path))
+        # Station creds end (a day by default) ...
+        end = expires_at(creds)
+        assert end is not None and 0 < end - time.time() <= 24 * 3600
+        # ... and scaling the Station down revokes the users of the removed replica: the server refuses them.
+        gone = base64.b64decode(creds_secret.data["worker-1.creds"]).decode()
+        asyncio.run(_connects(url, gone))
+        client.CustomObjectsApi(crds).patch_namespaced_custom_object(
+            GROUP, VERSION, orgs[0], "stations", "worker", {"spec": {"replicas": 1}})
+        wait_sync(lambda: "worker-1.creds" not in (secrets.read_namespaced_secret("worker-nats", orgs[0]).data
+                                                   or {}), timeout_s=60, what="worker-1's creds to go")
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            asyncio.run(_connects(url, gone))
     finally:
         op.stop()
     assert "SEED" not in op.output().upper() and "BEGIN NATS USER JWT" not in op.output()
+
+
+async def _connects(url: str, creds: str) -> None:
+    nc = await nats.connect(url, user_credentials=RawCredentials(creds), allow_reconnect=False,
+                            max_reconnect_attempts=0, connect_timeout=5)
+    await nc.close()
 
 
 async def _station_of_a_cannot_see_b(url: str, creds: str, org_a: str, org_b: str, tmp: Path) -> None:
