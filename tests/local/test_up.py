@@ -224,6 +224,7 @@ def test_a_port_left_in_time_wait_is_free_for_a_server() -> None:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.security
 async def test_an_embedded_lattice_admits_only_holders_of_its_creds(up: Up) -> None:
     """`lattice up` runs NATS in operator mode: no creds, no connection; a station's own creds allow what a
     station does and no more; the keys and creds are readable by their user only; the CLI finds the admin creds

@@ -21,7 +21,7 @@ from station_runtime.natsio.limits import explain_limit, limit_key
 from station_runtime.natsio.state import OrgState, StateLimits
 from tests.natsauth.conftest import connected, write_creds
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.security]
 
 #: The setting each limit's error names.
 SETTING = "natsLimits.{} in the org's lattice-org chart"

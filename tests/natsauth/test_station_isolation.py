@@ -44,7 +44,7 @@ from tests.support.lattice import echo_agent
 from tests.support.limits import TEST_LIMITS
 from tests.support.work import FAST, event_types
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.security]
 
 LIMITS = TEST_LIMITS
 ORG_A, ORG_B = "orga", "orgb"

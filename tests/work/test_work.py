@@ -281,6 +281,7 @@ async def test_a_winner_that_never_accepts_is_passed_over(client: LatticeClient,
     assert await event_types(client, record.work_id) == ["work.submitted", "work.succeeded"]
 
 
+@pytest.mark.security
 async def test_a_bid_in_another_stations_name_is_dropped_and_reported(client: LatticeClient, nats_url: str,
                                                                      org: str) -> None:
     """A liar answers its own auction request with a decline in the honest station's name (which would steer the
