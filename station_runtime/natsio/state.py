@@ -20,6 +20,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
@@ -39,7 +40,7 @@ from ..contract import subjects
 from ..errors import AccountLimitError
 from .inbox import Inbox
 from .limits import explain_limit
-from .listing import KvItem, deletion, list_bucket
+from .listing import KvItem, Listing, deletion, list_bucket
 from .requests import Requests
 from .retry import NATS_FAILURES
 
@@ -305,7 +306,6 @@ async def follow(js: JetStreamContext, inbox: Inbox, bucket: str, on_entry: Entr
     unschedulable with "no station registered".) Any failure rebuilds the whole with backoff (nats-py's ordered
     consumers do not reliably survive a server restart), and a fresh snapshot re-delivers every current value,
     so handlers must be idempotent. Cancel the task to stop."""
-    delay = 0.2
     prefix = f"$KV.{bucket}."
     task = asyncio.current_task()
 
@@ -315,15 +315,11 @@ async def follow(js: JetStreamContext, inbox: Inbox, bucket: str, on_entry: Entr
         if task is not None and task.cancelling():
             raise asyncio.CancelledError
 
-    while True:
+    async def once(healthy: Callable[[], None]) -> None:
         sub = None
         try:
-            listing = await list_bucket(inbox, bucket)
-            for item in listing.items:
-                await on_entry(item, True)
-            if on_snapshot is not None:
-                await on_snapshot({item.key for item in listing.items})
-            delay = 0.2
+            listing = await _snapshot(inbox, bucket, on_entry, on_snapshot)
+            healthy()
             queue: asyncio.Queue[Msg] = asyncio.Queue()
             config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                     opt_start_seq=listing.last_sequence + 1, inactive_threshold=WATCH_INACTIVE_S)
@@ -336,19 +332,10 @@ async def follow(js: JetStreamContext, inbox: Inbox, bucket: str, on_entry: Entr
                 if not key:
                     continue
                 await on_entry(KvItem(key, msg.data, msg.metadata.sequence.stream, deletion(msg.headers)), False)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # any failure (nats-py's, the socket's, a handler's bug) rebuilds the watch:
-            # a watch is what keeps a directory or an index alive, and must never end by itself
-            if on_failure is not None:
-                on_failure()
-            log.warning("%s: watch failed (%r); retrying in %.1fs", what, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
         finally:
-            if sub is not None:
-                with contextlib.suppress(*NATS_FAILURES):
-                    await sub.unsubscribe()
+            await _unsubscribe(sub)
+
+    await _forever(once, what, on_failure)
 
 
 async def follow_published(nc: NatsClient, inbox: Inbox, bucket: str, subject: str, on_entry: EntryHandler, *,
@@ -359,20 +346,15 @@ async def follow_published(nc: NatsClient, inbox: Inbox, bucket: str, subject: s
     nothing twice, nothing missed). What needs no consumer needs no right to create one (see
     ``subjects.agent_republish``). A plain subscription has no redelivery: a failure (the subscription's own
     error, a handler's bug) rebuilds the whole from a fresh listing, with backoff, as a reconnect does."""
-    delay = 0.2
     prefix = f"$KV.{bucket}."
-    while True:
+
+    async def once(healthy: Callable[[], None]) -> None:
         queue: asyncio.Queue[Msg] = asyncio.Queue()
-        sub = None
+        sub = await nc.subscribe(subject, cb=queue.put)
         try:
-            sub = await nc.subscribe(subject, cb=queue.put)
             await nc.flush()  # the server has the subscription before the listing is read
-            listing = await list_bucket(inbox, bucket)
-            for item in listing.items:
-                await on_entry(item, True)
-            if on_snapshot is not None:
-                await on_snapshot({item.key for item in listing.items})
-            delay = 0.2
+            listing = await _snapshot(inbox, bucket, on_entry, on_snapshot)
+            healthy()
             while True:
                 msg = await queue.get()
                 headers = msg.headers or {}
@@ -383,13 +365,47 @@ async def follow_published(nc: NatsClient, inbox: Inbox, bucket: str, subject: s
                 if int(seq) <= listing.last_sequence:
                     continue  # in the listing already
                 await on_entry(KvItem(original[len(prefix):], msg.data, int(seq), deletion(headers)), False)
+        finally:
+            await _unsubscribe(sub)
+
+    await _forever(once, what, None)
+
+
+async def _snapshot(inbox: Inbox, bucket: str, on_entry: EntryHandler,
+                    on_snapshot: Callable[[set[str]], Awaitable[None]] | None) -> Listing:
+    listing = await list_bucket(inbox, bucket)
+    for item in listing.items:
+        await on_entry(item, True)
+    if on_snapshot is not None:
+        await on_snapshot({item.key for item in listing.items})
+    return listing
+
+
+async def _unsubscribe(sub: Subscription | None) -> None:
+    if sub is not None:
+        with contextlib.suppress(*NATS_FAILURES):
+            await sub.unsubscribe()
+
+
+async def _forever(once: Callable[[Callable[[], None]], Awaitable[None]], what: str,
+                   on_failure: Callable[[], None] | None) -> None:
+    """Run a watch again and again with backoff: any failure (nats-py's, the socket's, a handler's bug) rebuilds
+    it, since a watch is what keeps a directory or an index alive and must never end by itself. ``once`` calls
+    the function it is given when it is healthy again (its snapshot is delivered): that resets the backoff."""
+    delay = 0.2
+
+    def healthy() -> None:
+        nonlocal delay
+        delay = 0.2
+
+    while True:
+        try:
+            await once(healthy)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # as in follow: a watch must never end by itself
+        except Exception as exc:
+            if on_failure is not None:
+                on_failure()
             log.warning("%s: watch failed (%r); retrying in %.1fs", what, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-        finally:
-            if sub is not None:
-                with contextlib.suppress(*NATS_FAILURES):
-                    await sub.unsubscribe()
