@@ -40,6 +40,15 @@ _TRANSIENT = (
 )
 
 
+def failure_hint(exc: BaseException) -> str:
+    """Pure: what a transient failure may mean, for the log (its own text often says nothing: a 503 has none)."""
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return ("ServiceUnavailableError: JetStream does not answer for this account: the server is starting, it "
+                "runs without JetStream, or the account has none (its JetStream limits, natsLimits."
+                "jetstreamDiskBytes, ask for more than the server can reserve: its max_file_store)")
+    return type(exc).__name__
+
+
 def is_transient(exc: BaseException) -> bool:
     """Pure: is this a failure that goes away when NATS/JetStream is reachable again?"""
     return isinstance(exc, _TRANSIENT)
@@ -69,10 +78,10 @@ async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str, deadline
                 raise LatticeUnavailable(f"{what}: NATS did not answer within {deadline_s:g}s ({why})",
                                          retry_after_s=REMIND_EVERY_S) from exc
             if attempt == 0:
-                log.warning("%s failed (%s); retrying until NATS answers", what, type(exc).__name__)
+                log.warning("%s failed (%s); retrying until NATS answers", what, failure_hint(exc))
             elif now - reminded >= REMIND_EVERY_S:
                 reminded = now
-                log.warning("%s still failing after %.0fs (%s)", what, now - started, type(exc).__name__)
+                log.warning("%s still failing after %.0fs (%s)", what, now - started, failure_hint(exc))
             await asyncio.sleep(compute_backoff(attempt, base_s=0.1, max_s=2.0))
             attempt += 1
             continue

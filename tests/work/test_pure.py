@@ -377,3 +377,14 @@ def test_a_decision_must_fit_what_the_run_waits_for() -> None:
     assert done.phase == P.PENDING and done.decisions["w1/2"].reply == "blue" and "answered by ann" in done.reason
     rejected = waiting.decide(approval, approved=False, reason="no")
     assert rejected.decisions["w1/2"].approved is False and rejected.retry_at is not None
+
+
+def test_a_jetstream_503_is_logged_with_what_it_may_mean() -> None:
+    import nats.errors
+    import nats.js.errors
+
+    from station_runtime.natsio.retry import failure_hint
+
+    hint = failure_hint(nats.js.errors.ServiceUnavailableError())
+    assert "JetStream does not answer" in hint and "natsLimits.jetstreamDiskBytes" in hint
+    assert failure_hint(nats.errors.TimeoutError()) == "TimeoutError"
