@@ -246,7 +246,25 @@ async def run_station(settings: StationSettings) -> int:
     if station.connection_closed.is_set() and not stop_requested.is_set():
         log.error("station %s: its NATS connection was closed for good (%s); exiting so that its supervisor "
                   "starts it again", settings.station_id, station.nc.last_error if station.nc else "?")
-        await station.stop("connection closed")
+        await _bounded_stop(station, "connection closed")
         return 1
-    await station.stop("signal")
-    return 0
+    return 0 if await _bounded_stop(station, "signal") else 1
+
+
+#: What a stop may take beyond the drain timeout (the goodbye, the connection's drain) before the process leaves.
+STOP_MARGIN_S = 15.0
+
+
+async def _bounded_stop(station: Station, reason: str) -> bool:
+    """Stop, but not for ever: a run's outcome is written back until NATS answers, which is right while the
+    station runs and wrong once it was told to go with NATS gone (its parent killed with everything it started:
+    nobody is left to kill it, and it would wait for a server that never comes back). The work it leaves is
+    requeued by the witness and resumed from its journal. False when the stop was cut short."""
+    try:
+        async with asyncio.timeout(station.settings.drain_timeout_s + STOP_MARGIN_S):
+            await station.stop(reason)
+    except TimeoutError:
+        log.error("station %s: stopping took longer than its drain timeout + %.0fs (NATS unreachable?); leaving "
+                  "what is left to the witness", station.settings.station_id, STOP_MARGIN_S)
+        return False
+    return True
