@@ -30,6 +30,8 @@ from ..natsauth import InvalidKeyError, KeyPair, KeyRole, OperatorKeys, OrgAccou
 
 log = logging.getLogger(__name__)
 
+#: The directory of a state dir that holds the keys and creds (``LocalAuth.open(state_dir / AUTH_DIR)``).
+AUTH_DIR = "auth"
 #: How long a station's creds last by default (renewed when a third is left).
 DEFAULT_CREDS_LIFETIME_S = 24 * 3600.0
 #: The name nats-server gives the one account of a server without accounts (its JetStream directory too).
@@ -108,7 +110,7 @@ class LocalAuth:
 
     def admin_creds(self, org: str) -> Path:
         """The org's admin creds file (the controller, the CLI): a new user at every start."""
-        path = self.root / org / "admin.creds"
+        path = admin_creds_path(self.root.parent, org)
         _write_private(path, self.authority.issue_admin_creds(self._account(org)))
         return path
 
@@ -136,7 +138,7 @@ def creds_lifetime_s() -> float:
 
 def admin_creds_path(state_dir: Path, org: str) -> Path:
     """Pure: where ``lattice up --state-dir state_dir`` keeps the org's admin creds."""
-    return state_dir / "auth" / validate_id(org, "org id") / "admin.creds"
+    return state_dir / AUTH_DIR / validate_id(org, "org id") / "admin.creds"
 
 
 def adopt_open_state(jetstream_dir: Path, org: str, account: str) -> list[str]:

@@ -36,7 +36,7 @@ from ..natsio.procutil import die_with_parent, tail
 from ..tasks import stop_task
 from ..work.controller import WorkController
 from ..work.policy import WitnessPolicy
-from .auth import LocalAuth, adopt_open_state, creds_lifetime_s
+from .auth import AUTH_DIR, LocalAuth, adopt_open_state, creds_lifetime_s
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class LocalLattice:
     async def _start_nats(self) -> None:
         """The embedded server in operator mode, with the org's account in it (and its earlier unauthenticated
         state moved into that account)."""
-        self.auth = LocalAuth.open(self.state_dir / "auth")
+        self.auth = LocalAuth.open(self.state_dir / AUTH_DIR)
         store = self.state_dir / "nats"
         account = self.auth.account_key(self.org).public_key
         if moved := adopt_open_state(store / "js" / "jetstream", self.org, account):

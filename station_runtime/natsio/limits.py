@@ -26,19 +26,24 @@ _LIMITS: Final = (
 )
 
 
+def _hit(text: str) -> tuple[str, str] | None:
+    """(chart key, what it limits) of the account limit the server error ``text`` reports, or None."""
+    lowered = text.lower()
+    return next(((key, what) for said, key, what in _LIMITS if said in lowered), None)
+
+
 def limit_key(text: str) -> str | None:
     """The chart key of the account limit that ``text`` (a server error) says was hit, or None."""
-    lowered = text.lower()
-    return next((key for said, key, _ in _LIMITS if said in lowered), None)
+    hit = _hit(text)
+    return hit[0] if hit else None
 
 
 def explain_limit(text: str) -> str | None:
     """A sentence naming the org's account limit that the server error ``text`` reports and where to raise it;
     None when ``text`` is not about an account limit."""
-    lowered = text.lower()
-    for said, key, what in _LIMITS:
-        if said in lowered:
-            server = " or the server's own bound (jetstream max_file_store)" if key == "jetstreamDiskBytes" else ""
-            return (f"the org's NATS account is at its limit of {what} (the server said: {text.strip()}); raise "
-                    f"{SETTING.format(key=key)}{server}, or free some")
-    return None
+    if (hit := _hit(text)) is None:
+        return None
+    key, what = hit
+    server = " or the server's own bound (jetstream max_file_store)" if key == "jetstreamDiskBytes" else ""
+    return (f"the org's NATS account is at its limit of {what} (the server said: {text.strip()}); raise "
+            f"{SETTING.format(key=key)}{server}, or free some")
