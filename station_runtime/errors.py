@@ -13,6 +13,7 @@ secret (no token, seed, creds or API key).
      ├── InvokeFailed               (client) a station ran the request and it failed; ``error`` is its answer
      ├── ConflictError              the id exists with another definition (a WorkItem edited under its name)
      ├── StoreFullError             a bounded store of the org is full; the message names it and its limit
+     ├── StateLayoutError           the org's stores cannot have the replicas asked for (fewer NATS servers)
      ├── ResultTooLarge             a result is larger than the lattice keeps (also a ValueError)
      ├── AgentFailure               (executors.base) an agent could not produce a result; ``code`` says
      │                              whether another attempt may help
@@ -74,6 +75,11 @@ class StoreFullError(LatticeError):
 class AccountLimitError(LatticeError):
     """The org's NATS account is at one of its limits (connections, storage, streams, consumers, ...): the
     message names the setting to raise."""
+
+
+class StateLayoutError(LatticeError):
+    """The org's stores cannot be kept on as many servers as the lattice is set to (``LATTICE_STATE_REPLICAS``):
+    the NATS servers have fewer JetStream members, or refused to change an existing store's replicas."""
 
 
 class ResultTooLarge(LatticeError, ValueError):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from station_runtime.natsio.connect import NatsSettings
+from station_runtime.natsio.state import StateLimits
 
 
 def _float(name: str, default: float) -> float:
@@ -71,6 +72,9 @@ class OperatorSettings:
     #: The OTEL_* variables station pods get (:data:`STATION_OTEL_VARIABLES` of the operator's own), so that one
     #: chart value (telemetry.otlpEndpoint) sends every process's traces to one Collector.
     station_otel_env: tuple[tuple[str, str], ...] = ()
+    #: How many NATS servers keep each of an org's stores (``LATTICE_STATE_REPLICAS``; the chart sets it to its
+    #: cluster size). None: new stores are R1 and existing ones are left as they are.
+    state_replicas: int | None = None
 
     @classmethod
     def from_env(cls, *, nats: NatsSettings | None = None, **overrides: Any) -> OperatorSettings:
@@ -99,4 +103,5 @@ class OperatorSettings:
             station_creds_ttl_s=_float("LATTICE_STATION_CREDS_TTL", cls.station_creds_ttl_s),
             metrics_port=_port("LATTICE_METRICS_PORT"),
             station_otel_env=tuple(sorted((k, v) for k, v in env.items() if k in STATION_OTEL_VARIABLES)),
+            state_replicas=StateLimits.from_env().replicas,
         ), **given)

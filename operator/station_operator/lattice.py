@@ -183,7 +183,8 @@ class Lattice:
             # One connection per org, named for it (an operator's connections read at a glance in `nats server
             # report connections` or /connz).
             nats_settings = dataclasses.replace(await self.auth.admin_settings(org), name=f"lattice-operator-{org}")
-            limits = StateLimits(presence_ttl_s=self.settings.station_heartbeat_s * 3)
+            limits = StateLimits(presence_ttl_s=self.settings.station_heartbeat_s * 3,
+                                 replicas=self.settings.state_replicas)
             client = LatticeClient(nats_settings, org, create_state=True, limits=limits, policy=WitnessPolicy(),
                                    source="operator")
             await client.connect()

@@ -28,6 +28,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.client import RawCredentials
 
 from ..contract import subjects
+from ..natsio.connect import server_list
 from ..natsio.state import OrgState, StateLimits
 from . import jwt
 from .authority import OrgAccount, OrgAuthority
@@ -123,7 +124,8 @@ class Tenancy:
         closes the connection on :meth:`close`."""
         nc = NatsClient()
         options: dict[str, Any] = {
-            "servers": [url], "name": name, "user_credentials": RawCredentials(authority.system_user_creds()),
+            "servers": server_list(url), "name": name,
+            "user_credentials": RawCredentials(authority.system_user_creds()),
             "connect_timeout": timeout_s, "allow_reconnect": True, "reconnect_time_wait": 0.5,
             "max_reconnect_attempts": max_reconnect_attempts,
         }

@@ -60,10 +60,25 @@ class NatsSettings:
                   "creds_file": self.creds_file, "inbox_prefix": self.inbox_prefix}
         return {ENV[name]: str(value) for name, value in values.items() if value}
 
+    @property
+    def servers(self) -> list[str]:
+        """The servers to connect to: ``url`` may name several, comma-separated (every member of a NATS
+        cluster); the client fails over between them and learns the rest of the cluster from the server."""
+        return server_list(self.url)
+
     def describe(self) -> str:
         """Where and how we connect, without any secret."""
         auth = "creds" if self.creds_file else "nkey" if self.nkey_seed_file else "token" if self.token else "none"
         return f"{self.url} (auth: {auth})"
+
+
+def server_list(url: str) -> list[str]:
+    """The URLs of a comma-separated list (``nats://a:4222,nats://b:4222``), each stripped; a list with none
+    is refused, so that a mistyped setting says so instead of connecting to nats-py's default."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise ValueError(f"no NATS server URL in {url!r}: give one, or several separated by commas")
+    return servers
 
 
 class OutageLog:
@@ -161,7 +176,7 @@ async def connect(
             await on_reconnect()
 
     options: dict[str, Any] = {
-        "servers": [settings.url],
+        "servers": settings.servers,
         "name": settings.name,
         "connect_timeout": settings.connect_timeout_s,
         "reconnect_time_wait": settings.reconnect_wait_s,

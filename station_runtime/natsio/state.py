@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,7 +38,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from ..contract import subjects
-from ..errors import AccountLimitError
+from ..errors import AccountLimitError, StateLayoutError
 from .inbox import Inbox
 from .limits import explain_limit
 from .listing import KvItem, Listing, deletion, list_bucket
@@ -53,6 +54,10 @@ DEFAULT_EVENTS_MAX_BYTES: Final = 256 * 1024 * 1024
 
 
 MIB: Final = 1024 * 1024
+#: The setting that says on how many servers each store is kept (see ``StateLimits.replicas``).
+REPLICAS_ENV: Final = "LATTICE_STATE_REPLICAS"
+#: JetStream's own bound on a stream's replicas.
+MAX_REPLICAS: Final = 5
 #: The work bucket's metadata key holding the org's retention of finished work, in seconds.
 RETENTION_KEY: Final = "lattice.work_retention_s"
 #: How long the marker the server leaves when a finished record expires is kept (watchers see the deletion).
@@ -97,6 +102,31 @@ class StateLimits:
     #: A journal outlives its run by the work's retention (the controller deletes it with the record); this is
     #: the stream's own bound on any entry, for journals whose record went while no controller ran.
     journal_max_age_s: float = 30 * 24 * 3600.0
+    #: How many servers keep each store (3 on a NATS cluster: one may die, or restart, and nothing stops). None:
+    #: stores are created with 1 and existing ones are left as they are, so that a process started without the
+    #: setting never shrinks what an administrator set. Set (``LATTICE_STATE_REPLICAS``), the creator of the
+    #: org's state also moves existing stores to it (an R1 lattice becomes R3 when its cluster grows).
+    replicas: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.replicas is not None and not 1 <= self.replicas <= MAX_REPLICAS:
+            raise ValueError(f"{REPLICAS_ENV}={self.replicas}: JetStream keeps a store on 1 to {MAX_REPLICAS} "
+                             "servers (3 on a three-node cluster)")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> StateLimits:
+        """The defaults, with the replicas ``LATTICE_STATE_REPLICAS`` asks for; ``overrides`` win."""
+        raw = os.environ.get(REPLICAS_ENV, "").strip()
+        if raw and "replicas" not in overrides:
+            try:
+                overrides["replicas"] = int(raw)
+            except ValueError:
+                raise ValueError(f"{REPLICAS_ENV}={raw!r} is not a number of servers: give 1, 3 or 5") from None
+        return cls(**overrides)
+
+    @property
+    def create_replicas(self) -> int:
+        return self.replicas or 1
 
     def total_bytes(self) -> int:
         """What one org may take on disk at most: an embedded server's ``max_file_store`` must hold it."""
@@ -126,6 +156,8 @@ class OrgState:
         self.presence_ttl_s = presence_ttl_s
 
         self._results: ObjectStore | None = None
+        #: How stores are made (set by :meth:`open`; a hand-built state creates R1 stores and moves none).
+        self._layout = _Layout(js, org, None, self.limits.create_replicas)
         self._tool_servers: KeyValue | None = None
 
     async def list(self, kind: subjects.Bucket) -> list[KvItem]:
@@ -149,23 +181,30 @@ class OrgState:
         """The org's object store for large results, created (bounded) on first use if it is missing."""
         if self._results is None:
             name = subjects.results_bucket(self.org)
+            layout = self._layout
             try:
                 self._results = await self.js.object_store(name)
             except (BucketNotFoundError, NotFoundError):
                 try:
                     self._results = await self.js.create_object_store(name, ObjectStoreConfig(
                         max_bytes=self.limits.results_max_bytes, storage=StorageType.FILE,
-                        ttl=self.work_retention_s + RESULTS_TTL_MARGIN_S))
+                        ttl=self.work_retention_s + RESULTS_TTL_MARGIN_S, replicas=layout.create_replicas))
                 except BadRequestError:  # created by someone else meanwhile
                     self._results = await self.js.object_store(name)
+                except nats.js.errors.APIError as exc:
+                    raise layout.refusal(f"object store {name}", layout.create_replicas, exc) or exc from exc
+            else:
+                if layout.replicas is not None:
+                    stream = subjects.object_stream(name)
+                    await layout.replicate(f"object store {name}", (await self.js.stream_info(stream)).config)
         return self._results
 
     async def tool_servers(self) -> KeyValue:
         """The org's ToolServers bucket (admin only), created (bounded) on first use if it is missing."""
         if self._tool_servers is None:
-            self._tool_servers = await _bucket(self.js, subjects.bucket(self.org, "toolservers"), True,
-                                               max_value_size=self.limits.max_value_bytes,
-                                               max_bytes=self.limits.toolservers_max_bytes)
+            self._tool_servers = await self._layout.bucket(subjects.bucket(self.org, "toolservers"), True,
+                                                           max_value_size=self.limits.max_value_bytes,
+                                                           max_bytes=self.limits.toolservers_max_bytes)
         return self._tool_servers
 
     @classmethod
@@ -182,60 +221,150 @@ class OrgState:
 
     @classmethod
     async def _open(cls, nc: NatsClient, org: str, limits: StateLimits | None, *, create: bool) -> OrgState:
-        limits = limits or StateLimits()
+        limits = limits or StateLimits.from_env()
         js = nc.jetstream()
-        stations = await _bucket(js, subjects.bucket(org, "stations"), create, ttl=limits.presence_ttl_s,
-                                 max_value_size=64 * 1024, max_bytes=limits.stations_max_bytes)
+        layout = _Layout(js, org, limits.replicas if create else None, limits.create_replicas)
+        stations = await layout.bucket(subjects.bucket(org, "stations"), create, ttl=limits.presence_ttl_s,
+                                       max_value_size=64 * 1024, max_bytes=limits.stations_max_bytes)
         agent_src, agent_dest = subjects.agent_republish(org)
-        agents = await _bucket(js, subjects.bucket(org, "agents"), create, max_value_size=limits.max_value_bytes,
-                               max_bytes=limits.agents_max_bytes,
-                               republish=RePublish(src=agent_src, dest=agent_dest))
+        agents = await layout.bucket(subjects.bucket(org, "agents"), create, max_value_size=limits.max_value_bytes,
+                                     max_bytes=limits.agents_max_bytes,
+                                     republish=RePublish(src=agent_src, dest=agent_dest))
         src, dest = subjects.work_record_republish(org)
-        work = await _bucket(js, subjects.bucket(org, "work"), create, max_value_size=limits.max_value_bytes,
-                             max_bytes=limits.work_max_bytes, republish=RePublish(src=src, dest=dest),
-                             limit_marker_ttl=TTL_MARKER_S,
-                             metadata={RETENTION_KEY: str(limits.work_retention_s)})
+        work = await layout.bucket(subjects.bucket(org, "work"), create, max_value_size=limits.max_value_bytes,
+                                   max_bytes=limits.work_max_bytes, republish=RePublish(src=src, dest=dest),
+                                   limit_marker_ttl=TTL_MARKER_S,
+                                   metadata={RETENTION_KEY: str(limits.work_retention_s)})
         retention = await _retention(js, subjects.bucket(org, "work"))
         if create:
-            await _stream(js, StreamConfig(name=subjects.events_stream(org), subjects=[subjects.events_all(org)],
-                                           max_age=limits.events_max_age_s, max_bytes=limits.events_max_bytes,
-                                           storage=StorageType.FILE))
+            await layout.stream(StreamConfig(name=subjects.events_stream(org), subjects=[subjects.events_all(org)],
+                                             max_age=limits.events_max_age_s, max_bytes=limits.events_max_bytes,
+                                             storage=StorageType.FILE))
             # The journal: read by direct get (a run's entries by subject), each run's entries bounded by the
             # server (discard new per subject: an append past the bound is refused, never an old entry dropped).
-            await _stream(js, StreamConfig(
+            await layout.stream(StreamConfig(
                 name=subjects.journal_stream(org), subjects=[subjects.journal_all(org)], storage=StorageType.FILE,
                 max_age=limits.journal_max_age_s, max_bytes=limits.journal_max_bytes, discard=DiscardPolicy.NEW,
                 max_msgs_per_subject=limits.journal_max_entries_per_run, discard_new_per_subject=True,
                 max_msg_size=limits.max_value_bytes, allow_direct=True))
         status = await stations.status()
         ttl = status.ttl or limits.presence_ttl_s
-        return cls(nc, js, org, stations, agents, work, presence_ttl_s=ttl, limits=limits,
-                   work_retention_s=retention)
+        state = cls(nc, js, org, stations, agents, work, presence_ttl_s=ttl, limits=limits,
+                    work_retention_s=retention)
+        state._layout = layout
+        return state
 
 
-async def _bucket(js: JetStreamContext, name: str, create: bool, *, republish: RePublish | None = None,
-                  max_bytes: int, metadata: dict[str, str] | None = None, **config: Any) -> KeyValue:
-    try:
-        kv = await js.key_value(name)
-    except BucketNotFoundError:
-        if not create:
+#: What the server says when a stream cannot have the replicas asked for (not clustered; too few servers).
+_PLACEMENT_ERRORS: Final = ("insufficient resources", "replicas > 1 not supported", "no suitable peers")
+
+
+@dataclass
+class _Layout:
+    """How the org's stores are made and kept: created with ``create_replicas``, and moved to ``replicas`` when
+    that is set (None: existing stores are left as they are)."""
+
+    js: JetStreamContext
+    org: str
+    replicas: int | None
+    create_replicas: int
+
+    def refusal(self, name: str, wanted: int, exc: nats.js.errors.APIError) -> StateLayoutError | None:
+        description = str(exc.description or exc)
+        if not any(p in description.lower() for p in _PLACEMENT_ERRORS):
+            return None
+        return StateLayoutError(
+            f"org {self.org}: {name} cannot be kept on {wanted} NATS servers ({description}): the cluster has "
+            f"fewer servers with JetStream. Set {REPLICAS_ENV} (the chart's nats.cluster.replicas) to at most the "
+            "number of servers, or add servers")
+
+    async def bucket(self, name: str, create: bool, *, republish: RePublish | None = None, max_bytes: int,
+                     metadata: dict[str, str] | None = None, **config: Any) -> KeyValue:
+        try:
+            kv = await self.js.key_value(name)
+        except BucketNotFoundError:
+            if not create:
+                raise
+        else:
+            return await self.upgrade(name, kv, republish, max_bytes) if create else kv
+        try:
+            # Direct get: a read is one plain request answered from the stream, instead of the JSON stream API
+            # (base64 and an email-header parser in nats-py): a third of the CPU of every record read.
+            kv = await self.js.create_key_value(KeyValueConfig(
+                bucket=name, storage=StorageType.FILE, direct=True, history=1, republish=republish,
+                max_bytes=max_bytes, replicas=self.create_replicas, **config))
+        except BadRequestError:
+            # Another process created it between our lookup and our create, possibly with other settings.
+            return await self.js.key_value(name)
+        except nats.js.errors.APIError as exc:
+            raise self.refusal(f"bucket {name}", self.create_replicas, exc) or exc from exc
+        if metadata:
+            # nats-py's KV config has no metadata: the creator adds it at once (before anyone needs it).
+            info = await self.js.stream_info(subjects.kv_stream(name))
+            info.config.metadata = {**(info.config.metadata or {}), **metadata}
+            await self.js.update_stream(info.config)
+        return kv
+
+    async def upgrade(self, name: str, kv: KeyValue, republish: RePublish | None, max_bytes: int) -> KeyValue:
+        """Bring a bucket created by an older version up to date: direct get and the republish mapping (nats-py,
+        unlike the Go client, does not turn on direct get by itself), one revision per key, a bound, and the
+        replicas the lattice is set to."""
+        stream = subjects.kv_stream(name)
+        try:
+            info = await self.js.stream_info(stream)
+            cfg = info.config
+            wanted_republish = republish is not None and (cfg.republish is None
+                                                          or cfg.republish.dest != republish.dest)
+            unbounded = cfg.max_bytes is None or cfg.max_bytes < 0
+            moved = self.replicas is not None and cfg.num_replicas != self.replicas
+            if cfg.allow_direct and not wanted_republish and cfg.max_msgs_per_subject == 1 and not unbounded \
+                    and not moved:
+                return kv
+            cfg.allow_direct = True
+            cfg.max_msgs_per_subject = 1
+            if unbounded:
+                cfg.max_bytes = max_bytes
+            if wanted_republish:
+                cfg.republish = republish
+            await self._update(f"bucket {name}", cfg, info.config.num_replicas)
+            return await self.js.key_value(name)
+        except (nats.js.errors.APIError, nats.errors.TimeoutError) as exc:  # not allowed to update streams: keep it
+            log.info("bucket %s: could not bring its settings up to date: %s", name, exc)
+            return kv
+
+    async def stream(self, config: StreamConfig) -> None:
+        assert config.name is not None
+        try:
+            info = await self.js.stream_info(config.name)
+        except NotFoundError:
+            pass
+        else:
+            await self.replicate(f"stream {config.name}", info.config)
+            return
+        config.num_replicas = self.create_replicas
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError:  # created by someone else meanwhile
+            pass
+        except nats.js.errors.APIError as exc:
+            raise self.refusal(f"stream {config.name}", self.create_replicas, exc) or exc from exc
+
+    async def replicate(self, what: str, cfg: StreamConfig) -> None:
+        """Move an existing store to the replicas the lattice is set to (nothing when unset or already so)."""
+        if self.replicas is not None and cfg.num_replicas != self.replicas:
+            await self._update(what, cfg, cfg.num_replicas)
+
+    async def _update(self, what: str, cfg: StreamConfig, had: int | None) -> None:
+        if self.replicas is not None and had != self.replicas:
+            cfg.num_replicas = self.replicas
+            log.warning("org %s: %s moves from %s to %d replicas (%s)", self.org, what, had or 1, self.replicas,
+                        REPLICAS_ENV)
+        try:
+            await self.js.update_stream(cfg)
+        except nats.js.errors.APIError as exc:
+            if (refused := self.refusal(what, cfg.num_replicas or 1, exc)) is not None:
+                raise refused from exc
             raise
-    else:
-        return await _upgrade(js, name, kv, republish, max_bytes) if create else kv
-    try:
-        # Direct get: a read is one plain request answered from the stream, instead of the JSON stream API
-        # (base64 and an email-header parser in nats-py): a third of the CPU of every record read.
-        kv = await js.create_key_value(KeyValueConfig(bucket=name, storage=StorageType.FILE, direct=True,
-                                                      history=1, republish=republish, max_bytes=max_bytes, **config))
-    except BadRequestError:
-        # Another process created it between our lookup and our create, possibly with other settings.
-        return await js.key_value(name)
-    if metadata:
-        # nats-py's KV config has no metadata: the creator adds it at once (before anyone needs it).
-        info = await js.stream_info(subjects.kv_stream(name))
-        info.config.metadata = {**(info.config.metadata or {}), **metadata}
-        await js.update_stream(info.config)
-    return kv
 
 
 async def _retention(js: JetStreamContext, name: str) -> float | None:
@@ -249,41 +378,6 @@ async def _retention(js: JetStreamContext, name: str) -> float | None:
         return float(raw) if raw else None
     except ValueError:
         return None
-
-
-async def _upgrade(js: JetStreamContext, name: str, kv: KeyValue, republish: RePublish | None,
-                   max_bytes: int) -> KeyValue:
-    """Bring a bucket created by an older version up to date: direct get and the republish mapping (nats-py,
-    unlike the Go client, does not turn on direct get by itself), one revision per key, and a bound."""
-    try:
-        info = await js.stream_info(subjects.kv_stream(name))
-        cfg = info.config
-        wanted_republish = republish is not None and (cfg.republish is None or cfg.republish.dest != republish.dest)
-        unbounded = cfg.max_bytes is None or cfg.max_bytes < 0
-        if cfg.allow_direct and not wanted_republish and cfg.max_msgs_per_subject == 1 and not unbounded:
-            return kv
-        cfg.allow_direct = True
-        cfg.max_msgs_per_subject = 1
-        if unbounded:
-            cfg.max_bytes = max_bytes
-        if wanted_republish:
-            cfg.republish = republish
-        await js.update_stream(cfg)
-        return await js.key_value(name)
-    except (nats.js.errors.APIError, nats.errors.TimeoutError) as exc:  # not allowed to update streams: keep it
-        log.info("bucket %s: could not bring its settings up to date: %s", name, exc)
-        return kv
-
-
-async def _stream(js: JetStreamContext, config: StreamConfig) -> None:
-    assert config.name is not None
-    try:
-        await js.stream_info(config.name)
-        return
-    except NotFoundError:
-        pass
-    with contextlib.suppress(BadRequestError):  # created by someone else meanwhile
-        await js.add_stream(config)
 
 
 EntryHandler = Callable[[KvItem, bool], Awaitable[None]]

@@ -96,7 +96,7 @@ class Station:
             self._creds_task = asyncio.create_task(self._creds.run(), name="creds")
         # With creds (JWT mode) a station may not create streams: the operator prepares the org's state first.
         try:
-            self.state = await OrgState.open(self.nc, s.org, StateLimits(presence_ttl_s=s.presence_ttl_s),
+            self.state = await OrgState.open(self.nc, s.org, StateLimits.from_env(presence_ttl_s=s.presence_ttl_s),
                                              create=s.nats.creds_file is None)
         except BucketNotFoundError as exc:
             raise RuntimeError(f"org {s.org!r} has no lattice state yet: the operator (or `lattice up`) prepares "
