@@ -12,7 +12,8 @@ from datetime import datetime
 from .contract.messages import StationRecord, StationStatus, utcnow
 
 MISSED_BEATS_LOST = 3
-#: A live station this late with its beat is probed: if NATS has no responder for it, it is lost now.
+#: A station this late with its beat is probed: if NATS has no responder for it, it is lost now; if it answers, it
+#: is there, and its beats are what is late (the stations bucket electing a leader on a cluster).
 BEATS_OVERDUE = 1.5
 
 
@@ -21,9 +22,9 @@ def is_live(record: StationRecord, now: datetime | None = None) -> bool:
 
 
 def overdue(record: StationRecord, now: datetime | None = None) -> bool:
-    """Pure: live still, but late enough with its heartbeat to be worth a probe."""
-    return record.answers_ping and is_live(record, now) and \
-        record.age_s(now) > record.heartbeat_interval_s * BEATS_OVERDUE
+    """Pure: late enough with its heartbeat to be worth a probe (live still, or past its three beats: whether it
+    is lost is then up to the probe's answer)."""
+    return record.answers_ping and record.age_s(now) > record.heartbeat_interval_s * BEATS_OVERDUE
 
 
 def candidates(records: Iterable[StationRecord], *, agent: str | None = None, capability: str | None = None,

@@ -54,6 +54,10 @@ class StationStatus(enum.StrEnum):
     DRAINING = "draining"
 
 
+#: Work ids a heartbeat lists at most (a station record stays well inside the stations bucket's 64 KiB values).
+MAX_HELD_LISTED = 1024
+
+
 class StationRecord(WireModel):
     """A station's entry in the ``stations`` KV bucket (key: station id); refreshed on every heartbeat."""
 
@@ -81,6 +85,12 @@ class StationRecord(WireModel):
     #: The tools each hosted agent has, as discovered when it loaded (MCP servers' tools by name, function and
     #: lattice tools): `lattice get agents -o wide` and the Agent's status list them.
     agent_tools: dict[AgentName, list[str]] = Field(default_factory=dict)
+    #: The work this station has accepted and not finished, running or queued for a slot, oldest first (at most
+    #: :data:`MAX_HELD_LISTED`). The witness leaves Assigned work that a heartbeat newer than the assignment lists
+    #: to the station (it is queued there; the station's liveness is watched instead) rather than requeueing it
+    #: when it did not start within the accept timeout: a queue deeper than that timeout would otherwise have
+    #: every queued item requeued, and run twice, or never finish at all.
+    holding: list[WorkId] = Field(default_factory=list, max_length=MAX_HELD_LISTED)
 
     def free(self) -> int:
         return max(self.capacity - self.load, 0)

@@ -75,6 +75,8 @@ class Status(enum.StrEnum):
     END_OF_BATCH = "204"
     NOT_FOUND = "404"
     TIMEOUT = "408"
+    #: A direct get's ``min_last_seq`` is ahead of the answering replica (a follower still catching up).
+    MIN_LAST_SEQUENCE = "412"
 
 
 def org_root(org: str) -> str:

@@ -98,3 +98,37 @@ async def js_append(requests: Requests, subject: str, value: bytes, *, last: int
                                  "limits), shorten the retention, or cancel old work")
         raise nats.js.errors.APIError.from_error(error)
     return int(ack["seq"])
+
+
+#: How often a read is asked again of the stream's replicas when the one that answered was behind.
+LAGGING_RETRIES = 20
+
+
+class LaggingReplica(nats.errors.TimeoutError):
+    """Every replica that answered a read was behind the sequence it had to reach (a transient failure)."""
+
+
+async def direct_last(requests: Requests, stream: str, subject: str, *, min_seq: int = 0,
+                      timeout_s: float = 5.0) -> Msg | None:
+    """The last message of ``subject`` in ``stream`` by direct get, or None when it has none. Any replica of a
+    clustered stream may answer a direct get, a follower still catching up too (a restarted server): with
+    ``min_seq`` (the highest sequence the reader has seen of the stream) such a replica refuses (412) instead of
+    answering from the past, and the read is asked again. Reads are then monotonic: a record once seen never
+    reads as missing or older. (nats-server 2.12+; an older server ignores the field.)"""
+    request: dict[str, Any] = {"last_by_subj": subject}
+    if min_seq > 0:
+        request["min_last_seq"] = min_seq
+    payload = json.dumps(request).encode()
+    target = subjects.js_direct_get(stream)
+    for attempt in range(LAGGING_RETRIES):
+        msg = await requests.request(target, payload, timeout_s=timeout_s)
+        code = status(msg)
+        if code is None:
+            return msg
+        if code == Status.NOT_FOUND:
+            return None
+        if code != Status.MIN_LAST_SEQUENCE:
+            description = (msg.headers or {}).get(Header.DESCRIPTION, "")
+            raise nats.js.errors.APIError(code=int(code) if code.isdigit() else None, description=description)
+        await asyncio.sleep(min(0.01 * 2 ** attempt, 0.25))
+    raise LaggingReplica(f"{stream}: no replica had reached sequence {min_seq} after {LAGGING_RETRIES} reads")

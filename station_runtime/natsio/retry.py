@@ -82,7 +82,9 @@ async def retry_transient(op: Callable[[], Awaitable[T]], *, what: str, deadline
             elif now - reminded >= REMIND_EVERY_S:
                 reminded = now
                 log.warning("%s still failing after %.0fs (%s)", what, now - started, failure_hint(exc))
-            await asyncio.sleep(compute_backoff(attempt, base_s=0.1, max_s=2.0))
+            # At most a second apart: a JetStream group that lost its leader is back after 4-9 s (its election),
+            # and each extra second between tries is added to every write waiting for it.
+            await asyncio.sleep(compute_backoff(attempt, base_s=0.1, max_s=1.0))
             attempt += 1
             continue
         if attempt:

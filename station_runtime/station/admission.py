@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..work import scoring
 
@@ -66,6 +67,21 @@ def judge(view: StationView, req: scoring.Requirements, *, assigned_to: str | No
         return Verdict()
     return Verdict(score=scoring.score(req, capacity=view.capacity, load=view.load, capabilities=view.capabilities,
                                        labels=view.labels))
+
+
+#: An assignment older than this when its run starts is claimed (Running stored) before the agent runs.
+CLAIM_FIRST_AFTER_S = 0.25
+
+
+def claim_first(*, queued: bool, assigned_at: datetime | None, now: datetime) -> bool:
+    """Pure: whether a run stores Running before its agent starts rather than beside it. A run that got a slot
+    at once, right after its assignment, starts at once (the one write goes out while it runs). One that waited
+    for a slot, or whose assignment is old by the time it starts (the auction or the message was held up: a
+    JetStream leader election, a slow accept the auctioneer gave up on), may have been moved on meanwhile: it
+    claims first, and work that is no longer its own is given up unrun instead of run and then refused."""
+    if queued:
+        return True
+    return assigned_at is not None and (now - assigned_at).total_seconds() > CLAIM_FIRST_AFTER_S
 
 
 def pick_agent(hosted: Iterable[tuple[str, Iterable[str], int]], req: scoring.Requirements,

@@ -24,7 +24,15 @@ from .. import __version__
 from ..contract import subjects
 from ..contract.codec import decode, encode
 from ..contract.errors import DecodeError
-from ..contract.messages import Goodbye, Heartbeat, PresenceAnnounce, StationRecord, StationStatus, utcnow
+from ..contract.messages import (
+    MAX_HELD_LISTED,
+    Goodbye,
+    Heartbeat,
+    PresenceAnnounce,
+    StationRecord,
+    StationStatus,
+    utcnow,
+)
 from .settings import StationSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,8 @@ class StationSnapshot:
     agent_errors: dict[str, str] = field(default_factory=dict)
     #: The tools of each hosted agent (``source:name``).
     agent_tools: dict[str, list[str]] = field(default_factory=dict)
+    #: Work accepted and not finished (running or queued), oldest first.
+    holding: list[str] = field(default_factory=list)
 
 
 class Presence:
@@ -75,6 +85,7 @@ class Presence:
             version=__version__, status=now.status, heartbeat_interval_s=self.heartbeat_interval_s,
             started_at=self.started_at, last_heartbeat=utcnow(), pid=os.getpid(), hostname=socket.gethostname(),
             answers_ping=True, agent_errors=agent_errors(now.agent_errors), agent_tools=agent_tools(now.agent_tools),
+            holding=now.holding[:MAX_HELD_LISTED],
         )
 
     async def announce(self) -> StationRecord:

@@ -82,7 +82,8 @@ class Station:
                                agent_capabilities=host.capabilities() if host else set(),
                                status=StationStatus.DRAINING if self.draining else StationStatus.READY,
                                agent_errors=dict(host.load_errors) if host else {},
-                               agent_tools=host.tools() if host else {})
+                               agent_tools=host.tools() if host else {},
+                               holding=list(self.work.runs) if self.work else [])
 
     async def start(self) -> None:
         s = self.settings

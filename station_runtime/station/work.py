@@ -47,7 +47,7 @@ from ..work import phases, scoring
 from ..work.journal import JournalConflict, JournalStore, RunJournalWriter
 from ..work.policy import Action, close_deadline_s, requeue_or_escalate
 from ..work.store import Versioned, WorkStore
-from .admission import StationView, judge, pick_agent
+from .admission import StationView, claim_first, judge, pick_agent
 from .agents import AgentHost, HostedAgent
 from .delegation import Delegation
 from .invoke import Reservation, Slots
@@ -251,7 +251,7 @@ class WorkService:
         try:
             with tracing.use(run.span):
                 async with reservation.run():
-                    await self._run_attempt(run)
+                    await self._run_attempt(run, queued=reservation.queued)
                     if tracing.enabled() and run.current is not None:
                         run.span.set_attributes({"lattice.work.phase": run.current.record.phase.value,
                                                  "lattice.agent.name": run.agent})
@@ -267,7 +267,7 @@ class WorkService:
             reservation.cancel()
             self.runs.pop(run.work_id, None)
 
-    async def _run_attempt(self, run: Run) -> None:
+    async def _run_attempt(self, run: Run, *, queued: bool = False) -> None:
         assert run.current is not None
         record = run.current.record
         resumed = record.phase == P.RUNNING
@@ -276,10 +276,17 @@ class WorkService:
             await self._write(run, lambda r: phases.transition(r, P.RUNNING, reason="resumed after station restart",
                                                                last_progress_at=utcnow()))
             run.running_recorded = True
+        elif claim_first(queued=queued, assigned_at=record.assigned_at, now=utcnow()):
+            # Running is written before the agent starts, not beside it (the same one write: only the order
+            # differs), so that work moved on meanwhile is given up unrun instead of run and then refused.
+            running = await self._write(run, lambda r: phases.transition(r, P.RUNNING, last_progress_at=utcnow()))
+            run.running_recorded = True
+            await self.store.emit("work", "started", running.record)
         # Short work never writes Running: Assigned -> Succeeded is one write instead of two (and no "started"
         # event: events follow stored changes). Work still going after QUIET_START_S records Running, in the
         # background while the executor runs.
-        started = run.current.record if resumed else phases.transition(record, P.RUNNING, last_progress_at=utcnow())
+        started = run.current.record if run.running_recorded else \
+            phases.transition(record, P.RUNNING, last_progress_at=utcnow())
         run.started_at = started.started_at
         if resumed:
             await self.store.emit("work", "started", started, resumed=True)
@@ -299,7 +306,8 @@ class WorkService:
             remaining = close_left
         # A timer, not a task: it first fires once the executor has had to wait, so work that never waits
         # cancels it before it costs anything.
-        marker = None if resumed else asyncio.get_running_loop().call_later(QUIET_START_S, self._mark_running, run)
+        marker = None if run.running_recorded else \
+            asyncio.get_running_loop().call_later(QUIET_START_S, self._mark_running, run)
         agent.acquire()
         deadline = asyncio.timeout(max(remaining, 0.001))
         try:

@@ -20,6 +20,7 @@ from ..natsio.listing import KvItem
 from ..natsio.state import OrgState
 from ..routing import is_live
 from ..tasks import stop_task
+from .policy import Holding
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class StationDirectory:
         self.resumed = False
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._holdings: tuple[int, dict[str, Holding]] = (-1, {})
 
     async def start(self, timeout_s: float = 10.0) -> None:
         self._task = asyncio.create_task(self._run(), name="station-directory")
@@ -67,6 +69,13 @@ class StationDirectory:
     def live_ids(self, now: datetime | None = None) -> set[str]:
         return {r.station_id for r in self.live(now)}
 
+    def holdings(self) -> dict[str, Holding]:
+        """What each station's last heartbeat said it holds (derived once per change of the directory)."""
+        if self._holdings[0] != self.version:
+            self._holdings = (self.version, {s: Holding(r.last_heartbeat, frozenset(r.holding))
+                                             for s, r in self.records.items()})
+        return self._holdings[1]
+
     async def _run(self) -> None:
         await self._state.follow("stations", self._on_entry, what="station directory", on_snapshot=self._on_snapshot,
                                  on_failure=self.disconnected)
@@ -92,7 +101,9 @@ class StationDirectory:
         previous = self.records.get(entry.key)
         self.records[entry.key] = record
         self.version += 1
-        if previous is None or previous.started_at != record.started_at:
+        # A station that restarted, or whose beats stopped long enough to count it out (its bucket's leader was
+        # being elected, a partition) and came back: capacity that unschedulable work may be waiting for.
+        if previous is None or previous.started_at != record.started_at or not is_live(previous):
             self.last_join = utcnow()
             if not initial:
                 for listener in list(self.on_join):

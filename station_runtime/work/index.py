@@ -136,10 +136,14 @@ class WorkIndex:
     def next_due(self) -> datetime | None:
         return self._heap[0][0] if self._heap else None
 
-    def recheck(self, versioned: Versioned, when: datetime | None = None) -> None:
-        """Look at ``versioned`` again at ``when`` (default: its own next check) if it is still current."""
+    def recheck(self, versioned: Versioned, when: datetime | None = None, *,
+                not_before: datetime | None = None) -> None:
+        """Look at ``versioned`` again at ``when`` (default: its own next check, but not before ``not_before``)
+        if it is still current."""
         record = versioned.record
         when = when or next_check(record, self.policy)
+        if when is not None and not_before is not None:
+            when = max(when, not_before)
         if when is not None:
             heapq.heappush(self._heap, (when + SLACK, next(self._seq), record.work_id, versioned.revision))
 

@@ -31,9 +31,8 @@ from ..contract.messages import JOURNAL_INLINE_BYTES, ErrorCode, JournalEntry, J
 from ..contract.subjects import Header
 from ..errors import LatticeError, StoreFullError
 from ..executors import AgentFailure
-from ..natsio.inbox import status
 from ..natsio.listing import read_subject
-from ..natsio.requests import js_append
+from ..natsio.requests import direct_last, js_append
 from ..natsio.retry import is_transient, retry_transient
 from ..natsio.state import OrgState
 
@@ -107,7 +106,7 @@ class JournalStore:
                 return await js_append(self.state.requests, self.subject(work_id), data, last=last,
                                        store=self.stream)
             except nats.js.errors.KeyWrongLastSequenceError:
-                if unsure and (landed := await self._last(work_id)) is not None:
+                if unsure and (landed := await self._last(work_id, min_seq=last + 1)) is not None:
                     entry, seq = landed
                     if entry.n == n and entry.attempt_id == attempt_id:
                         return seq
@@ -120,10 +119,11 @@ class JournalStore:
 
         return await retry_transient(once, what=f"work {work_id}: journal append", deadline_s=120.0)
 
-    async def _last(self, work_id: str) -> tuple[JournalEntry, int] | None:
-        request = json.dumps({"last_by_subj": self.subject(work_id)}).encode()
-        msg = await self.state.requests.request(subjects.js_direct_get(self.stream), request, timeout_s=5.0)
-        if status(msg) is not None:
+    async def _last(self, work_id: str, *, min_seq: int) -> tuple[JournalEntry, int] | None:
+        """The run's last entry, from a replica that has at least ``min_seq`` of the stream (the CAS that failed
+        says the journal went past the sequence it expected)."""
+        msg = await direct_last(self.state.requests, self.stream, self.subject(work_id), min_seq=min_seq)
+        if msg is None:
             return None
         try:
             entry = decode(msg.data, JournalEntry, max_bytes=self.state.limits.max_value_bytes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -71,9 +71,18 @@ def requeue_or_escalate(record: WorkRecord, reason: str, code: ErrorCode = Error
     return Decision(Action.ESCALATE, f"{reason}; retries exhausted after {record.attempt} attempt(s)", code)
 
 
+@dataclass(frozen=True)
+class Holding:
+    """What a station's last heartbeat said it holds (accepted, running or queued), and when it said it."""
+
+    at: datetime
+    work_ids: frozenset[str]
+
+
 def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime, policy: WitnessPolicy,
-           station_joined_since: datetime | None = None) -> Decision:
-    """Pure: what the witness does with ``record`` now. ``live_stations`` are ids with a fresh heartbeat."""
+           station_joined_since: datetime | None = None, holdings: Mapping[str, Holding] | None = None) -> Decision:
+    """Pure: what the witness does with ``record`` now. ``live_stations`` are ids with a fresh heartbeat;
+    ``holdings`` what each station's last heartbeat said it holds."""
     phase = record.phase
     if phase.terminal:
         return NOTHING  # kept for the org's retention, then deleted by the server (the TTL of its last write)
@@ -121,7 +130,8 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
     # Assigned or Running: the attempt belongs to a station.
     if record.station_id not in live_stations:
         return requeue_or_escalate(record, f"station {record.station_id} lost")
-    if phase == P.ASSIGNED and _age(record.assigned_at, now) > policy.accept_timeout_s:
+    if phase == P.ASSIGNED and _age(record.assigned_at, now) > policy.accept_timeout_s \
+            and not _queued_there(record, holdings):
         return requeue_or_escalate(record, f"station {record.station_id} did not start the work within "
                                            f"{policy.accept_timeout_s:g}s")
     if phase == P.RUNNING:
@@ -133,6 +143,14 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
         if _age(last, now) > quiet:
             return requeue_or_escalate(record, f"no progress for {quiet:g}s (heartbeat timeout)", ErrorCode.TIMEOUT)
     return NOTHING
+
+
+def _queued_there(record: WorkRecord, holdings: Mapping[str, Holding] | None) -> bool:
+    """The record's station said, in a heartbeat after the assignment, that it holds the work: it accepted it and
+    it waits there for a run slot (the accept timeout is for assignments nobody took up)."""
+    held = holdings.get(record.station_id or "") if holdings else None
+    return held is not None and record.assigned_at is not None and held.at > record.assigned_at \
+        and record.work_id in held.work_ids
 
 
 def heartbeat_limit(record: WorkRecord, policy: WitnessPolicy) -> float:

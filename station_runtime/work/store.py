@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.object_store import ObjectStore
 from pydantic import TypeAdapter, ValidationError
 
@@ -24,10 +24,11 @@ from ..contract.errors import DecodeError
 from ..contract.events import Category
 from ..contract.messages import ErrorCode, Payload, WorkError, WorkPhase, WorkRecord, utcnow
 from ..contract.specs import WorkItemSpec
+from ..contract.subjects import Header
 from ..errors import ConflictError, ResultTooLarge
 from ..natsio.events import EventPublisher
 from ..natsio.listing import KvItem
-from ..natsio.requests import kv_write
+from ..natsio.requests import direct_last, kv_write
 from ..natsio.state import OrgState
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class WorkStore:
         self.kv = state.work
         self.events = events
         self._bucket = subjects.bucket(state.org, "work")
+        self._stream = subjects.kv_stream(self._bucket)
+        #: The highest revision of the bucket this store has seen: reads ask replicas to be at least there.
+        self.floor = 0
         self._results_bucket = subjects.results_bucket(state.org)
 
     async def create(self, record: WorkRecord) -> tuple[Versioned, bool]:
@@ -66,6 +70,7 @@ class WorkStore:
         try:
             revision = await kv_write(self.state.requests, self._bucket, record.work_id, data, last=0,
                                       ttl_s=self._ttl(record))
+            self.saw(revision)
             return Versioned(record, revision), True
         except KeyWrongLastSequenceError:
             existing = await self.get(record.work_id)
@@ -92,30 +97,41 @@ class WorkStore:
         return versioned, True
 
     async def get(self, work_id: str) -> Versioned | None:
-        try:
-            entry = await self.kv.get(work_id)
-        except KeyNotFoundError:
+        """The record's latest version as far as this store has seen the bucket (never an older one: see
+        :func:`~..natsio.requests.direct_last`); None if it has none."""
+        msg = await direct_last(self.state.requests, self._stream, subjects.kv_key(self._bucket, work_id),
+                                min_seq=self.floor)
+        headers = (msg.headers or {}) if msg is not None else {}
+        if msg is None or not msg.data or headers.get(Header.KV_OPERATION) in ("DEL", "PURGE"):
             return None
-        if not entry.value:
-            return None
-        return Versioned(decode(entry.value, WorkRecord), entry.revision or 0)
+        revision = int(headers.get(Header.SEQUENCE, "0"))
+        self.saw(revision)
+        return Versioned(decode(msg.data, WorkRecord), revision)
 
-    @staticmethod
-    def pushed(headers: dict[str, str] | None, data: bytes) -> Versioned | None:
+    def saw(self, revision: int) -> None:
+        """Note a revision of the bucket seen (read, written, pushed): later reads are at least that recent."""
+        if revision > self.floor:
+            self.floor = revision
+
+    def pushed(self, headers: dict[str, str] | None, data: bytes) -> Versioned | None:
         """A record version the server republished on ``work.{id}.record`` once it was stored; None for a
         delete or anything unreadable (the caller reads the record instead)."""
         if not headers or headers.get("KV-Operation") in ("DEL", "PURGE") or not data:
             return None
         try:
-            return Versioned(decode(data, WorkRecord), int(headers.get("Nats-Sequence", "0")))
+            versioned = Versioned(decode(data, WorkRecord), int(headers.get("Nats-Sequence", "0")))
         except (DecodeError, ValueError):
             return None
+        self.saw(versioned.revision)
+        return versioned
 
     async def write(self, new: WorkRecord, revision: int) -> int:
         """CAS one record; raises KeyWrongLastSequenceError if ``revision`` is no longer the latest. The write
         that finishes a record carries the org's retention as its TTL: the server deletes it then."""
-        return await kv_write(self.state.requests, self._bucket, new.work_id, encode(new), last=revision,
-                              ttl_s=self._ttl(new))
+        written = await kv_write(self.state.requests, self._bucket, new.work_id, encode(new), last=revision,
+                                 ttl_s=self._ttl(new))
+        self.saw(written)
+        return written
 
     def _ttl(self, record: WorkRecord) -> float | None:
         return self.state.work_retention_s if record.phase.terminal else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from datetime import datetime, timedelta
 
@@ -47,6 +48,14 @@ log = logging.getLogger(__name__)
 P = WorkPhase
 #: How long a probe of an overdue station waits for its answer (a timeout proves nothing either way).
 PROBE_TIMEOUT_S = 0.5
+#: How long a station's answer to a probe keeps it live while its beats are late (it is asked again each tick).
+ANSWER_VALID = timedelta(seconds=5)
+
+
+class Probe(enum.Enum):
+    GONE = "no responder"
+    THERE = "answered"
+    UNSURE = "no answer in time"
 #: What a journal purge may meet (NATS away, the stream refusing, an answer that is not JSON) and shrug off.
 PURGE_FAILURES: tuple[type[BaseException], ...] = (*BEST_EFFORT_FAILURES, ValueError)
 
@@ -68,6 +77,9 @@ class Witness:
         self.examined = 0
         #: Stations proven dead by a probe, with the heartbeat they were last seen with (a new beat revives them).
         self._gone: dict[str, datetime] = {}
+        #: Stations late with their beats that answered a probe, and when: they are there (their beats are held
+        #: up: the stations bucket has no leader for a few seconds on a cluster), so they keep their work.
+        self._answered: dict[str, datetime] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -141,12 +153,26 @@ class Witness:
             return 0
         self._held_back = False
         now = utcnow()
-        live_due = self.index.due(now)
+        # What is due leaves the index's timers here: until each is handled it is ours to look at again. A tick
+        # that fails half way (a NATS request timing out while a JetStream leader is elected) hands what it did
+        # not finish back, due a tick from now: dropped, it would wait for a change that may never come (work
+        # left Pending for good after a leader loss on a cluster).
+        todo = {v.record.work_id: v for v in self.index.due(now)}
+        try:
+            return await self._handle(todo, now)
+        except BaseException:
+            again = utcnow() + timedelta(seconds=self.interval_s)
+            for versioned in todo.values():
+                self.index.recheck(self.index.get(versioned.record.work_id) or versioned, again)
+            raise
+
+    async def _handle(self, todo: dict[str, Versioned], now: datetime) -> int:
+        """The tick's work: ``todo`` (what is due) and what lost stations held; each is removed from ``todo`` once
+        handled."""
         await self._probe(now)
         live = self._live_ids(now)
         for station_id in [s for s in self._announced if s in live]:
             del self._announced[station_id]  # back (restarted): a next loss is announced again
-        todo = {v.record.work_id: v for v in live_due}
         if self.directory.last_join != self._last_join:
             # A station joined (or restarted): unschedulable work may fit it now.
             self._last_join = self.directory.last_join
@@ -157,28 +183,37 @@ class Witness:
                 for versioned in self.index.held_by(station):
                     todo.setdefault(versioned.record.work_id, versioned)
         taken = 0
-        for versioned in todo.values():
-            current = self.index.get(versioned.record.work_id) or versioned
+        for work_id, versioned in list(todo.items()):
+            current = self.index.get(work_id) or versioned
             self.examined += 1
             if current.record.is_workflow:
                 taken += await self._drive_workflow(current)
-                continue
-            decision = self._decide(current.record, live, now)
-            if decision.action != Action.NONE:
-                taken += await self.act(current, decision)
             else:
-                self.index.recheck(current)
+                decision = self._decide(current.record, live, now)
+                if decision.action != Action.NONE:
+                    taken += await self.act(current, decision)
+                else:
+                    # Its next check may be past already (Assigned work queued at its station, past the accept
+                    # timeout): looked at again a tick from now, never at once in a loop.
+                    self.index.recheck(current, not_before=now + timedelta(seconds=self.interval_s))
+            del todo[work_id]
         return taken
 
     def _decide(self, record: WorkRecord, live: set[str] | None = None, now: datetime | None = None) -> Decision:
         now = now or utcnow()
         return decide(record, live_stations=self._live_ids(now) if live is None else live, now=now,
-                      policy=self.policy, station_joined_since=self.directory.last_join)
+                      policy=self.policy, station_joined_since=self.directory.last_join,
+                      holdings=self.directory.holdings())
 
     def _live_ids(self, now: datetime) -> set[str]:
         """Stations to consider alive: heartbeating ones, minus those a probe proved dead, plus those given time to
         come back (:meth:`_sheltered`)."""
         live = self.directory.live_ids(now)
+        for station_id, when in list(self._answered.items()):
+            if now - when <= ANSWER_VALID:
+                live.add(station_id)
+            else:
+                del self._answered[station_id]
         for station_id, beat in list(self._gone.items()):
             record = self.directory.records.get(station_id)
             if record is None or record.last_heartbeat != beat:
@@ -204,8 +239,10 @@ class Witness:
     async def _probe(self, now: datetime) -> None:
         """Ask the stations that hold work and are late with their beat whether they are there. For a station
         whose connection is gone NATS answers "no responders" at once: its work is requeued now instead of
-        after three missed beats. A slow station that answers, or a probe that times out, proves nothing. Not a
-        station given time to come back (it may still be reconnecting)."""
+        after three missed beats. A station that answers is there, however late its beats: it keeps its work
+        (for :data:`ANSWER_VALID`, asked again each tick while its beats are late). A probe that times out proves
+        nothing (a station too busy to answer is judged by its beats). Not a station given time to come back (it
+        may still be reconnecting)."""
         sheltered = self._sheltered(now)
         suspects = [r for sid in self.index.holding_stations()
                     if sid not in sheltered and (r := self.directory.records.get(sid)) is not None
@@ -213,12 +250,18 @@ class Witness:
         if not suspects:
             return
         answers = await asyncio.gather(*(self._ping(r.station_id) for r in suspects))
-        for record, gone in zip(suspects, answers, strict=True):
-            if gone:
+        for record, answer in zip(suspects, answers, strict=True):
+            if answer is Probe.GONE:
                 # INFO, like the witness's other actions: the station.lost event records it for everyone.
                 log.info("station %s: %.1fs since its last beat and no responder on NATS: lost", record.station_id,
                          record.age_s(now))
                 self._gone[record.station_id] = record.last_heartbeat
+                self._answered.pop(record.station_id, None)
+            elif answer is Probe.THERE:
+                if record.station_id not in self._answered:
+                    log.info("station %s: %.1fs since its last beat but it answers: its beats are held up, it "
+                             "keeps its work", record.station_id, record.age_s(now))
+                self._answered[record.station_id] = now
 
     async def _announce_lost(self, station_id: str, now: datetime) -> None:
         """One ``station.lost`` event per loss (a station that beats again and is lost again is announced again)."""
@@ -232,15 +275,14 @@ class Witness:
         await self.store.note("station", "lost", subject=station_id, seconds_since_heartbeat=age,
                               proven_by="heartbeats" if station_id not in self._gone else "probe")
 
-    async def _ping(self, station_id: str) -> bool:
-        """True if NATS says nobody answers for the station."""
+    async def _ping(self, station_id: str) -> Probe:
         try:
             await self.nc.request(subjects.station_ping(self.org, station_id), b"", timeout=PROBE_TIMEOUT_S)
         except NoRespondersError:
-            return True
+            return Probe.GONE
         except NATS_FAILURES:  # a timeout or a connection blip: proves nothing, as documented above
-            return False
-        return False
+            return Probe.UNSURE
+        return Probe.THERE
 
     # --- acting --------------------------------------------------------------------------------------------------
 

@@ -307,3 +307,26 @@ async def test_two_hundred_items_survive_a_station_killed_and_restarted_twice(
         for p in procs:
             p.stop()
     assert {r.station_id for r in records} == {"a", "b", "c"}
+
+
+async def test_work_queued_at_a_station_longer_than_the_accept_timeout_runs_once(
+        client: LatticeClient, nats_url: str, org: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A station takes up to 9 items per run slot (its queue); with one slot and 0.4 s runs the last waits 3.6 s
+    for its slot, past the witness's accept timeout (2 s here). Its heartbeats list what it holds, so the witness
+    leaves queued work to it: before they did, queued items were requeued, ran twice, or never finished."""
+    runs = tmp_path / "runs.txt"
+    monkeypatch.setenv("LATTICE_TEST_RUNS", str(runs))
+    await client.put_agent(python_agent("counted", "tests.support.agents:counted_briefly"))
+    procs = stations(nats_url, org, tmp_path, "solo", concurrency=1)
+    try:
+        async with controller(nats_url, org):
+            await client.wait_for_stations(1, agent="counted", timeout_s=30)
+            ids = [(await client.submit(WorkItemSpec(agent="counted", input=f"item-{i}", max_retries=5))).work_id
+                   for i in range(12)]
+            records = await finals(client, ids, timeout_s=60)
+    finally:
+        for p in procs:
+            p.stop()
+    assert [r.phase for r in records] == [P.SUCCEEDED] * 12
+    assert Counter(runs.read_text().split()) == {f"item-{i}": 1 for i in range(12)}
+    assert {r.attempt for r in records} == {1}

@@ -292,10 +292,10 @@ def test_a_perfect_score_is_the_best_any_station_can_bid() -> None:
     (1.0, True, False),  # on time
     (1.6, True, True),  # late: worth a probe
     (2.9, True, True),
-    (3.1, True, False),  # past three beats: lost by the rule, no probe needed
+    (3.1, True, True),  # past three beats: probed too (an answer proves it there, its beats held up)
     (1.6, False, False),  # an older station that does not answer pings is never probed
 ])
-def test_a_station_is_probed_only_when_overdue_and_still_live(beats_late: float, answers_ping: bool,
+def test_a_station_is_probed_once_overdue(beats_late: float, answers_ping: bool,
                                                               expected: bool) -> None:
     from station_runtime.routing import overdue
 
