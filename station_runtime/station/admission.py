@@ -73,14 +73,13 @@ def judge(view: StationView, req: scoring.Requirements, *, assigned_to: str | No
 CLAIM_FIRST_AFTER_S = 0.25
 
 
-def claim_first(*, queued: bool, assigned_at: datetime | None, now: datetime) -> bool:
-    """Pure: whether a run stores Running before its agent starts rather than beside it. A run that got a slot
-    at once, right after its assignment, starts at once (the one write goes out while it runs). One that waited
-    for a slot, or whose assignment is old by the time it starts (the auction or the message was held up: a
-    JetStream leader election, a slow accept the auctioneer gave up on), may have been moved on meanwhile: it
-    claims first, and work that is no longer its own is given up unrun instead of run and then refused."""
-    if queued:
-        return True
+def claim_first(*, assigned_at: datetime | None, now: datetime) -> bool:
+    """Pure: whether a run stores Running before its agent starts rather than beside it: when its assignment is
+    old by the time the run starts. It waited for a slot behind others, or the auction or the message was held
+    up (a JetStream leader election, an accept the auctioneer gave up on), and the work may have been moved on
+    meanwhile: it claims first, so that work no longer its own is given up unrun instead of run and then
+    refused. A run that starts right after its assignment (nearly all: a queue that drains in a fraction of a
+    second included) starts at once, and its one write goes out while it runs or with its outcome."""
     return assigned_at is not None and (now - assigned_at).total_seconds() > CLAIM_FIRST_AFTER_S
 
 

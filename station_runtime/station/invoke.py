@@ -75,8 +75,6 @@ class Reservation:
     def __init__(self, slots: Slots) -> None:
         self._slots = slots
         self._open = True
-        #: Whether it had to wait for a slot (every one was taken when it asked).
-        self.queued = False
 
     def cancel(self) -> None:
         if self._open:
@@ -88,7 +86,6 @@ class Reservation:
         """Wait for a free run slot (the reservation counts as waiting meanwhile) and hold it for the block."""
         if not self._open:
             raise RuntimeError("a reservation runs once")
-        self.queued = self._slots._sem.locked()
         try:
             async with self._slots._run():
                 self.cancel()  # now counted as running

@@ -251,7 +251,7 @@ class WorkService:
         try:
             with tracing.use(run.span):
                 async with reservation.run():
-                    await self._run_attempt(run, queued=reservation.queued)
+                    await self._run_attempt(run)
                     if tracing.enabled() and run.current is not None:
                         run.span.set_attributes({"lattice.work.phase": run.current.record.phase.value,
                                                  "lattice.agent.name": run.agent})
@@ -267,7 +267,7 @@ class WorkService:
             reservation.cancel()
             self.runs.pop(run.work_id, None)
 
-    async def _run_attempt(self, run: Run, *, queued: bool = False) -> None:
+    async def _run_attempt(self, run: Run) -> None:
         assert run.current is not None
         record = run.current.record
         resumed = record.phase == P.RUNNING
@@ -276,7 +276,7 @@ class WorkService:
             await self._write(run, lambda r: phases.transition(r, P.RUNNING, reason="resumed after station restart",
                                                                last_progress_at=utcnow()))
             run.running_recorded = True
-        elif claim_first(queued=queued, assigned_at=record.assigned_at, now=utcnow()):
+        elif claim_first(assigned_at=record.assigned_at, now=utcnow()):
             # Running is written before the agent starts, not beside it (the same one write: only the order
             # differs), so that work moved on meanwhile is given up unrun instead of run and then refused.
             running = await self._write(run, lambda r: phases.transition(r, P.RUNNING, last_progress_at=utcnow()))

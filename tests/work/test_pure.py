@@ -388,3 +388,36 @@ def test_a_jetstream_503_is_logged_with_what_it_may_mean() -> None:
     hint = failure_hint(nats.js.errors.ServiceUnavailableError())
     assert "JetStream does not answer" in hint and "natsLimits.jetstreamDiskBytes" in hint
     assert failure_hint(nats.errors.TimeoutError()) == "TimeoutError"
+
+
+def test_assigned_work_a_later_heartbeat_lists_is_left_to_its_station_past_the_accept_timeout() -> None:
+    from station_runtime.work.policy import Holding
+
+    now = utcnow()
+    assigned = now - timedelta(seconds=10)
+    r = rec(P.ASSIGNED, station_id="s1", attempt_id="a1", attempt=1, assigned_at=assigned)
+    policy = WitnessPolicy(accept_timeout_s=5.0)
+
+    def verdict(holdings: dict[str, Holding] | None) -> Action:
+        return decide(r, live_stations={"s1"}, now=now, policy=policy, holdings=holdings).action
+
+    assert verdict(None) == Action.REQUEUE  # nobody says it has it
+    assert verdict({"s1": Holding(now - timedelta(seconds=1), frozenset({"w1"}))}) == Action.NONE  # queued there
+    # A heartbeat from before the assignment proves nothing; nor does another station holding it, or s1 holding
+    # other work.
+    assert verdict({"s1": Holding(assigned - timedelta(seconds=1), frozenset({"w1"}))}) == Action.REQUEUE
+    assert verdict({"s2": Holding(now, frozenset({"w1"}))}) == Action.REQUEUE
+    assert verdict({"s1": Holding(now, frozenset({"w2"}))}) == Action.REQUEUE
+    # A lost station's holdings do not keep its work.
+    assert decide(r, live_stations=set(), now=now, policy=policy,
+                  holdings={"s1": Holding(now, frozenset({"w1"}))}).action == Action.REQUEUE
+
+
+@pytest.mark.parametrize(("age_s", "expected"), [(None, False), (0.01, False), (0.2, False), (0.3, True), (9, True)])
+def test_a_run_claims_before_its_agent_starts_only_when_its_assignment_is_old(age_s: float | None,
+                                                                               expected: bool) -> None:
+    from station_runtime.station.admission import claim_first
+
+    now = utcnow()
+    assigned = None if age_s is None else now - timedelta(seconds=age_s)
+    assert claim_first(assigned_at=assigned, now=now) is expected
