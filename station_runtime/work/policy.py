@@ -118,7 +118,8 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
             return Decision(Action.SCHEDULE, "pending")
         return NOTHING
     if phase == P.SCHEDULING:
-        if _age(record.updated_at, now) > policy.scheduling_timeout_s:
+        if _age(record.updated_at, now) > policy.scheduling_timeout_s \
+                and not _claimed_at(record, holdings, live_stations):
             return Decision(Action.SCHEDULE, "auction abandoned")
         return NOTHING
     if phase == P.UNSCHEDULABLE:
@@ -151,6 +152,13 @@ def _queued_there(record: WorkRecord, holdings: Mapping[str, Holding] | None) ->
     held = holdings.get(record.station_id or "") if holdings else None
     return held is not None and record.assigned_at is not None and held.at > record.assigned_at \
         and record.work_id in held.work_ids
+
+
+def _claimed_at(record: WorkRecord, holdings: Mapping[str, Holding] | None, live: Collection[str]) -> bool:
+    """A live station said, in a heartbeat after the auction began, that it holds the work: the auction's winner
+    has it and its claim (its first write) is on the way; the auction was not abandoned."""
+    return bool(holdings) and any(record.work_id in held.work_ids and held.at > record.updated_at
+                                  and station in live for station, held in (holdings or {}).items())
 
 
 def heartbeat_limit(record: WorkRecord, policy: WitnessPolicy) -> float:

@@ -421,3 +421,23 @@ def test_a_run_claims_before_its_agent_starts_only_when_its_assignment_is_old(ag
     now = utcnow()
     assigned = None if age_s is None else now - timedelta(seconds=age_s)
     assert claim_first(assigned_at=assigned, now=now) is expected
+
+
+def test_an_auction_whose_winner_holds_the_work_is_not_taken_over() -> None:
+    from station_runtime.work.policy import Holding
+
+    now = utcnow()
+    began = now - timedelta(seconds=10)
+    r = rec(P.SCHEDULING, updated_at=began)
+    policy = WitnessPolicy(scheduling_timeout_s=5.0)
+
+    def verdict(holdings: dict[str, Holding] | None) -> Action:
+        return decide(r, live_stations={"s1"}, now=now, policy=policy, holdings=holdings).action
+
+    assert verdict(None) == Action.SCHEDULE
+    assert verdict({"s1": Holding(now, frozenset({"w1"}))}) == Action.NONE
+    assert verdict({"s1": Holding(began - timedelta(seconds=1), frozenset({"w1"}))}) == Action.SCHEDULE
+    assert verdict({"s1": Holding(now, frozenset({"w2"}))}) == Action.SCHEDULE
+    # Held by a station that is lost since: taken over.
+    assert decide(r, live_stations=set(), now=now, policy=policy,
+                  holdings={"s1": Holding(now, frozenset({"w1"}))}).action == Action.SCHEDULE
