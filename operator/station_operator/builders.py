@@ -13,6 +13,7 @@ from station_runtime.api.models import Agent, Station, ToolServer, WorkItem, ref
 from station_runtime.api.status import MAX_STATUS_RESULT_CHARS
 from station_runtime.contract.messages import AgentDefinition, Payload, StationRecord, WorkPhase, WorkRecord
 from station_runtime.contract.specs import McpServerSpec, SecretKeyRef, ValueSource
+from station_runtime.natsio.state import REPLICAS_ENV
 from station_runtime.routing import is_live
 
 from .conditions import condition
@@ -35,6 +36,8 @@ class StationPodConfig:
     image_pull_policy: str = "IfNotPresent"
     #: OTEL_* variables for the station (where its traces go, how they are sampled).
     otel_env: tuple[tuple[str, str], ...] = ()
+    #: LATTICE_STATE_REPLICAS for a station that creates its org's stores (no auth): the operator's own.
+    state_replicas: int | None = None
 
 
 def labels(kind: str, name: str, org: str) -> dict[str, str]:
@@ -90,6 +93,8 @@ def stateful_set(station: Station, org: str, pod: StationPodConfig) -> dict[str,
         _env("LATTICE_MODEL_KEYS_DIR", MODEL_KEYS_DIR),
     ]
     env += [_env(name, value) for name, value in pod.otel_env]
+    if pod.state_replicas is not None:
+        env.append(_env(REPLICAS_ENV, str(pod.state_replicas)))
     if spec.capabilities:
         env.append(_env("LATTICE_CAPABILITIES", ",".join(spec.capabilities)))
     if spec.labels:

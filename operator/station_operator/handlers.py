@@ -198,7 +198,8 @@ async def station_reconcile(body: kopf.Body, memo: Any, logger: kopf.Logger, **_
     pod = builders.StationPodConfig(image=cfg.station_image, nats_url=cfg.station_nats_url,
                                     heartbeat_s=cfg.station_heartbeat_s, drain_timeout_s=cfg.station_drain_timeout_s,
                                     health_port=cfg.station_health_port, jwt=creds is not None,
-                                    image_pull_policy=cfg.image_pull_policy, otel_env=cfg.station_otel_env)
+                                    image_pull_policy=cfg.image_pull_policy, otel_env=cfg.station_otel_env,
+                                    state_replicas=cfg.state_replicas)
     children.append(builders.stateful_set(station, runtime.org, pod))
     for child in children:
         kopf.adopt(child, owner=body)

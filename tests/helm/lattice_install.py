@@ -55,7 +55,8 @@ def platform_values(auth: str, nats_port: int, monitor_port: int, liveness_port:
         "auth": {"mode": auth},
         "operator": {"livenessPort": liveness_port, "natsUrl": url, "stationNatsUrl": url,
                      "stationHealthPort": None, "env": FAST_OPERATOR_ENV},
-        "nats": {"host": "127.0.0.1", "port": nats_port, "monitorPort": monitor_port,
+        # One server: the process kubelet runs pods on one host, where three would share the ports.
+        "nats": {"replicas": 1, "host": "127.0.0.1", "port": nats_port, "monitorPort": monitor_port,
                  "persistence": {"enabled": False}, "jetstream": {"storeDir": "."}, "resolverDir": "jwt"},
     }
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
 from typing import Any
 
 import pytest
@@ -50,7 +52,8 @@ def test_platform_renders_crds_operator_nats_and_rbac(helm: Helm) -> None:
     docs = helm.template(PLATFORM_CHART, release="station-lattice")
     assert kinds(docs) == sorted(["CustomResourceDefinition"] * 4 + [
         "ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "ClusterRole", "ClusterRole",
-        "ConfigMap", "ConfigMap", "Service", "Service", "StatefulSet"])  # the second ConfigMap: the dashboard
+        "ConfigMap", "ConfigMap", "Service", "Service", "StatefulSet", "PodDisruptionBudget"])
+    # (the second ConfigMap: the dashboard; the budget: NATS's, one server at a time)
     assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition") == [
         "agents.lattice.station.dev", "stations.lattice.station.dev", "toolservers.lattice.station.dev",
         "workitems.lattice.station.dev"]
@@ -87,6 +90,7 @@ def test_operator_deployment(helm: Helm) -> None:
         "LATTICE_IMAGE_PULL_POLICY": "IfNotPresent",
         "LATTICE_STATION_HEALTH_PORT": "none",
         "LATTICE_METRICS_PORT": "9464",
+        "LATTICE_STATE_REPLICAS": "3",
         "LATTICE_RESYNC": "2",
     }
     assert operator["image"] == "ghcr.io/station-lattice/station-lattice:0.1.0"
@@ -163,7 +167,7 @@ def test_nats_jetstream_on_a_pvc_with_fsync_and_no_auth(helm: Helm) -> None:
     assert 'store_dir: "/data"' in conf and "sync_interval: always" in conf
     assert 'listen: "0.0.0.0:4222"' in conf and "include" not in conf
     nats = find(docs, "StatefulSet", "test-station-lattice-nats")
-    assert nats["spec"]["replicas"] == 1
+    assert nats["spec"]["replicas"] == 3
     (claim,) = nats["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data" and claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
     (container,) = nats["spec"]["template"]["spec"]["containers"]
@@ -172,9 +176,44 @@ def test_nats_jetstream_on_a_pvc_with_fsync_and_no_auth(helm: Helm) -> None:
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/etc/nats", "/data"}
     assert nats["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     # Go collects harder before the pod's memory limit (1Gi) rather than at twice the live heap.
-    assert container["env"] == [{"name": "GOMEMLIMIT", "value": "900MiB"}]
+    assert {"name": "GOMEMLIMIT", "value": "900MiB"} in container["env"]
     unset = find(helm.template(PLATFORM_CHART, {"nats": {"goMemLimit": ""}}), "StatefulSet", nats["metadata"]["name"])
-    assert "env" not in unset["spec"]["template"]["spec"]["containers"][0]
+    assert [e["name"] for e in unset["spec"]["template"]["spec"]["containers"][0]["env"]] == ["POD_NAME"]
+
+
+def test_nats_is_a_three_server_cluster_whose_config_the_real_server_accepts(helm: Helm, tmp_path: Any) -> None:
+    from station_runtime.natsio.embedded import find_nats_server
+
+    docs = helm.template(PLATFORM_CHART)
+    conf = nats_conf(docs)
+    nats = find(docs, "StatefulSet", "test-station-lattice-nats")
+    assert nats["spec"]["podManagementPolicy"] == "Parallel"
+    ns = nats["metadata"]["namespace"]
+    members = [f"nats://test-station-lattice-nats-{i}.test-station-lattice-nats-headless.{ns}.svc:6222"
+               for i in range(3)]
+    assert all(m in conf for m in members) and "server_name: $POD_NAME" in conf
+    (container,) = nats["spec"]["template"]["spec"]["containers"]
+    assert {"name": "cluster", "containerPort": 6222} in container["ports"]
+    spread = nats["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in spread] == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    assert find(docs, "PodDisruptionBudget", "test-station-lattice-nats")["spec"]["maxUnavailable"] == 1
+    operator = find(docs, "Deployment", "test-station-lattice-operator")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LATTICE_STATE_REPLICAS"] == "3"
+    # The real nats-server reads the rendered file as the pod would (POD_NAME from the downward API).
+    (tmp_path / "nats.conf").write_text(conf)
+    check = subprocess.run([find_nats_server(), "-t", "-c", str(tmp_path / "nats.conf")], capture_output=True,
+                           text=True, env={**os.environ, "POD_NAME": "test-station-lattice-nats-0"}, timeout=30)
+    assert check.returncode == 0, check.stderr + check.stdout
+
+    single = helm.template(PLATFORM_CHART, {"nats": {"replicas": 1}})
+    assert "cluster {" not in nats_conf(single)
+    assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]
+    operator = find(single, "Deployment", "test-station-lattice-operator")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LATTICE_STATE_REPLICAS"] == "1"
+    assert "more than nats.replicas" in helm.template_error(PLATFORM_CHART, {"nats": {"replicas": 1,
+                                                                                      "stateReplicas": 3}})
 
 
 def test_nats_without_persistence_uses_an_empty_dir(helm: Helm) -> None:

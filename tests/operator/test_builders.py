@@ -78,13 +78,14 @@ def test_the_stateful_set_carries_the_station_configuration() -> None:
     assert env["LATTICE_MAX_CONCURRENCY"] == "7" and "team" in env["LATTICE_AGENT_SELECTOR_JSON"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
-    assert "LATTICE_NATS_CREDS" not in env
+    assert "LATTICE_NATS_CREDS" not in env and "LATTICE_STATE_REPLICAS" not in env
     jwt = builders.stateful_set(s, "acme", builders.StationPodConfig(image="i", nats_url="n", jwt=True,
-                                                                      health_port=None))
+                                                                      health_port=None, state_replicas=3))
     jwt_c = jwt["spec"]["template"]["spec"]["containers"][0]
     jwt_env = {e["name"]: e.get("value") for e in jwt_c["env"]}
     assert jwt_env["LATTICE_NATS_CREDS"] == "/etc/lattice/nats/$(LATTICE_STATION_ID).creds"
     assert jwt_env["LATTICE_NATS_INBOX_PREFIX"] == "_INBOX_$(LATTICE_STATION_ID)"
+    assert jwt_env["LATTICE_STATE_REPLICAS"] == "3"  # the operator's own: a station that creates stores agrees
     assert "readinessProbe" not in jwt_c
     assert builders.station_ids(s) == ["worker-0", "worker-1"]
 

@@ -81,3 +81,16 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end }}
+
+{{/* On how many NATS servers each of the lattice's stores is kept: nats.stateReplicas, else min(replicas, 3). */}}
+{{- define "lattice.stateReplicas" -}}
+{{- $nats := .Values.nats -}}
+{{- if not (kindIs "invalid" $nats.stateReplicas) -}}
+{{- if gt (int $nats.stateReplicas) (int $nats.replicas) -}}
+{{- fail (printf "nats.stateReplicas (%v) cannot be more than nats.replicas (%v): a store is kept on that many servers" $nats.stateReplicas $nats.replicas) -}}
+{{- end -}}
+{{- $nats.stateReplicas -}}
+{{- else -}}
+{{- min (int $nats.replicas) 3 -}}
+{{- end -}}
+{{- end }}
