@@ -88,6 +88,9 @@ SCENARIOS: tuple[Scenario, ...] = (
              keys=("durable_run_p50_us", "durable_run_p99_us", "durable_run_throughput_per_s",
                    "temporal_run_p50_us", "temporal_run_p99_us", "temporal_run_throughput_per_s",
                    "journal_cost_per_turn_us")),
+    # A three-node JetStream cluster, kill -9 of the meta leader, the work bucket's leader and a follower under
+    # load: the pause in progress each costs (the fault test's own measurement, three runs in --full).
+    Scenario("cluster_faults", "bench.cluster:run", modes=("full", "quick"), keys=("leader_loss_pause_s",)),
 )
 
 #: Every key of latest.json's ``results``, in the issue's order; present (maybe null) in every run.
@@ -100,7 +103,7 @@ RESULT_KEYS: tuple[str, ...] = (
     "agent_streams_500_rss_mb", "agent_streams_500_progress_lag_p99_ms", "agent_streams_500_lost",
     "lattice_work_p50_us_traced", "metrics_scrape_ms_50_stations", "durable_run_p50_us", "durable_run_p99_us",
     "durable_run_throughput_per_s", "temporal_run_p50_us", "temporal_run_p99_us", "temporal_run_throughput_per_s",
-    "journal_cost_per_turn_us",
+    "journal_cost_per_turn_us", "leader_loss_pause_s",
 )
 
 
