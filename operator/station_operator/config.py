@@ -32,6 +32,15 @@ STATION_OTEL_VARIABLES = frozenset({
     "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"})
 
 
+def _flag(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be true or false, got {raw!r}")
+
+
 def _port(name: str) -> int | None:
     raw = os.environ.get(name, "")
     if raw in ("", "0", "none"):
@@ -75,6 +84,11 @@ class OperatorSettings:
     #: How many NATS servers keep each of an org's stores (``LATTICE_STATE_REPLICAS``; the chart sets it to its
     #: cluster size). None: new stores are R1 and existing ones are left as they are.
     state_replicas: int | None = None
+    #: Several replicas, one active: a Lease in ``namespace`` decides which (``LATTICE_LEADER_ELECTION``; the
+    #: chart turns it on). Off: this process acts alone (``lattice operator`` by hand, one replica).
+    leader_election: bool = False
+    #: A standby takes over this long after the active replica's last renewal of the Lease.
+    lease_duration_s: float = 15.0
 
     @classmethod
     def from_env(cls, *, nats: NatsSettings | None = None, **overrides: Any) -> OperatorSettings:
@@ -104,4 +118,6 @@ class OperatorSettings:
             metrics_port=_port("LATTICE_METRICS_PORT"),
             station_otel_env=tuple(sorted((k, v) for k, v in env.items() if k in STATION_OTEL_VARIABLES)),
             state_replicas=StateLimits.from_env().replicas,
+            leader_election=_flag("LATTICE_LEADER_ELECTION"),
+            lease_duration_s=_float("LATTICE_LEADER_LEASE", cls.lease_duration_s),
         ), **given)

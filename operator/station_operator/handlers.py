@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from . import builders, kube
 from .conditions import condition, merge
 from .config import OperatorSettings
 from .lattice import Auth, Lattice, NoAuth, OrgRuntime
+from .leadership import LeaseElector, LeaseSettings
 from .orgs import OrgError, account_limits, resolve_org
 
 log = logging.getLogger(__name__)
@@ -576,9 +578,20 @@ def registry(cfg: OperatorSettings) -> kopf.OperatorRegistry:
 
 
 def run(cfg: OperatorSettings, *, namespaces: list[str], liveness_port: int) -> None:
-    """Run the operator until SIGTERM: kopf standalone (one replica), every handler of :func:`registry`."""
+    """Run the operator until SIGTERM: kopf standalone, every handler of :func:`registry`; with leader election,
+    only once this replica holds the Lease (:mod:`.leadership`), and never after it lost it."""
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per liveness probe otherwise
     telemetry.configure("lattice-operator")
-    kopf.run(registry=registry(cfg), memo=kopf.Memo(settings=cfg), standalone=True, clusterwide=not namespaces,
-             namespaces=namespaces, liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port
-             else None)
+    elector = None
+    if cfg.leader_election:
+        elector = LeaseElector(kube.api(), LeaseSettings.for_duration(cfg.namespace, cfg.lease_duration_s))
+        elector.acquire(liveness_port=liveness_port or None)
+        # Lost: out at once, before a standby may take the lease (its pod restarts and stands by).
+        elector.hold(on_lost=lambda: os._exit(1))
+    try:
+        kopf.run(registry=registry(cfg), memo=kopf.Memo(settings=cfg), standalone=True, clusterwide=not namespaces,
+                 namespaces=namespaces,
+                 liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None)
+    finally:
+        if elector is not None:
+            elector.release()

@@ -53,7 +53,8 @@ def platform_values(auth: str, nats_port: int, monitor_port: int, liveness_port:
     url = f"nats://127.0.0.1:{nats_port}"
     return {
         "auth": {"mode": auth},
-        "operator": {"livenessPort": liveness_port, "natsUrl": url, "stationNatsUrl": url,
+        # One operator replica (leader election on all the same: its Lease and its RBAC are exercised).
+        "operator": {"replicas": 1, "livenessPort": liveness_port, "natsUrl": url, "stationNatsUrl": url,
                      "stationHealthPort": None, "env": FAST_OPERATOR_ENV},
         # One server: the process kubelet runs pods on one host, where three would share the ports.
         "nats": {"replicas": 1, "host": "127.0.0.1", "port": nats_port, "monitorPort": monitor_port,

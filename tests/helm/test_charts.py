@@ -52,8 +52,10 @@ def test_platform_renders_crds_operator_nats_and_rbac(helm: Helm) -> None:
     docs = helm.template(PLATFORM_CHART, release="station-lattice")
     assert kinds(docs) == sorted(["CustomResourceDefinition"] * 4 + [
         "ServiceAccount", "Deployment", "ClusterRole", "ClusterRoleBinding", "ClusterRole", "ClusterRole",
-        "ConfigMap", "ConfigMap", "Service", "Service", "StatefulSet", "PodDisruptionBudget"])
-    # (the second ConfigMap: the dashboard; the budget: NATS's, one server at a time)
+        "ConfigMap", "ConfigMap", "Service", "Service", "StatefulSet", "PodDisruptionBudget", "PodDisruptionBudget",
+        "Role", "RoleBinding"])
+    # (the second ConfigMap: the dashboard; the budgets: NATS's, one server at a time, and the operator's; the
+    # Role: the operator's Lease)
     assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "CustomResourceDefinition") == [
         "agents.lattice.station.dev", "stations.lattice.station.dev", "toolservers.lattice.station.dev",
         "workitems.lattice.station.dev"]
@@ -70,8 +72,11 @@ def test_operator_deployment(helm: Helm) -> None:
                                                        "watchNamespaces": ["a", "b"]}},
                          release="station-lattice", namespace="lattice-system")
     deployment = find(docs, "Deployment", "station-lattice-operator")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas, one acting (a Lease); a rollout starts the new pod first (the old one gives the lease up).
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert find(docs, "PodDisruptionBudget", "station-lattice-operator")["spec"]["minAvailable"] == 1
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "station-lattice-operator"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -90,6 +95,9 @@ def test_operator_deployment(helm: Helm) -> None:
         "LATTICE_IMAGE_PULL_POLICY": "IfNotPresent",
         "LATTICE_STATION_HEALTH_PORT": "none",
         "LATTICE_METRICS_PORT": "9464",
+        "LATTICE_LEADER_ELECTION": "true",
+        "LATTICE_LEADER_LEASE": "15",
+        "LATTICE_OPERATOR_ID": {"fieldRef": {"fieldPath": "metadata.name"}},
         "LATTICE_STATE_REPLICAS": "3",
         "LATTICE_RESYNC": "2",
     }
@@ -152,6 +160,10 @@ def test_operator_rbac_is_exact_and_has_no_wildcards(helm: Helm) -> None:
     binding = find(docs, "ClusterRoleBinding", "station-lattice-operator")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "station-lattice-operator",
                                     "namespace": "lattice-system"}]
+    # The Lease of the leader election, in the operator's namespace only.
+    leader = find(docs, "Role", "station-lattice-operator-leader")
+    assert leader["metadata"]["namespace"] == "lattice-system"
+    assert rule_table(leader) == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
     edit = find(docs, "ClusterRole", "station-lattice-edit")
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
 
@@ -206,7 +218,7 @@ def test_nats_is_a_three_server_cluster_whose_config_the_real_server_accepts(hel
                            text=True, env={**os.environ, "POD_NAME": "test-station-lattice-nats-0"}, timeout=30)
     assert check.returncode == 0, check.stderr + check.stdout
 
-    single = helm.template(PLATFORM_CHART, {"nats": {"replicas": 1}})
+    single = helm.template(PLATFORM_CHART, {"nats": {"replicas": 1}, "operator": {"replicas": 1}})
     assert "cluster {" not in nats_conf(single)
     assert not [d for d in single if d["kind"] == "PodDisruptionBudget"]
     operator = find(single, "Deployment", "test-station-lattice-operator")
@@ -256,7 +268,8 @@ def test_jwt_mode_bootstraps_keys_and_includes_the_resolver(helm: Helm) -> None:
     assert env["LATTICE_AUTH"] == "jwt"
     assert not [d for d in docs if d["kind"] == "Secret"], "no keys in the release unless given as values"
     none_docs = helm.template(PLATFORM_CHART)
-    assert not [d for d in none_docs if d["kind"] in ("Job", "Role", "RoleBinding", "Secret")]
+    assert not [d for d in none_docs if d["kind"] in ("Job", "Secret")
+                or (d["kind"] in ("Role", "RoleBinding") and "auth-bootstrap" in d["metadata"]["name"])]
 
 
 def test_jwt_keys_from_values_only_reach_the_secret(helm: Helm) -> None:
@@ -341,7 +354,8 @@ def test_org_chart_in_an_existing_namespace_with_its_own_model_secret(helm: Helm
 @pytest.mark.parametrize(("chart", "values", "message"), [
     (PLATFORM_CHART, {"auth": {"mode": "tls"}}, "at '/auth/mode': value must be one of 'none', 'jwt'"),
     (PLATFORM_CHART, {"nats": {"port": "4222x"}}, "at '/nats/port': got string, want integer"),
-    (PLATFORM_CHART, {"operator": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+    (PLATFORM_CHART, {"operator": {"replicas": 0}}, "at '/operator/replicas'"),
+    (PLATFORM_CHART, {"operator": {"leaseSeconds": 1}}, "at '/operator/leaseSeconds'"),
     (PLATFORM_CHART, {"operator": {"env": {"PATH": "/x"}}}, "PATH"),
     (PLATFORM_CHART, {"operator": {"natsUrl": "127.0.0.1:4222"}}, "at '/operator/natsUrl'"),
     (PLATFORM_CHART, {"auth": {"mode": "jwt", "jwt": {"operatorSeed": "not-a-seed"}}},
