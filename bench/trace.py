@@ -8,6 +8,7 @@ the wrappers cost a few microseconds, so the trace runs apart from the latency s
 from __future__ import annotations
 
 import contextlib
+import inspect
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,6 +51,14 @@ def _stamp(raw: Any, label: str, stamps: dict[str, float]) -> Any:
             return result
 
         return staticmethod(plain)
+
+    if not inspect.iscoroutinefunction(raw):  # a plain method (WorkStore.pushed since it notes the revision)
+        def method(*args: Any, **kwargs: Any) -> Any:
+            result = raw(*args, **kwargs)
+            stamps.setdefault(label, time.perf_counter())
+            return result
+
+        return method
 
     async def wrapped(*args: Any, **kwargs: Any) -> Any:
         result = await raw(*args, **kwargs)

@@ -182,10 +182,10 @@ def station_permissions(org: str, station_id: str) -> Permissions:
         # another station's subjects.
         subjects.js_stream_info(agents_stream),
         subjects.js_direct_get(agents_stream),
-        # Work bucket: bind; direct get of a record (re-read after a CAS conflict or an outage); the listing on
-        # start (propulsion), a batch direct get that leaves no consumer behind.
+        # Work bucket: bind; direct get of a record (re-read after a CAS conflict or an outage: the subject goes
+        # in the request, with the revision the replica must have reached); the listing on start (propulsion), a
+        # batch direct get that leaves no consumer behind.
         subjects.js_stream_info(work_stream),
-        subjects.js_direct_get(work_stream, ">"),
         subjects.js_direct_get(work_stream),
         # Results object store: bind; look up whether the object exists (its last metadata message). Each
         # attempt writes its own object, so a station never replaces, deletes or purges one: no purge permission

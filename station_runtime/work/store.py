@@ -55,7 +55,6 @@ MAX_EVENT_CHILDREN = 50
 class WorkStore:
     def __init__(self, state: OrgState, events: EventPublisher | None = None) -> None:
         self.state = state
-        self.kv = state.work
         self.events = events
         self._bucket = subjects.bucket(state.org, "work")
         self._stream = subjects.kv_stream(self._bucket)
@@ -67,17 +66,23 @@ class WorkStore:
         """Create the record unless the id exists; returns the stored version and whether it was created here.
         Idempotent: submitting the same work id twice yields the first record."""
         data = encode(record)
-        try:
-            revision = await kv_write(self.state.requests, self._bucket, record.work_id, data, last=0,
-                                      ttl_s=self._ttl(record))
-            self.saw(revision)
-            return Versioned(record, revision), True
-        except KeyWrongLastSequenceError:
-            existing = await self.get(record.work_id)
-            if existing is None:  # deleted (a tombstone is its last revision): nats-py's create writes over it
-                revision = await self.kv.create(record.work_id, data)
+        last = 0
+        for _ in range(3):
+            try:
+                revision = await kv_write(self.state.requests, self._bucket, record.work_id, data, last=last,
+                                          ttl_s=self._ttl(record))
+                self.saw(revision)
                 return Versioned(record, revision), True
-            return existing, False
+            except KeyWrongLastSequenceError:
+                msg = await direct_last(self.state.requests, self._stream,
+                                        subjects.kv_key(self._bucket, record.work_id), min_seq=self.floor)
+                existing = await self.get(record.work_id) if msg is not None and msg.data else None
+                if existing is not None:
+                    return existing, False
+                # Deleted (a tombstone is its last revision): the new record is written over it.
+                last = int(((msg.headers or {}) if msg is not None else {}).get(Header.SEQUENCE, "0"))
+        raise ConflictError(f"work {record.work_id!r} was created and deleted again while this submit ran: "
+                            "submit it again")
 
     async def submit(self, record: WorkRecord, on_created: Callable[[Versioned], Awaitable[None]] | None = None,
                      ) -> tuple[Versioned, bool]:

@@ -33,6 +33,7 @@ from station_runtime.natsauth import (
 )
 from station_runtime.natsio.connect import NatsSettings
 from station_runtime.natsio.embedded import EmbeddedNats
+from station_runtime.natsio.requests import direct_last
 from station_runtime.natsio.state import OrgState
 from station_runtime.station.runtime import Station
 from station_runtime.station.settings import StationSettings
@@ -237,7 +238,11 @@ async def test_the_recovery_paths_of_a_station_are_allowed_too(
         state = await OrgState.open(s1, ORG_A, LIMITS, create=False)  # as a station with creds opens it
         await state.stations.create("s1", b"me")
         assert (await state.stations.get("s1")).value == b"me"
-        assert (await state.work.get("w1")).value == chunk
+        # A record is read the way WorkStore.get reads it: the subject in the request, with a revision floor.
+        work_bucket = subjects.bucket(ORG_A, "work")
+        read = await direct_last(state.requests, subjects.kv_stream(work_bucket), subjects.kv_key(work_bucket, "w1"),
+                                 min_seq=1)
+        assert read is not None and read.data == chunk
         assert len(await state.list("work")) == 200
         store = WorkStore(state)
         refs = {}

@@ -83,7 +83,7 @@ async def test_a_journal_is_deleted_with_its_record(client: LatticeClient) -> No
     await writer.append(JournalKind.TURN, turn=1, text="x")
     async with WorkController(await client.org_work(), interval_s=0.2):
         store: WorkStore = await client.work_store()
-        await store.kv.delete(submitted.work_id)
+        await store.state.work.delete(submitted.work_id)
         await eventually(lambda: _empty(client, "w5"), timeout_s=10, what="the journal to be deleted")
 
 
