@@ -91,6 +91,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     # A three-node JetStream cluster, kill -9 of the meta leader, the work bucket's leader and a follower under
     # load: the pause in progress each costs (the fault test's own measurement, three runs in --full).
     Scenario("cluster_faults", "bench.cluster:run", modes=("full", "quick"), keys=("leader_loss_pause_s",)),
+    # 100,000 finished records and 100 active: a restarted station's resume and a witness tick against none.
+    Scenario("scale", "bench.scale:run", modes=("full", "quick"),
+             keys=("station_resume_ms_0_records", "station_resume_ms_100k_records", "witness_sweep_cpu_ms_0_records",
+                   "witness_sweep_cpu_ms_100k_records")),
     # Two operator replicas on the test control plane (a 3 s Lease), the active one killed with -9.
     Scenario("operator_failover", "bench.cluster:run_failover", modes=("full", "quick"),
              keys=("operator_failover_s",)),
@@ -106,7 +110,8 @@ RESULT_KEYS: tuple[str, ...] = (
     "agent_streams_500_rss_mb", "agent_streams_500_progress_lag_p99_ms", "agent_streams_500_lost",
     "lattice_work_p50_us_traced", "metrics_scrape_ms_50_stations", "durable_run_p50_us", "durable_run_p99_us",
     "durable_run_throughput_per_s", "temporal_run_p50_us", "temporal_run_p99_us", "temporal_run_throughput_per_s",
-    "journal_cost_per_turn_us", "leader_loss_pause_s", "operator_failover_s",
+    "journal_cost_per_turn_us", "leader_loss_pause_s", "operator_failover_s", "station_resume_ms_0_records",
+    "station_resume_ms_100k_records", "witness_sweep_cpu_ms_0_records", "witness_sweep_cpu_ms_100k_records",
 )
 
 

@@ -91,6 +91,8 @@ class StationRecord(WireModel):
     #: when it did not start within the accept timeout: a queue deeper than that timeout would otherwise have
     #: every queued item requeued, and run twice, or never finish at all.
     holding: list[WorkId] = Field(default_factory=list, max_length=MAX_HELD_LISTED)
+    #: The station lists what it holds in ``holding`` (older stations do not: the witness does not go by it).
+    lists_holding: bool = False
 
     def free(self) -> int:
         return max(self.capacity - self.load, 0)

@@ -85,8 +85,18 @@ class Presence:
             version=__version__, status=now.status, heartbeat_interval_s=self.heartbeat_interval_s,
             started_at=self.started_at, last_heartbeat=utcnow(), pid=os.getpid(), hostname=socket.gethostname(),
             answers_ping=True, agent_errors=agent_errors(now.agent_errors), agent_tools=agent_tools(now.agent_tools),
-            holding=now.holding[:MAX_HELD_LISTED],
+            holding=now.holding[:MAX_HELD_LISTED], lists_holding=True,
         )
+
+    async def previous(self) -> StationRecord | None:
+        """The record a previous run of this station id left, if it is still there (it expires three beats after
+        its last): what it held when it stopped. None when there is none or it is unreadable, or when it is ours."""
+        with contextlib.suppress(KeyNotFoundError):
+            entry = await self._kv.get(self._settings.station_id)
+            stored = _stored(entry.value or b"")
+            if stored is not None and stored.started_at < self.started_at:
+                return stored
+        return None
 
     async def announce(self) -> StationRecord:
         record = self.record()

@@ -120,15 +120,17 @@ class Station:
         self._subs.extend(await self.work.subscribe())
         self._subs.append(await self.nc.subscribe(subjects.station_ping(s.org, s.station_id), cb=self._on_ping))
         await self.nc.flush()
+        # What this station id held when it last stopped, read before our first beat overwrites it; resumed
+        # before that beat, so that the beat lists it (the witness requeues at once work of ours a beat of this
+        # run does not list: the previous run took it down).
+        previous = await self.presence.previous()
+        await self.work.resume(previous)
         record = await self.presence.announce()
         self._started = True
         await self.events.emit("station", "joined", subject=s.station_id,
                                data={"agents": record.agents, "capabilities": record.capabilities,
                                      "capacity": record.capacity, "labels": record.labels})
         self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
-        resumed = await self.work.resume()
-        if resumed:
-            log.info("station %s resumed %d unfinished work item(s)", s.station_id, resumed)
         log.info("station %s/%s up: %d agent(s) %s, capacity %d", s.org, s.station_id, len(record.agents),
                  record.agents, record.capacity)
 

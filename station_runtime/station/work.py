@@ -24,9 +24,11 @@ from opentelemetry.trace import INVALID_SPAN, Span
 from ..contract import subjects
 from ..contract.codec import decode_or_log, encode
 from ..contract.messages import (
+    MAX_HELD_LISTED,
     AuctionBid,
     AuctionRequest,
     ErrorCode,
+    StationRecord,
     Usage,
     Waiting,
     WorkAccept,
@@ -549,15 +551,27 @@ class WorkService:
         if pending:
             await asyncio.wait(pending, timeout=5.0)
 
-    async def resume(self) -> int:
+    async def resume(self, previous: StationRecord | None = None) -> int:
         """Propulsion: pick up at once the work assigned to this station id that is not finished (we restarted
-        mid-work), instead of waiting for the witness to notice."""
+        mid-work), instead of waiting for the witness to notice. The work the previous run's last beat listed
+        (``previous``) is read record by record: the cost follows what this station held, not what the org
+        stores. Without that record (it expired: we were down for longer than three beats, and a witness
+        requeues what we held) or with a list cut at its bound, the org's records are scanned instead. What the
+        previous run accepted after its last beat is requeued by the witness (:func:`..work.policy.decide`)."""
+        if previous is not None and len(previous.holding) < MAX_HELD_LISTED:
+            found = [v for v in await asyncio.gather(*(self.store.get(w) for w in previous.holding)) if v]
+            how = f"the {len(previous.holding)} its last beat listed"
+        else:
+            found = await self.store.all()
+            how = f"a scan of the org's {len(found)} records (no beat of its previous run to go by)"
         resumed = 0
-        for versioned in await self.store.all():
+        for versioned in found:
             r = versioned.record
             if r.station_id == self.station_id and r.phase in (P.ASSIGNED, P.RUNNING) and r.attempt_id \
                     and r.work_id not in self.runs and not r.is_workflow:
                 log.info("work %s: resuming attempt %s (%s) after restart", r.work_id, r.attempt_id, r.phase)
                 self._start(versioned)
                 resumed += 1
+        if resumed:
+            log.info("resumed %d unfinished work item(s) after a restart, found by %s", resumed, how)
         return resumed

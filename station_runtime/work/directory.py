@@ -72,8 +72,9 @@ class StationDirectory:
     def holdings(self) -> dict[str, Holding]:
         """What each station's last heartbeat said it holds (derived once per change of the directory)."""
         if self._holdings[0] != self.version:
-            self._holdings = (self.version, {s: Holding(r.last_heartbeat, frozenset(r.holding))
-                                             for s, r in self.records.items()})
+            # Only stations that list what they hold: an older one's empty list would say it holds nothing.
+            self._holdings = (self.version, {s: Holding(r.last_heartbeat, frozenset(r.holding), r.started_at)
+                                             for s, r in self.records.items() if r.lists_holding})
         return self._holdings[1]
 
     async def _run(self) -> None:

@@ -73,10 +73,12 @@ def requeue_or_escalate(record: WorkRecord, reason: str, code: ErrorCode = Error
 
 @dataclass(frozen=True)
 class Holding:
-    """What a station's last heartbeat said it holds (accepted, running or queued), and when it said it."""
+    """What a station's last heartbeat said it holds (accepted, running or queued), and when it said it; and
+    when the run of the station that said it started."""
 
     at: datetime
     work_ids: frozenset[str]
+    started_at: datetime | None = None
 
 
 def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime, policy: WitnessPolicy,
@@ -131,6 +133,9 @@ def decide(record: WorkRecord, *, live_stations: Collection[str], now: datetime,
     # Assigned or Running: the attempt belongs to a station.
     if record.station_id not in live_stations:
         return requeue_or_escalate(record, f"station {record.station_id} lost")
+    if _dropped_by_restart(record, holdings):
+        return requeue_or_escalate(record, f"station {record.station_id} restarted without it (accepted after "
+                                           "its last beat before the restart, it was not resumed)")
     if phase == P.ASSIGNED and _age(record.assigned_at, now) > policy.accept_timeout_s \
             and not _queued_there(record, holdings):
         return requeue_or_escalate(record, f"station {record.station_id} did not start the work within "
@@ -152,6 +157,16 @@ def _queued_there(record: WorkRecord, holdings: Mapping[str, Holding] | None) ->
     held = holdings.get(record.station_id or "") if holdings else None
     return held is not None and record.assigned_at is not None and held.at > record.assigned_at \
         and record.work_id in held.work_ids
+
+
+def _dropped_by_restart(record: WorkRecord, holdings: Mapping[str, Holding] | None) -> bool:
+    """The record's station restarted after the attempt was given to it, and a beat of its new run does not list
+    the attempt's work: a restarted station resumes what its previous run's last beat listed before it beats, so
+    this is work accepted after that beat, taken down with the previous run."""
+    held = holdings.get(record.station_id or "") if holdings else None
+    given = record.assigned_at or record.started_at
+    return held is not None and held.started_at is not None and given is not None and held.started_at > given \
+        and held.at > held.started_at and record.work_id not in held.work_ids
 
 
 def _claimed_at(record: WorkRecord, holdings: Mapping[str, Holding] | None, live: Collection[str]) -> bool:

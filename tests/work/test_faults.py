@@ -151,7 +151,9 @@ async def test_a_restarted_station_resumes_its_work_at_once_without_a_witness(
     try:
         await client.wait_for_stations(1, agent="slow", timeout_s=30)
         ids = await submit_many(client, 3)
-        await eventually(lambda: running_on(client, "a", ids), timeout_s=10, what="work running on a")
+        # A restarted station resumes what its last beat listed (read record by record: not a scan of the org);
+        # what it accepted after that beat is the witness's to requeue (test_pure: restarted without it).
+        await eventually(lambda: _beat_lists(client, "a", ids), timeout_s=10, what="a beat of a listing the work")
         a.signal(signal.SIGKILL)
         await a.wait(5)
         a = stations(nats_url, org, tmp_path, "a")[0]  # same id, no controller anywhere
@@ -159,9 +161,14 @@ async def test_a_restarted_station_resumes_its_work_at_once_without_a_witness(
         await assert_exactly_once(client, ids, records)  # before stop() kills it: its last events trail the records
     finally:
         a.stop()
+    assert "resumed 3 unfinished work item(s) after a restart, found by the 3 its last beat listed" in a.output()
     assert all(r.station_id == "a" and r.attempt == 1 for r in records)
     resumed = [e async for e in client.events(category="work") if e.data.get("resumed")]
     assert {e.subject for e in resumed} <= set(ids) and resumed
+
+
+async def _beat_lists(client: LatticeClient, station: str, ids: list[str]) -> bool:
+    return any(r.station_id == station and set(ids) <= set(r.holding) for r in await client.stations())
 
 
 async def test_nothing_is_lost_when_nats_restarts_mid_run(org: str, tmp_path: Path) -> None:

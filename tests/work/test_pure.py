@@ -441,3 +441,21 @@ def test_an_auction_whose_winner_holds_the_work_is_not_taken_over() -> None:
     # Held by a station that is lost since: taken over.
     assert decide(r, live_stations=set(), now=now, policy=policy,
                   holdings={"s1": Holding(now, frozenset({"w1"}))}).action == Action.SCHEDULE
+
+
+def test_work_a_restarted_station_did_not_resume_is_requeued_at_once() -> None:
+    from station_runtime.work.policy import Holding
+
+    now = utcnow()
+    assigned = now - timedelta(seconds=3)
+    r = rec(P.RUNNING, station_id="s1", attempt_id="a1", attempt=1, assigned_at=assigned,
+            started_at=assigned, last_progress_at=now)
+    policy = WitnessPolicy()
+
+    def verdict(held: Holding) -> Action:
+        return decide(r, live_stations={"s1"}, now=now, policy=policy, holdings={"s1": held}).action
+
+    restarted = now - timedelta(seconds=1)
+    assert verdict(Holding(now, frozenset(), restarted)) == Action.REQUEUE  # its new run does not hold it
+    assert verdict(Holding(now, frozenset({"w1"}), restarted)) == Action.NONE  # resumed
+    assert verdict(Holding(now, frozenset(), assigned - timedelta(seconds=5))) == Action.NONE  # same run as before
