@@ -68,10 +68,31 @@ class EmbeddedCluster:
         return [name for name, member in self.members.items() if member.running]
 
     async def start(self, name: str | None = None) -> None:
-        """Start one member, or all (concurrently: each waits for its routes to say it is ready)."""
+        """Start one member, or all (concurrently), and wait until JetStream is healthy on every running one: a
+        meta leader elected is not enough, a member still catching up times the first API requests out."""
         names = [name] if name else self.names
         await asyncio.gather(*(self.members[n].start() for n in names))
         await self.wait_for_meta_leader()
+        await self.wait_healthy()
+
+    def healthy(self, name: str) -> bool:
+        """The member's ``/healthz``: 200 once its JetStream is current (meta group and streams)."""
+        base = self.members[name].monitor_url
+        if base is None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2.0) as response:  # loopback only
+                return bool(response.status == 200)
+        except OSError:  # 503 while it catches up (an HTTPError is an OSError), or not listening yet
+            return False
+
+    async def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not all(await asyncio.gather(*(asyncio.to_thread(self.healthy, n) for n in self.running()))):
+            if asyncio.get_running_loop().time() > deadline:
+                raise NatsServerError(f"JetStream not healthy on every member after {timeout_s:.0f}s: "
+                                      f"{ {n: self.healthy(n) for n in self.running()} }")
+            await asyncio.sleep(0.1)
 
     async def kill(self, name: str) -> None:
         """kill -9 of one member (its store is kept; :meth:`start` brings it back)."""
