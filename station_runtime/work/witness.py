@@ -174,9 +174,12 @@ class Witness:
         for station_id in [s for s in self._announced if s in live]:
             del self._announced[station_id]  # back (restarted): a next loss is announced again
         if self.directory.last_join != self._last_join:
-            # A station joined (or restarted): unschedulable work may fit it now.
+            # A station joined (or restarted): unschedulable work may fit it now, and a restarted station's work
+            # that its new run does not hold (accepted after its last beat before the restart) is requeued.
             self._last_join = self.directory.last_join
             todo.update((v.record.work_id, v) for v in self.index.in_phase(P.UNSCHEDULABLE))
+            for station in self.index.holding_stations():
+                todo.update((v.record.work_id, v) for v in self.index.held_by(station))
         for station in self.index.holding_stations():
             if station not in live:
                 await self._announce_lost(station, now)
