@@ -74,13 +74,10 @@ class WorkStore:
                 self.saw(revision)
                 return Versioned(record, revision), True
             except KeyWrongLastSequenceError:
-                msg = await direct_last(self.state.requests, self._stream,
-                                        subjects.kv_key(self._bucket, record.work_id), min_seq=self.floor)
-                existing = await self.get(record.work_id) if msg is not None and msg.data else None
+                existing, last = await self._last(record.work_id)
                 if existing is not None:
                     return existing, False
                 # Deleted (a tombstone is its last revision): the new record is written over it.
-                last = int(((msg.headers or {}) if msg is not None else {}).get(Header.SEQUENCE, "0"))
         raise ConflictError(f"work {record.work_id!r} was created and deleted again while this submit ran: "
                             "submit it again")
 
@@ -104,14 +101,21 @@ class WorkStore:
     async def get(self, work_id: str) -> Versioned | None:
         """The record's latest version as far as this store has seen the bucket (never an older one: see
         :func:`~..natsio.requests.direct_last`); None if it has none."""
+        return (await self._last(work_id))[0]
+
+    async def _last(self, work_id: str) -> tuple[Versioned | None, int]:
+        """One read of the key: its record (None if it has none, or a delete marker) and its last revision (0:
+        none), which a create over a delete marker compares against."""
         msg = await direct_last(self.state.requests, self._stream, subjects.kv_key(self._bucket, work_id),
                                 min_seq=self.floor)
-        headers = (msg.headers or {}) if msg is not None else {}
-        if msg is None or not msg.data or headers.get(Header.KV_OPERATION) in ("DEL", "PURGE"):
-            return None
+        if msg is None:
+            return None, 0
+        headers = msg.headers or {}
         revision = int(headers.get(Header.SEQUENCE, "0"))
         self.saw(revision)
-        return Versioned(decode(msg.data, WorkRecord), revision)
+        if not msg.data or headers.get(Header.KV_OPERATION) in ("DEL", "PURGE"):
+            return None, revision
+        return Versioned(decode(msg.data, WorkRecord), revision), revision
 
     def saw(self, revision: int) -> None:
         """Note a revision of the bucket seen (read, written, pushed): later reads are at least that recent."""

@@ -763,3 +763,18 @@ async def test_a_workflow_graph_runs_its_branches_in_parallel_joins_them_and_res
     assert right.spec.max_retries == 4 and left.spec.max_retries == spec.max_retries
     for index in range(4):
         assert (await event_types(client, child_id(record.work_id, index))).count("work.submitted") == 1
+
+
+async def test_a_work_id_whose_record_was_deleted_can_be_submitted_again(client: LatticeClient) -> None:
+    store = await client.work_store()
+    first = WorkRecord(org=client.org, work_id="again", spec=WorkItemSpec(agent="nobody", input="1"))
+    created, was_new = await store.create(first)
+    assert was_new
+    assert (await store.create(first))[1] is False  # the same id again: the first record
+    await store.state.work.delete("again")
+    assert await store.get("again") is None  # a delete marker reads as no record
+    second = first.model_copy(update={"spec": WorkItemSpec(agent="nobody", input="2")})
+    written, was_new = await store.create(second)
+    assert was_new and written.revision > created.revision
+    stored = await store.get("again")
+    assert stored is not None and stored.record.spec.input == "2"
